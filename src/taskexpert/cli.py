@@ -1,0 +1,60 @@
+"""One CLI, one verb per stage (litgpt style): each verb is `main` in `taskexpert.commands.<verb>`.
+
+Verbs stay thin: they parse options, call the Python API and print a summary. Heavy imports
+(torch, transformers, faiss) happen inside the verbs, so `taskexpert --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from taskexpert.errors import TaskexpertError
+
+app = typer.Typer(
+    help="Build task experts from a K-shot set, a LoRA bank and open instruction data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+testbed_app = typer.Typer(help="The offline tiny model, LoRA bank, pool and target tasks.")
+app.add_typer(testbed_app, name="testbed")
+
+# verb name -> module under taskexpert.commands; a module missing here is a verb not built yet.
+VERBS = {
+    "import": "import_records",
+    "select-data": "select_data",
+    "kcenter": "kcenter",
+    "demo": "demo",
+    "select-experts": "select_experts",
+    "train-moe": "train_moe",
+    "evaluate": "evaluate",
+    "diverseevol": "diverseevol",
+}
+TESTBED_VERBS = {"build": "testbed_build"}
+
+
+def _register(target: typer.Typer, verbs: dict[str, str]) -> None:
+    for verb, module_name in verbs.items():
+        try:
+            module = importlib.import_module(f"taskexpert.commands.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"taskexpert.commands.{module_name}":
+                continue
+            raise
+        target.command(verb, help=(module.main.__doc__ or "").strip())(module.main)
+
+
+_register(app, VERBS)
+_register(testbed_app, TESTBED_VERBS)
+
+
+def main() -> None:
+    """Console entry point: user-facing errors become one line on stderr and exit code 1."""
+    try:
+        app()
+    except TaskexpertError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

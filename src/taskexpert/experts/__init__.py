@@ -1,0 +1,1 @@
+"""Expert selection from a LoRA bank: scoring, diversity, group choice (DESIGN.md Stage 1)."""

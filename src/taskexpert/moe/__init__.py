@@ -1,0 +1,1 @@
+"""Mixture of LoRA experts: config, layer, attach/save/load (DESIGN.md Stage 3)."""

@@ -1,0 +1,154 @@
+"""The canonical record (Alpaca-style, as both papers' code uses) and its validated I/O.
+
+A record is one JSON object per line:
+``{"id", "instruction", "input", "output", "answer"?, "rationale"?, "source"?, "choices"?}``.
+``output`` is the full target text, ``answer`` the short gold answer for exact match,
+``rationale`` a chain of thought for reasoning perplexity, ``source`` the dataset it came from.
+Extra fields are kept as they are, so a stage can pass through whatever the user brought.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from taskexpert.errors import InputError
+from taskexpert.io import atomic_open
+
+REQUIRED_FIELDS = ("id", "instruction", "output")
+
+
+class Record(BaseModel):
+    """One training or evaluation example."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    instruction: str
+    input: str = ""
+    output: str
+    answer: str | None = None
+    rationale: str | None = None
+    source: str | None = None
+    choices: list[str] | None = None
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_as_string(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+    @field_validator("instruction")
+    @classmethod
+    def _instruction_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict with the None-valued optional fields left out (compact JSONL)."""
+        return self.model_dump(exclude_none=True)
+
+    @property
+    def prompt_text(self) -> str:
+        """Instruction and input, the part a model is conditioned on."""
+        return f"{self.instruction}\n{self.input}" if self.input else self.instruction
+
+    @property
+    def text(self) -> str:
+        """instruction + input + output: what the sentence encoder embeds (DESIGN.md Stage 2)."""
+        return f"{self.prompt_text}\n{self.output}"
+
+
+def parse_record(obj: Any, path: str | Path | None = None, line: int | None = None) -> Record:
+    """Validate one decoded object; the error names file, line and the offending field."""
+    if not isinstance(obj, dict):
+        raise InputError(f"expected a JSON object, got {type(obj).__name__}", path, line)
+    try:
+        return Record.model_validate(obj)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        reason = "missing required field" if err["type"] == "missing" else err["msg"]
+        raise InputError(reason, path, line, field) from None
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield number, json.loads(raw)
+            except json.JSONDecodeError as exc:
+                msg = f"malformed JSON ({exc.msg}, column {exc.colno})"
+                raise InputError(msg, path, number) from None
+
+
+def iter_json_objects(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line or row number, object) pairs from .jsonl, .json (a list) or .parquet files."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found or not a regular file", path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.ParquetFile(path)
+            row = 0
+            for batch in table.iter_batches():
+                for obj in batch.to_pylist():
+                    row += 1
+                    yield row, obj
+        elif suffix == ".json":
+            with open(path, encoding="utf-8") as handle:
+                try:
+                    data = json.load(handle)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"malformed JSON ({exc.msg})", path, exc.lineno) from None
+            if not isinstance(data, list):
+                raise InputError("expected a JSON list of objects", path)
+            yield from enumerate(data, start=1)
+        else:
+            yield from _iter_jsonl(path)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc.reason})", path) from None
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror or exc})", path) from None
+
+
+def read_records(path: str | Path) -> Iterator[Record]:
+    """Stream validated records from a JSONL/JSON/Parquet file; the first bad one raises."""
+    for number, obj in iter_json_objects(path):
+        yield parse_record(obj, path, number)
+
+
+def load_records(path: str | Path, *, allow_empty: bool = False) -> list[Record]:
+    """All records of a file, with duplicate ids and (unless allowed) emptiness reported."""
+    records, seen = [], {}
+    for number, obj in iter_json_objects(path):
+        record = parse_record(obj, path, number)
+        if record.id in seen:
+            raise InputError(
+                f"duplicate id {record.id!r} (first on line {seen[record.id]})", path, number, "id"
+            )
+        seen[record.id] = number
+        records.append(record)
+    if not records and not allow_empty:
+        raise InputError("no records", path)
+    return records
+
+
+def write_records(path: str | Path, records: Iterable[Record | dict[str, Any]]) -> int:
+    """Write records as JSONL atomically; returns how many were written."""
+    count = 0
+    with atomic_open(path) as handle:
+        for record in records:
+            obj = record.to_dict() if isinstance(record, Record) else record
+            handle.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            count += 1
+    return count

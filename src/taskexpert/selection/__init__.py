@@ -1,0 +1,1 @@
+"""Data selection: retrieval, near-duplicate removal, K-center greedy, Vendi score, DiverseEvol."""

@@ -1,0 +1,1 @@
+"""The offline testbed: tiny tokenizer and Llama, LoRA bank, pool and target tasks."""
