@@ -1,0 +1,146 @@
+"""Causal-LM helpers shared by training, expert scoring, evaluation and DiverseEvol.
+
+Encoding, masking and generation live here once, so that the loss a model is trained on and
+the perplexity it is scored by mask exactly the same tokens. Nothing here assumes a tokenizer
+or model size: it works for the testbed's tiny Llama and for a 7B model from a hub alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def ensure_pad_token(tokenizer) -> int:
+    """Causal LMs often ship without a pad token; reuse EOS (masked out anyway)."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("tokenizer has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer.pad_token_id
+
+
+@dataclass
+class EncodedPair:
+    """Token ids of prompt+target, with labels masked (-100) over the prompt."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def encode_pair(tokenizer, prompt: str, target: str, max_length: int = 1024) -> EncodedPair:
+    """Prompt and target tokenised separately (so the boundary is exact), EOS appended.
+
+    Truncation keeps the start of the prompt and cuts the target's tail, because the
+    response tokens are what the loss and the perplexity are about.
+    """
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        target_ids = target_ids + [tokenizer.eos_token_id]
+    keep_prompt = min(len(prompt_ids), max(max_length // 2, max_length - len(target_ids)))
+    prompt_ids = prompt_ids[:keep_prompt]
+    target_ids = target_ids[: max_length - len(prompt_ids)]
+    return EncodedPair(prompt_ids + target_ids, [IGNORE_INDEX] * len(prompt_ids) + target_ids)
+
+
+def collate(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch; padded positions get attention 0 and label -100."""
+    width = max(len(p.input_ids) for p in pairs)
+    input_ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(pairs), width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(pairs), width), dtype=torch.long)
+    for row, pair in enumerate(pairs):
+        n = len(pair.input_ids)
+        input_ids[row, :n] = torch.tensor(pair.input_ids)
+        labels[row, :n] = torch.tensor(pair.labels)
+        attention[row, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def batches_by_length(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Index batches of similar length (less padding), in a deterministic order."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example summed NLL over labelled tokens and the count of those tokens."""
+    device = model_device(model)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    shift_logits = logits[:, :-1].float()
+    shift_labels = batch["labels"][:, 1:]
+    mask = shift_labels != IGNORE_INDEX
+    losses = torch.nn.functional.cross_entropy(
+        shift_logits.transpose(1, 2), shift_labels.clamp(min=0), reduction="none"
+    )
+    return (losses * mask).sum(dim=1), mask.sum(dim=1)
+
+
+@torch.no_grad()
+def mean_nll(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    batch_size: int = 16,
+    max_length: int = 1024,
+) -> list[float]:
+    """Mean NLL per example of target given prompt; exp of it is the example's perplexity."""
+    pad_id = ensure_pad_token(tokenizer)
+    pairs = [
+        encode_pair(tokenizer, p, t, max_length) for p, t in zip(prompts, targets, strict=True)
+    ]
+    result = [0.0] * len(pairs)
+    for idx in batches_by_length([len(p.input_ids) for p in pairs], batch_size):
+        summed, counts = token_nll(model, collate([pairs[i] for i in idx], pad_id))
+        for i, s, c in zip(idx, summed.tolist(), counts.tolist(), strict=True):
+            result[i] = s / max(c, 1)
+    return result
+
+
+@torch.no_grad()
+def generate_greedy(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    max_prompt_length: int = 1024,
+) -> list[str]:
+    """Batched greedy decoding with left padding; returns only the new text per prompt."""
+    pad_id = ensure_pad_token(tokenizer)
+    device = model_device(model)
+    encoded = [
+        tokenizer(p, add_special_tokens=True)["input_ids"][-max_prompt_length:] for p in prompts
+    ]
+    outputs: list[str] = [""] * len(prompts)
+    for idx in batches_by_length([len(e) for e in encoded], batch_size):
+        width = max(len(encoded[i]) for i in idx)
+        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids = encoded[i]
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+        generated = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        for row, i in enumerate(idx):
+            outputs[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=True)
+    return outputs
