@@ -1,0 +1,293 @@
+"""Attach LoRA experts as mixtures to any Hugging Face causal LM, and route, inspect and freeze it.
+
+Every linear layer the experts adapt is replaced in place by a MixtureOfLoraLinear; the
+resolved MoeConfig (experts, modules, base fingerprint) rides on the model as `moe_config`,
+so saving needs nothing but the model. Saving, loading and the PEFT export live in
+`checkpoint.py`; router initialisation from K-shot hidden states in `router_init.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from taskexpert.bank import LoraAdapter
+from taskexpert.errors import InputError, TaskexpertError
+from taskexpert.moe.config import ExpertSpec, MoeConfig
+from taskexpert.moe.layer import MixtureOfLoraLinear
+
+CONFIG_ATTR = "moe_config"
+FINGERPRINT_SAMPLES = 4  # weight values sampled per adapted module to recognise the base
+Experts = list[tuple[torch.Tensor, torch.Tensor, float]]
+
+
+def mixture_layers(model: nn.Module) -> dict[str, MixtureOfLoraLinear]:
+    """The mixture layers of a model by module name (the base model's linear names)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, MixtureOfLoraLinear)}
+
+
+def mixture_config(model: nn.Module) -> MoeConfig:
+    """The resolved config of an attached mixture."""
+    config = getattr(model, CONFIG_ATTR, None)
+    if not isinstance(config, MoeConfig) or not mixture_layers(model):
+        raise TaskexpertError("the model has no mixture attached (use attach_mixture)")
+    return config
+
+
+def _base_linear(model: nn.Module, module: str, owner: str, path=None) -> nn.Linear:
+    """The plain nn.Linear named `module`; errors name the expert/directory that asked for it."""
+    try:
+        layer = model.get_submodule(module)
+    except AttributeError:
+        raise InputError(f"{owner}: module {module} is not in the base model", path) from None
+    if isinstance(layer, MixtureOfLoraLinear):
+        raise InputError(f"{owner}: module {module} already has a mixture attached", path)
+    if not isinstance(layer, nn.Linear):
+        raise InputError(
+            f"{owner}: module {module} is a {type(layer).__name__}, not a linear layer", path
+        )
+    return layer
+
+
+def base_fingerprint(model: nn.Module, modules: Sequence[str]) -> dict[str, list[float]]:
+    """A few evenly spaced weight values per module: cheap, and tells bases of one shape apart."""
+    prints = {}
+    for module in modules:
+        weight = model.get_submodule(module).weight.detach().reshape(-1)
+        index = torch.linspace(0, weight.numel() - 1, FINGERPRINT_SAMPLES).long()
+        prints[module] = [float(v) for v in weight[index.to(weight.device)].float().cpu()]
+    return prints
+
+
+def check_fingerprint(model: nn.Module, config: MoeConfig, path=None) -> None:
+    """Refuse a base whose weights differ from the recorded ones (dtype rounding is tolerated)."""
+    current = base_fingerprint(model, list(config.base_fingerprint))
+    for module, recorded in config.base_fingerprint.items():
+        if not torch.allclose(
+            torch.tensor(current[module]), torch.tensor(recorded), rtol=1e-2, atol=1e-6
+        ):
+            raise InputError(
+                f"the mixture was built on another base model ({config.base_model_name or '?'}): "
+                f"weights of {module} differ",
+                path,
+            )
+
+
+def _most_common(values: dict[str, float]) -> float:
+    return Counter(values.values()).most_common(1)[0][0]
+
+
+def _expert_spec(adapter: LoraAdapter) -> ExpertSpec:
+    """Rank and scaling as the usual value plus per-module exceptions, like PEFT's patterns."""
+    ranks = {m: f.rank for m, f in adapter.modules.items()}
+    scalings = {m: f.scaling for m, f in adapter.modules.items()}
+    rank, scaling = int(_most_common(ranks)), _most_common(scalings)
+    return ExpertSpec(
+        name=adapter.name,
+        source=str(adapter.path),
+        rank=rank,
+        scaling=scaling,
+        rank_pattern={m: r for m, r in ranks.items() if r != rank},
+        scaling_pattern={m: s for m, s in scalings.items() if s != scaling},
+    )
+
+
+def _check_adapters(model: nn.Module, adapters: Sequence[LoraAdapter]) -> list[str]:
+    """All experts adapt the same modules, each exists in the base and the factors fit it."""
+    if not adapters:
+        raise InputError("a mixture needs at least one expert adapter")
+    seen: dict[str, LoraAdapter] = {}
+    for adapter in adapters:
+        if adapter.name in seen:
+            raise InputError(
+                f"expert name {adapter.name!r} is used twice ({seen[adapter.name].path})",
+                adapter.path,
+            )
+        seen[adapter.name] = adapter
+    reference = adapters[0]
+    modules = sorted(reference.modules)
+    for adapter in adapters[1:]:
+        missing = sorted(set(reference.modules) - set(adapter.modules))
+        extra = sorted(set(adapter.modules) - set(reference.modules))
+        if missing or extra:
+            detail = f"lacks {missing[0]}" if missing else f"also adapts {extra[0]}"
+            raise InputError(
+                f"expert {adapter.name!r} targets different modules than {reference.name!r} "
+                f"({detail}; {len(missing)} missing, {len(extra)} extra); all experts of a "
+                "mixture must adapt the same modules",
+                adapter.path,
+            )
+    for module in modules:
+        linear = _base_linear(model, module, f"expert {reference.name!r}", reference.path)
+        for adapter in adapters:
+            factors = adapter.modules[module]
+            if (
+                factors.A.shape[1] != linear.in_features
+                or factors.B.shape[0] != linear.out_features
+            ):
+                raise InputError(
+                    f"expert {adapter.name!r}, module {module}: lora_A {tuple(factors.A.shape)} "
+                    f"and lora_B {tuple(factors.B.shape)} do not fit the base layer "
+                    f"({linear.in_features} -> {linear.out_features})",
+                    adapter.path,
+                )
+    return modules
+
+
+def install_mixture(model: nn.Module, config: MoeConfig, experts: Mapping[str, Experts]) -> None:
+    """Replace each named linear by a mixture of the given (A, B, scaling) experts."""
+    for module, factors in experts.items():
+        base = model.get_submodule(module)
+        mixture = MixtureOfLoraLinear(
+            base,
+            factors,
+            top_k=config.top_k,
+            load_balancing_coef=config.load_balancing_coef,
+            expert_names=config.expert_names,
+        )
+        parent_name, _, child = module.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, mixture)
+    setattr(model, CONFIG_ATTR, config)
+
+
+def init_fresh_routers(model: nn.Module) -> None:
+    """Small seeded normal router weights, so ties do not send every token to the same experts."""
+    config = mixture_config(model)
+    generator = torch.Generator().manual_seed(config.router_seed)
+    with torch.no_grad():
+        for _, layer in sorted(mixture_layers(model).items()):
+            weight = layer.router.weight
+            noise = torch.randn(weight.shape, generator=generator) * config.router_init_std
+            weight.copy_(noise.to(weight.dtype))
+    config.router_init = "fresh"
+
+
+def attach_mixture(
+    model: nn.Module,
+    adapters: Sequence[LoraAdapter],
+    config: MoeConfig | None = None,
+    freeze: bool = True,
+) -> nn.Module:
+    """Turn every linear the experts adapt into a mixture of them, with fresh routers.
+
+    `config` carries the routing choices (top_k, load balancing, router seed); the experts,
+    modules and base fingerprint are filled in here. The base is frozen unless freeze=False.
+    """
+    choices = (config or MoeConfig()).model_dump(
+        exclude={"experts", "modules", "target_modules", "base_model_name", "base_fingerprint"}
+    )
+    modules = _check_adapters(model, adapters)
+    if choices["top_k"] > len(adapters):
+        raise InputError(
+            f"top_k={choices['top_k']} but only {len(adapters)} experts", field="top_k"
+        )
+    base_name = getattr(model, "name_or_path", None) or adapters[0].base_model_name
+    resolved = MoeConfig(
+        **choices,
+        experts=[_expert_spec(a) for a in adapters],
+        target_modules=sorted({m.rsplit(".", 1)[-1] for m in modules}),
+        modules=modules,
+        base_model_name=str(base_name) if base_name else None,
+        base_fingerprint=base_fingerprint(model, modules),
+    )
+    experts = {
+        module: [
+            (a.modules[module].A, a.modules[module].B, a.modules[module].scaling) for a in adapters
+        ]
+        for module in modules
+    }
+    install_mixture(model, resolved, experts)
+    init_fresh_routers(model)
+    if freeze:
+        freeze_base(model)
+    return model
+
+
+def freeze_base(model: nn.Module) -> int:
+    """Only experts and routers train; returns the number of trainable parameters."""
+    trainable = set()
+    for layer in mixture_layers(model).values():
+        for name, param in layer.named_parameters():
+            if not name.startswith("base_layer."):
+                trainable.add(id(param))
+    count = 0
+    for param in model.parameters():
+        param.requires_grad_(id(param) in trainable)
+        count += param.numel() if id(param) in trainable else 0
+    return count
+
+
+def mixture_aux_loss(model: nn.Module) -> torch.Tensor | None:
+    """Sum of the layers' load-balancing losses from the last forward; None when it is off."""
+    losses = [
+        layer.last_aux_loss
+        for layer in mixture_layers(model).values()
+        if layer.last_aux_loss is not None
+    ]
+    return torch.stack(losses).sum() if losses else None
+
+
+def router_stats(model: nn.Module) -> dict:
+    """Mean router entropy and per-expert load over layers, from the last routed forward.
+
+    Load is the share of (token, slot) dispatches an expert received; uniform is 1/N. The
+    statistics include padding tokens, which the layers cannot tell apart.
+    """
+    config = mixture_config(model)
+    layers = [m for m in mixture_layers(model).values() if m.last_load is not None]
+    if not layers:
+        return {"entropy": None, "max_entropy": None, "load": {}, "layers": 0}
+    entropy = torch.stack([m.last_entropy for m in layers]).mean()
+    load = torch.stack([m.last_load for m in layers]).mean(dim=0)
+    return {
+        "entropy": float(entropy),
+        "max_entropy": float(torch.log(torch.tensor(float(len(config.experts))))),
+        "load": {name: float(v) for name, v in zip(config.expert_names, load)},
+        "layers": len(layers),
+    }
+
+
+def resolve_gates(
+    model: nn.Module, gates: str | Sequence[float] | Mapping[str, float]
+) -> list[float]:
+    """'uniform', one weight per expert in order, or {expert name: weight} (others get 0)."""
+    names = mixture_config(model).expert_names
+    if isinstance(gates, str):
+        if gates != "uniform":
+            raise InputError(f"unknown gates {gates!r} (use 'uniform' or weights)", field="gates")
+        return [1.0 / len(names)] * len(names)
+    if isinstance(gates, Mapping):
+        unknown = sorted(set(gates) - set(names))
+        if unknown:
+            raise InputError(f"no expert named {unknown[0]!r} (experts: {names})", field="gates")
+        return [float(gates.get(name, 0.0)) for name in names]
+    values = [float(g) for g in gates]
+    if len(values) != len(names):
+        raise InputError(f"{len(values)} gates for {len(names)} experts", field="gates")
+    return values
+
+
+@contextlib.contextmanager
+def fixed_gates(
+    model: nn.Module, gates: str | Sequence[float] | Mapping[str, float] = "uniform"
+) -> Iterator[nn.Module]:
+    """Bypass the routers: every token gets the same expert weights (experts at 0 do not run)."""
+    values = resolve_gates(model, gates)
+    layers = mixture_layers(model).values()
+    for layer in layers:
+        layer.fixed_gates = torch.tensor(values, dtype=torch.float32)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.fixed_gates = None
+
+
+def only_expert(model: nn.Module, name: str) -> contextlib.AbstractContextManager:
+    """The base plus one expert at gate 1: that expert's plain LoRA."""
+    return fixed_gates(model, {name: 1.0})

@@ -1,0 +1,111 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from taskexpert.moe.layer import MixtureOfLoraLinear
+
+RANKS = [2, 4, 3, 8]
+
+
+def make_layer(top_k, ranks=RANKS, coef=0.0, seed=0):
+    torch.manual_seed(seed)
+    base = nn.Linear(16, 24).requires_grad_(False)
+    experts = [(torch.randn(r, 16), torch.randn(24, r), 0.5 + i) for i, r in enumerate(ranks)]
+    layer = MixtureOfLoraLinear(base, experts, top_k=top_k, load_balancing_coef=coef)
+    nn.init.normal_(layer.router.weight, std=1.0)
+    return layer
+
+
+def dense_reference(layer, x):
+    """Every expert on every token, then masked to the top-k with renormalised softmax gates."""
+    flat = x.reshape(-1, x.shape[-1])
+    probs = torch.softmax(flat @ layer.router.weight.T, dim=-1)
+    top = probs.topk(layer.top_k, dim=-1).indices
+    mask = torch.zeros_like(probs).scatter(1, top, 1.0)
+    gates = probs * mask / (probs * mask).sum(dim=-1, keepdim=True)
+    out = layer.base_layer(flat)
+    for e in range(layer.num_experts):
+        delta = flat @ layer.lora_A[e].T @ layer.lora_B[e].T * layer.scaling[e]
+        out = out + gates[:, e : e + 1] * delta
+    return out.reshape(*x.shape[:-1], -1)
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 4])
+def test_matches_dense_reference(top_k):
+    layer = make_layer(top_k)
+    x = torch.randn(3, 7, 16)
+    assert torch.allclose(layer(x), dense_reference(layer, x), atol=1e-5)
+
+
+def test_gradients_match_dense_reference():
+    layer = make_layer(top_k=2)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    params = [layer.router.weight, *layer.lora_A, *layer.lora_B, x]
+    grads = torch.autograd.grad(layer(x).pow(2).sum(), params)
+    expected = torch.autograd.grad(dense_reference(layer, x).pow(2).sum(), params)
+    for got, want in zip(grads, expected):
+        assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_sparse_dispatch_runs_each_expert_only_on_its_tokens(monkeypatch):
+    layer = make_layer(top_k=2)
+    rows_seen = []
+    originals = {id(a): e for e, a in enumerate(layer.lora_A)}
+    linear = torch.nn.functional.linear
+
+    def counting(x, weight, *args):
+        if id(weight) in originals:
+            rows_seen.append((originals[id(weight)], x.shape[0]))
+        return linear(x, weight, *args)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", counting)
+    x = torch.randn(5, 6, 16)
+    layer(x)
+    chosen = torch.softmax(x.reshape(-1, 16) @ layer.router.weight.T, -1).topk(2).indices
+    expected = torch.bincount(chosen.reshape(-1), minlength=4)
+    assert sum(rows for _, rows in rows_seen) == 30 * 2  # k per token, not N
+    assert {e: rows for e, rows in rows_seen} == {
+        e: int(n) for e, n in enumerate(expected) if n > 0
+    }
+
+
+def test_statistics_and_aux_loss():
+    layer = make_layer(top_k=2, coef=0.1)
+    x = torch.randn(4, 5, 16)
+    layer(x)
+    probs = torch.softmax(x.reshape(-1, 16) @ layer.router.weight.T, -1)
+    load = torch.bincount(probs.topk(2).indices.reshape(-1), minlength=4).float() / 40
+    assert torch.allclose(layer.last_load, load)
+    entropy = -(probs * probs.log()).sum(-1).mean()
+    assert torch.allclose(layer.last_entropy, entropy, atol=1e-6)
+    assert 0 < float(layer.last_entropy) < math.log(4)
+    expected_aux = 0.1 * 4 * (load * probs.mean(0)).sum()
+    assert torch.allclose(layer.last_aux_loss, expected_aux, atol=1e-6)
+    layer.last_aux_loss.backward()
+    assert layer.router.weight.grad.abs().sum() > 0
+
+
+def test_aux_loss_not_computed_when_off():
+    layer = make_layer(top_k=2, coef=0.0)
+    layer(torch.randn(2, 3, 16))
+    assert layer.last_aux_loss is None
+    assert layer.last_load is not None
+
+
+def test_fixed_gates_bypass_the_router_and_skip_zero_experts():
+    layer = make_layer(top_k=2)
+    x = torch.randn(2, 3, 16)
+    layer.fixed_gates = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    expected = layer.base_layer(x) + layer.expert_delta(1, x)
+    assert torch.equal(layer(x), expected)
+    assert layer.last_load is None
+
+
+def test_experts_must_fit_the_base_layer():
+    base = nn.Linear(16, 24)
+    with pytest.raises(ValueError, match="do not fit"):
+        MixtureOfLoraLinear(base, [(torch.randn(2, 8), torch.randn(24, 2), 1.0)], top_k=1)
+    with pytest.raises(ValueError, match="top_k"):
+        MixtureOfLoraLinear(base, [(torch.randn(2, 16), torch.randn(24, 2), 1.0)], top_k=2)

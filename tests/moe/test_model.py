@@ -1,0 +1,143 @@
+import copy
+
+import pytest
+import torch
+
+from taskexpert.bank import load_adapter
+from taskexpert.errors import InputError
+from taskexpert.moe import (
+    MixtureOfLoraLinear,
+    MoeConfig,
+    attach_mixture,
+    fixed_gates,
+    freeze_base,
+    mixture_aux_loss,
+    mixture_config,
+    mixture_layers,
+    only_expert,
+    router_stats,
+)
+
+from .conftest import save_random_lora, variant_of
+
+
+def test_one_expert_top1_equals_the_peft_lora_exactly(tiny_llama, tmp_path, input_ids):
+    peft_model = save_random_lora(
+        tiny_llama, tmp_path / "a", r=4, lora_alpha=12, target_modules=["q_proj", "v_proj"]
+    )
+    moe = attach_mixture(
+        copy.deepcopy(tiny_llama), [load_adapter(tmp_path / "a")], MoeConfig(top_k=1)
+    )
+    with torch.no_grad():
+        expected = peft_model(input_ids=input_ids).logits
+        got = moe(input_ids=input_ids).logits
+    assert torch.equal(got, expected)
+
+
+def test_experts_of_different_ranks_are_recorded_and_each_is_its_own_lora(
+    tiny_llama, tmp_path, input_ids
+):
+    adapters = []
+    peft_models = []
+    for i, rank in enumerate([2, 8, 4]):
+        peft_models.append(
+            save_random_lora(
+                tiny_llama,
+                tmp_path / f"e{i}",
+                seed=i,
+                r=rank,
+                lora_alpha=16,
+                target_modules=["q_proj", "v_proj"],
+                rank_pattern={"model.layers.1.self_attn.v_proj": 1} if i == 1 else {},
+            )
+        )
+        adapters.append(load_adapter(tmp_path / f"e{i}"))
+    moe = attach_mixture(copy.deepcopy(tiny_llama), adapters)
+    config = mixture_config(moe)
+    assert [(e.rank, e.scaling) for e in config.experts] == [(2, 8.0), (8, 2.0), (4, 4.0)]
+    assert config.experts[1].rank_pattern == {"model.layers.1.self_attn.v_proj": 1}
+    assert config.experts[1].scaling_of("model.layers.1.self_attn.v_proj") == 16.0
+    assert config.target_modules == ["q_proj", "v_proj"] and len(config.modules) == 4
+    with torch.no_grad():
+        routed = moe(input_ids=input_ids).logits
+        assert torch.isfinite(routed).all()
+        for adapter, peft_model in zip(adapters, peft_models):
+            with only_expert(moe, adapter.name):
+                alone = moe(input_ids=input_ids).logits
+            assert torch.allclose(alone, peft_model(input_ids=input_ids).logits, atol=1e-5)
+
+
+def test_gradients_reach_experts_and_routers_only(make_experts, tiny_llama, input_ids):
+    moe = attach_mixture(tiny_llama, make_experts([2, 4, 4, 8]), MoeConfig(top_k=2))
+    moe.train()
+    moe(input_ids=input_ids, labels=input_ids).loss.backward()
+    mixture_params = set()
+    for layer in mixture_layers(moe).values():
+        params = [layer.router.weight, *layer.lora_A, *layer.lora_B]
+        mixture_params |= {id(p) for p in params}
+        assert layer.router.weight.grad.abs().sum() > 0
+        assert all(p.grad is not None for p in params)
+    for name, param in moe.named_parameters():
+        if id(param) not in mixture_params:
+            assert not param.requires_grad and param.grad is None, name
+    assert freeze_base(moe) == sum(p.numel() for p in moe.parameters() if id(p) in mixture_params)
+
+
+def test_router_stats_and_aux_loss(make_experts, tiny_llama, input_ids):
+    moe = attach_mixture(tiny_llama, make_experts([2, 2, 2, 2]), MoeConfig(top_k=2))
+    assert router_stats(moe)["layers"] == 0
+    moe(input_ids=input_ids)
+    stats = router_stats(moe)
+    assert stats["layers"] == 4 and set(stats["load"]) == {f"expert{i}" for i in range(4)}
+    assert sum(stats["load"].values()) == pytest.approx(1.0)
+    assert 0 < stats["entropy"] <= stats["max_entropy"]
+    assert mixture_aux_loss(moe) is None  # off by default: nothing is computed
+    for layer in mixture_layers(moe).values():
+        layer.load_balancing_coef = 0.01
+    moe(input_ids=input_ids)
+    aux = mixture_aux_loss(moe)
+    assert aux.requires_grad and float(aux.detach()) > 0
+
+
+def test_fixed_uniform_gates_average_the_experts(make_experts, tiny_llama, input_ids):
+    moe = attach_mixture(tiny_llama, make_experts([2, 4]), MoeConfig(top_k=1))
+    layer = next(iter(mixture_layers(moe).values()))
+    x = torch.randn(3, layer.base_layer.in_features)
+    with fixed_gates(moe, "uniform"):
+        got = layer(x)
+    expected = layer.base_layer(x) + 0.5 * (layer.expert_delta(0, x) + layer.expert_delta(1, x))
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert layer.fixed_gates is None  # restored
+
+
+def test_experts_with_different_target_modules_are_refused(make_experts, tiny_llama, tmp_path):
+    adapters = make_experts([2])
+    save_random_lora(tiny_llama, tmp_path / "odd", r=2, target_modules=["q_proj", "k_proj"])
+    odd = load_adapter(tmp_path / "odd")
+    with pytest.raises(InputError, match="'odd' targets different modules") as info:
+        attach_mixture(tiny_llama, [*adapters, odd])
+    assert "odd" in str(info.value.path)
+    assert not mixture_layers(tiny_llama)  # nothing half-attached
+
+
+def test_experts_that_do_not_fit_the_base_are_refused(make_experts, tiny_llama, tmp_path):
+    wide = variant_of(tiny_llama, hidden_size=64, intermediate_size=128)
+    save_random_lora(wide, tmp_path / "wide", r=2, target_modules=["q_proj", "v_proj"])
+    small = tiny_llama
+    with pytest.raises(InputError, match=r"'wide', module model\.layers\.0\.self_attn\.q_proj"):
+        attach_mixture(small, [*make_experts([2]), load_adapter(tmp_path / "wide")])
+    assert not mixture_layers(small)
+
+
+def test_bad_choices_are_refused(make_experts, tiny_llama):
+    adapters = make_experts([2, 2])
+    with pytest.raises(InputError, match="top_k=3 but only 2 experts"):
+        attach_mixture(tiny_llama, adapters, MoeConfig(top_k=3))
+    with pytest.raises(InputError, match="used twice"):
+        attach_mixture(tiny_llama, [adapters[0], adapters[0]])
+    with pytest.raises(InputError, match="at least one"):
+        attach_mixture(tiny_llama, [])
+    attach_mixture(tiny_llama, adapters)
+    assert all(isinstance(m, MixtureOfLoraLinear) for m in mixture_layers(tiny_llama).values())
+    with pytest.raises(InputError, match="already has a mixture"):
+        attach_mixture(tiny_llama, adapters)
