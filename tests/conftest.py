@@ -6,46 +6,9 @@ depend on its tokenizer or sizes (the testbed and SmolLM2 exercise other ones).
 
 from __future__ import annotations
 
-import string
-
 import pytest
-import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
-
-
-def make_char_tokenizer() -> PreTrainedTokenizerFast:
-    alphabet = list(string.printable)
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + alphabet)}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-    )
-    return tokenizer
-
-
-def make_tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2):
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return LlamaForCausalLM(config).eval()
+from tiny_models import make_char_tokenizer, make_tiny_llama
+from transformers import PreTrainedTokenizerFast
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +19,23 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture()
 def tiny_llama(char_tokenizer):
     return make_tiny_llama(len(char_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The real default sentence encoder (all-MiniLM-L6-v2, offline), loaded once per session."""
+    from taskexpert.embed import SentenceEncoder
+
+    encoder = SentenceEncoder(device="cpu")
+    encoder.model  # noqa: B018 - load now, so tests time their own work
+    return encoder
+
+
+@pytest.fixture(scope="session")
+def micro_testbed(tmp_path_factory):
+    """The micro testbed (`taskexpert.testbed.Testbed`), built once per session and shared
+    with tests/testbed/conftest.py through the on-disk build cache."""
+    from taskexpert.testbed import build_testbed
+
+    root = tmp_path_factory.getbasetemp() / "micro_testbed"
+    return build_testbed(root, "micro", 0, progress=False)

@@ -1,0 +1,47 @@
+"""Builders for a tiny random Llama with a character tokenizer, made offline in a second.
+
+Importable from any test (`from tiny_models import make_tiny_llama`): pytest puts tests/ on
+sys.path through tests/conftest.py, and a module named `conftest` would be ambiguous.
+"""
+
+from __future__ import annotations
+
+import string
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+def make_char_tokenizer() -> PreTrainedTokenizerFast:
+    alphabet = list(string.printable)
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + alphabet)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+    )
+    return tokenizer
+
+
+def make_tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2):
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForCausalLM(config).eval()
