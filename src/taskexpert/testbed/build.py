@@ -1,0 +1,492 @@
+"""Build the testbed in phases, each written atomically and recorded, so a build is cached,
+resumable and never mistaken for complete when it is not.
+
+Phases: tokenizer -> base -> data -> bank -> baselines -> truth. `.build/state.json` records
+the finished phases with the build's fingerprint (preset, seed, format version); the marker
+`.complete` is written last. A call with the same preset and seed on a complete directory
+returns at once; on a half-built one it resumes at the first phase whose record or files are
+missing (bank adapters already on disk are kept) and redoes every phase after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+from taskexpert.errors import InputError
+from taskexpert.io import atomic_dir, write_json
+from taskexpert.records import Record, load_records, write_records
+from taskexpert.testbed.bank import AdapterSpec, bank_specs, train_adapter
+from taskexpert.testbed.families import FAMILIES, make_record
+from taskexpert.testbed.layout import (
+    BANK_DIR,
+    BASE_DIR,
+    BASELINES_DIR,
+    BASELINES_FILE,
+    CALIBRATION_DIR,
+    MARKER,
+    POOL_FILE,
+    STATE_DIR,
+    TASKS_DIR,
+    TOKENIZER_DIR,
+    TRUTH_FILE,
+    Testbed,
+)
+from taskexpert.testbed.model import make_base_model, parameter_count
+from taskexpert.testbed.pool import build_pool
+from taskexpert.testbed.presets import Preset, get_preset
+from taskexpert.testbed.tasks import TARGETS
+from taskexpert.testbed.tokenizer import build_tokenizer, corpus_words
+
+FORMAT_VERSION = 1
+PHASES = ("tokenizer", "base", "data", "bank", "baselines", "truth")
+STATE_FILE = "state.json"
+LOCK_FILE = ".lock"
+POOL_TRUTH_FILE = "pool_truth.json"
+
+
+def _fingerprint(preset: Preset, seed: int) -> dict:
+    return {"preset": preset.name, "seed": seed, "format": FORMAT_VERSION}
+
+
+def _log(message: str, progress: bool) -> None:
+    if progress:
+        import sys
+
+        print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _exclusive(root: Path):
+    """One build per directory at a time: a second caller waits, then finds it cached."""
+    handle = open(root / LOCK_FILE, "a+")  # noqa: SIM115 - held for the whole build
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        except ImportError:  # no advisory locks on this platform: run unguarded
+            pass
+        yield
+    finally:
+        handle.close()
+
+
+@contextmanager
+def _threads(n: int | None):
+    """Pin torch's intra-op threads for the build (fewer threads win on a busy machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---- state ---------------------------------------------------------------------------------
+
+
+def _read_state(root: Path) -> dict | None:
+    path = root / STATE_DIR / STATE_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _phase_outputs(root: Path, phase: str) -> list[Path]:
+    """Files whose presence a finished phase guarantees (checked before trusting it)."""
+    if phase == "tokenizer":
+        return [root / TOKENIZER_DIR / "tokenizer.json"]
+    if phase == "base":
+        return [root / BASE_DIR / "model.safetensors", root / BASE_DIR / "tokenizer.json"]
+    if phase == "data":
+        files = [root / POOL_FILE, root / STATE_DIR / POOL_TRUTH_FILE]
+        for name in TARGETS:
+            files += [
+                root / TASKS_DIR / name / "kshot.jsonl",
+                root / TASKS_DIR / name / "test.jsonl",
+            ]
+        return files + [root / CALIBRATION_DIR / f"{name}.jsonl" for name in FAMILIES]
+    if phase == "bank":
+        return [root / BANK_DIR / s.name / "adapter_model.safetensors" for s in bank_specs(0, 1, 1)]
+    if phase == "baselines":
+        return [root / BASELINES_FILE]
+    return [root / TRUTH_FILE]
+
+
+def _check_writable(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".write_probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"cannot write the testbed here ({exc.strerror or exc})", root) from None
+
+
+def _prepare(root: Path, fingerprint: dict, force: bool) -> dict:
+    """The state to resume from; refuses to touch a directory that is not this build's."""
+    state = _read_state(root)
+    ours = {LOCK_FILE}
+    has_content = root.is_dir() and any(p.name not in ours for p in root.iterdir())
+    if state is None and has_content and not (root / STATE_DIR).is_dir():
+        raise InputError(
+            "directory is not empty and is not a testbed build; choose another --out", root
+        )
+    if state is not None and state.get("fingerprint") != fingerprint:
+        if not force:
+            old = state.get("fingerprint", {})
+            raise InputError(
+                f"holds a testbed built with preset {old.get('preset')!r} seed {old.get('seed')}"
+                " (pass force=True / --force to rebuild it, or choose another --out)",
+                root,
+            )
+        state = None
+    if state is None or force:
+        for name in (MARKER, TRUTH_FILE, BASELINES_FILE, POOL_FILE):
+            (root / name).unlink(missing_ok=True)
+        for name in (STATE_DIR, TOKENIZER_DIR, BASE_DIR, BANK_DIR, BASELINES_DIR, TASKS_DIR):
+            shutil.rmtree(root / name, ignore_errors=True)
+        shutil.rmtree(root / CALIBRATION_DIR, ignore_errors=True)
+        state = {"fingerprint": fingerprint, "phases": {}}
+    return state
+
+
+def _save_state(root: Path, state: dict) -> None:
+    write_json(root / STATE_DIR / STATE_FILE, state)
+
+
+def is_complete(root: Path, preset: str | None = None, seed: int | None = None) -> bool:
+    """True if `root` holds a finished build (of this preset and seed, when given)."""
+    root = Path(root)
+    try:
+        marker = json.loads((root / MARKER).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if preset is not None and marker.get("preset") != preset:
+        return False
+    if seed is not None and marker.get("seed") != seed:
+        return False
+    if marker.get("format") != FORMAT_VERSION:
+        return False
+    return all(p.exists() for phase in PHASES for p in _phase_outputs(root, phase))
+
+
+# ---- phases --------------------------------------------------------------------------------
+
+
+def _vocab_texts(seed: int, per_set: int) -> list[str]:
+    rng = random.Random(seed * 7919 + 1)
+    texts = ["### Instruction:\n### Input:\n### Response:\nThe answer is"] * 50
+    for family in FAMILIES.values():
+        for level in ("easy", "full"):
+            for templates in (
+                family.templates,
+                family.alt_templates,
+                family.new_templates,
+                family.pretrain_templates,
+            ):
+                for _ in range(per_set):
+                    problem = family.draw(rng, level)
+                    texts.append(make_record(family, problem, rng.choice(templates), "v").text)
+    for target in TARGETS.values():
+        for pool in (False, True):
+            texts += [r.text for r in target.make(rng, per_set, "train", "v", pool=pool)]
+    return texts
+
+
+def _phase_tokenizer(root: Path, preset: Preset, seed: int, progress: bool) -> dict:
+    words = corpus_words(_vocab_texts(seed, preset.vocab_sample))
+    tokenizer = build_tokenizer(words)
+    with atomic_dir(root / TOKENIZER_DIR) as tmp:
+        tokenizer.save_pretrained(str(tmp))
+    return {"vocab_size": len(tokenizer), "words": len(words)}
+
+
+def pretraining_records(preset: Preset, seed: int) -> list[Record]:
+    """Every family's skill under its pretraining templates (both levels), plus a little of
+    the easy level under the bank templates: the base model can do the skills but does not
+    know the bank's instructions for the full level; an expert LoRA unlocks its family."""
+    rng = random.Random(seed * 7919 + 2)
+    families = sorted(FAMILIES)
+    records = []
+    for i in range(preset.pretrain_records):
+        family = FAMILIES[families[i % len(families)]]
+        if rng.random() < preset.pretrain_canonical_share:
+            level, templates = "easy", family.templates
+        else:
+            level = "full" if rng.random() < preset.pretrain_full_share else "easy"
+            templates = family.pretrain_templates
+        problem = family.draw(rng, level, "train")
+        records.append(make_record(family, problem, rng.choice(templates), f"pre-{i}"))
+    rng.shuffle(records)
+    return records
+
+
+def _phase_base(root: Path, preset: Preset, seed: int, progress: bool) -> dict:
+    from transformers import AutoTokenizer
+
+    from taskexpert.train import train
+
+    tokenizer = AutoTokenizer.from_pretrained(str(root / TOKENIZER_DIR))
+    model = make_base_model(preset.model, tokenizer, seed)
+    config = preset.pretrain.model_copy(update={"seed": seed, "progress": progress})
+    result = train(model, tokenizer, pretraining_records(preset, seed), config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    with atomic_dir(root / BASE_DIR) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+    return {"parameters": parameter_count(model), "train": result.to_dict()}
+
+
+def _phase_data(root: Path, preset: Preset, seed: int, progress: bool) -> dict:
+    rng = random.Random(seed * 7919 + 3)
+    pool, truth = build_pool(
+        rng,
+        family_total=preset.pool_family_total,
+        relevant_per_target=preset.pool_relevant_per_target,
+        near_duplicate_share=preset.pool_near_duplicate_share,
+        noise_share=preset.pool_noise_share,
+    )
+    write_records(root / POOL_FILE, pool)
+    sizes = {"pool": len(pool)}
+    for name, target in TARGETS.items():
+        kshot = target.make(rng, preset.kshot, "train", f"{name}-kshot")
+        test = target.make(rng, preset.test, "test", f"{name}-test")
+        write_records(root / TASKS_DIR / name / "kshot.jsonl", kshot)
+        write_records(root / TASKS_DIR / name / "test.jsonl", test)
+        sizes[f"{name}.kshot"], sizes[f"{name}.test"] = len(kshot), len(test)
+    for name, family in FAMILIES.items():
+        records, seen = [], set()
+        for _ in range(100 * preset.calibration):
+            if len(records) == preset.calibration:
+                break
+            problem = family.draw(rng, "full", "test")
+            record = make_record(
+                family, problem, rng.choice(family.templates), f"{name}-cal-{len(records):04d}"
+            )
+            if record.instruction not in seen:
+                seen.add(record.instruction)
+                records.append(record)
+        if len(records) < preset.calibration:
+            raise RuntimeError(f"family {name}: fewer than {preset.calibration} held-out problems")
+        write_records(root / CALIBRATION_DIR / f"{name}.jsonl", records)
+    write_json(root / STATE_DIR / POOL_TRUTH_FILE, truth.to_dict())
+    return {"sizes": sizes}
+
+
+def _load_base(root: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(root / BASE_DIR))
+    model = AutoModelForCausalLM.from_pretrained(str(root / BASE_DIR))
+    return model.eval(), tokenizer
+
+
+def _phase_bank(
+    root: Path, preset: Preset, seed: int, progress: bool, *, keep_existing: bool
+) -> dict:
+    from tqdm.auto import tqdm
+
+    model, tokenizer = _load_base(root)
+    foreign_spec = preset.model.model_copy(update={"hidden": preset.model.hidden + 16})
+    foreign = make_base_model(foreign_spec, tokenizer, seed + 1)
+    config = preset.adapter.model_copy(update={"progress": False})
+    timings = {}
+    specs = bank_specs(seed, preset.lora_r, preset.lora_alpha)
+    if not keep_existing:
+        shutil.rmtree(root / BANK_DIR, ignore_errors=True)
+    for spec in tqdm(specs, desc="bank", disable=not progress):
+        target = root / BANK_DIR / spec.name
+        if (target / "adapter_model.safetensors").is_file():
+            continue  # written atomically by an earlier, interrupted run of this phase
+        began = time.perf_counter()
+        result = train_adapter(
+            spec, model, foreign, tokenizer, target, n_records=preset.adapter_records, config=config
+        )
+        timings[spec.name] = {"seconds": round(time.perf_counter() - began, 2), **result.to_dict()}
+    return {"adapters": timings}
+
+
+def _phase_baselines(root: Path, preset: Preset, seed: int, progress: bool) -> dict:
+    from taskexpert.testbed.baselines import run_baselines
+
+    return run_baselines(root, preset, seed, progress)
+
+
+def _phase_truth(root: Path, preset: Preset, seed: int, state: dict) -> dict:
+    truth = ground_truth(root, preset, seed, state)
+    write_json(root / TRUTH_FILE, truth)
+    return {}
+
+
+# ---- ground truth --------------------------------------------------------------------------
+
+
+def _specs_by_name(seed: int, preset: Preset) -> dict[str, AdapterSpec]:
+    return {s.name: s for s in bank_specs(seed, preset.lora_r, preset.lora_alpha)}
+
+
+def ground_truth(root: Path, preset: Preset, seed: int, state: dict) -> dict:
+    """testbed.json: the documented schema (README.md in this folder)."""
+    from importlib.metadata import version
+
+    specs = _specs_by_name(seed, preset)
+    pool_truth = json.loads((root / STATE_DIR / POOL_TRUTH_FILE).read_text())
+    baselines = json.loads((root / BASELINES_FILE).read_text())
+    targets = {}
+    for name, target in TARGETS.items():
+        skills = set(target.skills)
+        primary = [f"expert_{s}" for s in target.skills]
+        related = [
+            n
+            for n, s in specs.items()
+            if n not in primary
+            and s.kind in ("duplicate", "scaled", "mixture")
+            and skills & set(s.families)
+        ]
+        guessers = [n for n, s in specs.items() if s.kind == "guesser" and skills & set(s.families)]
+        sources = [target.pool_source] + (
+            list(target.skills) if target.kind == "known_family" else []
+        )
+        kshot = load_records(root / TASKS_DIR / name / "kshot.jsonl")
+        from taskexpert.prompts import infer_answer_kind
+
+        targets[name] = {
+            "kind": target.kind,
+            "description": target.description,
+            "skills": list(target.skills),
+            "answer_kind": infer_answer_kind(kshot[0]),
+            "relevant_experts": primary,
+            "also_relevant": related,
+            "guessers": guessers,
+            "relevant_sources": sources,
+            "skill_sources": list(target.skills),
+            "kshot": f"{TASKS_DIR}/{name}/kshot.jsonl",
+            "test": f"{TASKS_DIR}/{name}/test.jsonl",
+        }
+    sizes = {}
+    for phase in state["phases"].values():
+        sizes.update(phase.get("sizes", {}))
+    base_info = state["phases"].get("base", {})
+    return {
+        "schema_version": FORMAT_VERSION,
+        "paths": {
+            "base": BASE_DIR,
+            "bank": BANK_DIR,
+            "pool": POOL_FILE,
+            "tasks": TASKS_DIR,
+            "calibration": CALIBRATION_DIR,
+            "baseline_adapters": BASELINES_DIR,
+        },
+        "targets": targets,
+        "adapters": {name: spec.truth() for name, spec in specs.items()},
+        "families": {
+            name: {
+                "answer_kind": f.kind,
+                "skill": f.skill,
+                "calibration": f"{CALIBRATION_DIR}/{name}.jsonl",
+            }
+            for name, f in FAMILIES.items()
+        },
+        "pool": pool_truth,
+        "baselines": baselines["targets"],
+        "calibration": baselines["calibration"],
+        "kshot_rppl": baselines["kshot_rppl"],
+        "build": {
+            "seed": seed,
+            "preset": preset.name,
+            "preset_config": json.loads(preset.model_dump_json()),
+            "sizes": {
+                **sizes,
+                "adapters": len(specs),
+                "vocab": state["phases"].get("tokenizer", {}).get("vocab_size"),
+                "base_parameters": base_info.get("parameters"),
+            },
+            "timings": {p: round(v.get("seconds", 0.0), 2) for p, v in state["phases"].items()},
+            "pretraining": base_info.get("train"),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "threads": state.get("threads"),
+            "versions": {
+                "python": platform.python_version(),
+                "torch": version("torch"),
+                "transformers": version("transformers"),
+                "peft": version("peft"),
+            },
+        },
+    }
+
+
+# ---- orchestration -------------------------------------------------------------------------
+
+
+def build_testbed(
+    out: str | Path,
+    preset: str = "micro",
+    seed: int = 0,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    threads: int | None = 1,
+) -> Testbed:
+    """Build (or return the cached, or resume the half-built) testbed in `out`.
+
+    `threads` pins torch's intra-op threads during the build (None: torch's default). One
+    thread is the default because the model is tiny: a second thread gains little on a quiet
+    machine and, measured here, makes every step about 3x slower on a busy one.
+    """
+    spec = get_preset(preset)
+    root = Path(out)
+    fingerprint = _fingerprint(spec, seed)
+    if not force and is_complete(root, preset, seed):
+        return Testbed.load(root)
+    _check_writable(root)
+    with _exclusive(root):
+        if not force and is_complete(root, preset, seed):
+            return Testbed.load(root)  # built by another process while we waited
+        state = _prepare(root, fingerprint, force)
+        (root / MARKER).unlink(missing_ok=True)
+        state["threads"] = threads
+        rerun = {"earlier": False}  # once a phase reruns, every later phase reruns too
+        runners: dict[str, Callable[[], dict]] = {
+            "tokenizer": lambda: _phase_tokenizer(root, spec, seed, progress),
+            "base": lambda: _phase_base(root, spec, seed, progress),
+            "data": lambda: _phase_data(root, spec, seed, progress),
+            "bank": lambda: _phase_bank(
+                root, spec, seed, progress, keep_existing=not rerun["earlier"]
+            ),
+            "baselines": lambda: _phase_baselines(root, spec, seed, progress),
+            "truth": lambda: _phase_truth(root, spec, seed, state),
+        }
+        with _threads(threads):
+            for phase in PHASES:
+                done = phase in state["phases"] and all(
+                    p.exists() for p in _phase_outputs(root, phase)
+                )
+                if done and not rerun["earlier"]:
+                    continue
+                for later in PHASES[PHASES.index(phase) :]:
+                    state["phases"].pop(later, None)
+                _save_state(root, state)
+                _log(f"testbed: phase {phase} ...", progress)
+                began = time.perf_counter()
+                info = runners[phase]()
+                info["seconds"] = time.perf_counter() - began
+                state["phases"][phase] = info
+                _save_state(root, state)
+                _log(f"testbed: phase {phase} done in {info['seconds']:.1f}s", progress)
+                rerun["earlier"] = True
+        finished = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json(root / MARKER, {**fingerprint, "finished": finished})
+    return Testbed.load(root)

@@ -1,0 +1,108 @@
+"""Build presets: `micro` for unit tests (seconds, no calibration), `standard` for the demo and
+the quality benchmarks (minutes, calibrated: see README.md in this folder)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from taskexpert.errors import InputError
+from taskexpert.testbed.model import ModelSpec
+from taskexpert.train import TrainConfig
+
+
+class Preset(BaseModel):
+    """Every size of a testbed build; the preset name and the seed fix the whole build."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    model: ModelSpec
+    vocab_sample: int = Field(description="records per family, level and template set")
+    pretrain_records: int
+    pretrain_full_share: float = Field(description="share of full-level problems in pretraining")
+    pretrain_canonical_share: float = Field(description="share of easy bank-template items")
+    pretrain: TrainConfig
+    lora_r: int
+    lora_alpha: int
+    adapter_records: int
+    adapter: TrainConfig
+    pool_family_total: int
+    pool_relevant_per_target: int
+    pool_near_duplicate_share: float
+    pool_noise_share: float
+    kshot: int
+    test: int
+    calibration: int = Field(description="held-out items per family for expert/base EM")
+    kshot_lora: TrainConfig
+    ceiling_records: int
+    ceiling: TrainConfig
+    eval_batch_size: int = 64
+    max_new_tokens: int = 96
+
+
+def _train(**kw) -> TrainConfig:
+    kw.setdefault("progress", False)
+    kw.setdefault("max_length", 192)
+    return TrainConfig(**kw)
+
+
+PRESETS: dict[str, Preset] = {
+    "micro": Preset(
+        name="micro",
+        model=ModelSpec(hidden=32, layers=1, heads=2, max_positions=256),
+        vocab_sample=30,
+        pretrain_records=256,
+        pretrain_full_share=0.5,
+        pretrain_canonical_share=0.0,
+        pretrain=_train(max_steps=8, batch_size=32, lr=3e-3),
+        lora_r=4,
+        lora_alpha=8,
+        adapter_records=16,
+        adapter=_train(max_steps=2, batch_size=8, lr=3e-3),
+        pool_family_total=300,
+        pool_relevant_per_target=10,
+        pool_near_duplicate_share=0.05,
+        pool_noise_share=0.03,
+        kshot=8,
+        test=6,
+        calibration=4,
+        kshot_lora=_train(max_steps=2, batch_size=8, lr=3e-3),
+        ceiling_records=16,
+        ceiling=_train(max_steps=2, batch_size=8, lr=3e-3),
+        eval_batch_size=32,
+        max_new_tokens=12,
+    ),
+    "standard": Preset(
+        name="standard",
+        model=ModelSpec(hidden=160, layers=3, heads=4, max_positions=256),
+        vocab_sample=150,
+        pretrain_records=64_000,
+        pretrain_full_share=0.6,
+        pretrain_canonical_share=0.0,
+        pretrain=_train(max_steps=2000, batch_size=32, lr=1e-3, warmup_ratio=0.03),
+        lora_r=16,
+        lora_alpha=32,
+        adapter_records=3200,
+        adapter=_train(max_steps=80, batch_size=32, lr=2e-3, warmup_ratio=0.05),
+        pool_family_total=21_000,
+        pool_relevant_per_target=300,
+        pool_near_duplicate_share=0.04,
+        pool_noise_share=0.02,
+        kshot=50,
+        test=100,
+        calibration=40,
+        kshot_lora=_train(max_steps=30, batch_size=16, lr=2e-3, warmup_ratio=0.05),
+        ceiling_records=2000,
+        ceiling=_train(max_steps=200, batch_size=32, lr=2e-3, warmup_ratio=0.05),
+        eval_batch_size=64,
+        max_new_tokens=80,
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The named preset, or a clear error listing the known ones."""
+    if name not in PRESETS:
+        known = ", ".join(sorted(PRESETS))
+        raise InputError(f"unknown preset {name!r} (known: {known})", field="preset")
+    return PRESETS[name]

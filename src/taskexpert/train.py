@@ -1,0 +1,304 @@
+"""Supervised fine-tuning with the loss on response tokens only: one loop for every stage.
+
+Whatever has `requires_grad` trains: a full model (testbed pretraining), a PEFT LoRA (the
+testbed bank, LoRA baselines, DiverseEvol rounds) or a custom module (the mixture of LoRA
+experts, which adds its load-balancing loss through `aux_loss` and logs router entropy
+through `on_log`). Prompts are formatted by `prompts.format_prompt` and masked by
+`lm.encode_pair`, so a model is trained on exactly what it is scored and evaluated on.
+
+The loop is built on `accelerate.Accelerator`, so `accelerate launch` spreads it over several
+GPUs without code changes (each process takes every n-th micro-batch); on this machine it is
+a plain CPU loop. Checkpoints hold only the trainable parameters (safetensors) plus optimizer,
+scheduler, RNG and step, written atomically, so an interrupted run resumes where it stopped
+and ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from taskexpert.errors import InputError
+from taskexpert.io import atomic_dir
+from taskexpert.lm import EncodedPair, collate, encode_pair, ensure_pad_token
+from taskexpert.prompts import format_prompt
+from taskexpert.records import Record
+
+CHECKPOINT_NAME = "checkpoint"
+# Batches are drawn from shuffled windows of this many batches, sorted by length inside a
+# window: little padding, yet every batch mixes examples from all over the set.
+LENGTH_GROUP_WINDOW = 50
+
+
+class TrainConfig(BaseModel):
+    """Every knob of a fine-tuning run; the defaults suit a LoRA on a small model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: float = Field(1.0, gt=0, description="passes over the data (fractions allowed)")
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
+    lr: float = Field(2e-4, gt=0)
+    batch_size: int = Field(16, gt=0, description="examples per micro-batch (per process)")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, description="clip the gradient norm; None: off")
+    max_length: int = Field(512, gt=1, description="tokens per example, target tail cut first")
+    seed: int = 0
+    log_every: int = Field(10, gt=0, description="optimizer steps between on_log calls")
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = Field(0, ge=0, description="optimizer steps; 0: no checkpoints")
+    resume: bool = Field(False, description="continue from checkpoint_dir when one is there")
+    progress: bool = Field(True, description="show a tqdm progress bar")
+
+
+@dataclass
+class TrainResult:
+    """What a run did: the loss after every optimizer step, and how fast it went."""
+
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    tokens_per_second: float = 0.0
+    resumed_from: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "steps": self.steps,
+            "seconds": round(self.seconds, 3),
+            "tokens_per_second": round(self.tokens_per_second, 1),
+            "resumed_from": self.resumed_from,
+            "first_loss": self.losses[0] if self.losses else None,
+            "final_loss": self.losses[-1] if self.losses else None,
+        }
+
+
+AuxLoss = Callable[[torch.nn.Module], "torch.Tensor | None"]
+OnLog = Callable[[int, dict], None]
+
+
+def encode_records(
+    tokenizer, records: Sequence[Record], max_length: int = 512
+) -> list[EncodedPair]:
+    """Prompt (masked) + output (trained) token ids for each record."""
+    pairs = []
+    for record in records:
+        if not record.output:
+            raise InputError(
+                f"record {record.id!r}: empty output, nothing to train on", field="output"
+            )
+        prompt = format_prompt(record, tokenizer)
+        pairs.append(encode_pair(tokenizer, prompt, record.output, max_length))
+    return pairs
+
+
+class _BatchPlan:
+    """Deterministic micro-batches: epoch e's order depends only on (seed, e), so a resumed
+    run sees exactly the batches the uninterrupted run would have seen."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int) -> None:
+        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
+        self.per_epoch = math.ceil(len(self.lengths) / batch_size)
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def _epoch(self, epoch: int) -> list[list[int]]:
+        if self._cache is None or self._cache[0] != epoch:
+            rng = random.Random(self.seed * 1_000_003 + epoch)
+            order = list(range(len(self.lengths)))
+            rng.shuffle(order)
+            window = self.batch_size * LENGTH_GROUP_WINDOW
+            batches = []
+            for start in range(0, len(order), window):
+                chunk = sorted(order[start : start + window], key=lambda i: self.lengths[i])
+                batches += [
+                    chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)
+                ]
+            rng.shuffle(batches)
+            self._cache = (epoch, batches)
+        return self._cache[1]
+
+    def __getitem__(self, k: int) -> list[int]:
+        return self._epoch(k // self.per_epoch)[k % self.per_epoch]
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train, by name: all a checkpoint needs besides the frozen base."""
+    return {
+        n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
+    }
+
+
+def _make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for _, param in model.named_parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    if not decay and not no_decay:
+        raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
+    groups = [{"params": decay, "weight_decay": config.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, losses) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_dir(path) as tmp:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "python_rng": random.getstate(),
+            },
+            tmp / "state.pt",
+        )
+        (tmp / "progress.json").write_text(json.dumps({"step": step, "losses": losses}))
+
+
+def _load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, list[float]]:
+    from safetensors.torch import load_file
+
+    saved = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    if set(saved) != expected:
+        missing, extra = sorted(expected - set(saved)), sorted(set(saved) - expected)
+        raise InputError(
+            f"checkpoint does not match the model (missing {missing[:3]}, extra {extra[:3]})",
+            path / "trainable.safetensors",
+        )
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            if params[name].shape != tensor.shape:
+                raise InputError(f"shape mismatch for {name}", path / "trainable.safetensors")
+            params[name].copy_(tensor)
+    # Our own file, written by _save_checkpoint: optimizer state needs pickle.
+    state = torch.load(path / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    progress = json.loads((path / "progress.json").read_text())
+    return int(progress["step"]), list(progress["losses"])
+
+
+def total_steps(n_records: int, config: TrainConfig, num_processes: int = 1) -> int:
+    """Optimizer steps the run will take."""
+    if config.max_steps is not None:
+        return config.max_steps
+    per_epoch = math.ceil(n_records / config.batch_size)
+    return max(1, math.ceil(config.epochs * per_epoch / (config.grad_accum * num_processes)))
+
+
+def train(
+    model: torch.nn.Module,
+    tokenizer,
+    records: Sequence[Record],
+    config: TrainConfig | None = None,
+    *,
+    aux_loss: AuxLoss | None = None,
+    on_log: OnLog | None = None,
+) -> TrainResult:
+    """Fine-tune `model` in place on `records`, loss on `output` tokens only (see module doc)."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    config = config or TrainConfig()
+    if not records:
+        raise InputError("no training records")
+    pad_id = ensure_pad_token(tokenizer)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    pairs = encode_records(tokenizer, records, config.max_length)
+    plan = _BatchPlan([len(p.input_ids) for p in pairs], config.batch_size, config.seed)
+    n_steps = total_steps(len(pairs), config, accelerator.num_processes)
+
+    optimizer = _make_optimizer(model, config)
+    scheduler = get_scheduler(
+        config.schedule,
+        optimizer,
+        num_warmup_steps=int(config.warmup_ratio * n_steps),
+        num_training_steps=n_steps,
+    )
+    start, losses = 0, []
+    ckpt = Path(config.checkpoint_dir) / CHECKPOINT_NAME if config.checkpoint_dir else None
+    if config.resume and ckpt is not None and (ckpt / "progress.json").is_file():
+        start, losses = _load_checkpoint(ckpt, model, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    device = accelerator.device
+
+    model.train()
+    tokens, began = 0, time.perf_counter()
+    bar = tqdm(
+        total=n_steps,
+        initial=start,
+        desc="train",
+        disable=not config.progress or not accelerator.is_local_main_process,
+        leave=False,
+    )
+    step = start
+    try:
+        while step < n_steps:
+            step_loss, step_aux = 0.0, 0.0
+            for micro in range(config.grad_accum):
+                index = (step * config.grad_accum + micro) * accelerator.num_processes
+                batch = collate([pairs[i] for i in plan[index + accelerator.process_index]], pad_id)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                tokens += int(batch["attention_mask"].sum())
+                loss = model(**batch).loss
+                if aux_loss is not None:
+                    extra = aux_loss(accelerator.unwrap_model(model))
+                    if extra is not None:
+                        loss = loss + extra
+                        step_aux += float(extra.detach()) / config.grad_accum
+                accelerator.backward(loss / config.grad_accum)
+                step_loss += float(loss.detach()) / config.grad_accum
+            if config.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], config.max_grad_norm
+                )
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            losses.append(round(step_loss, 6))
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}")
+            if on_log is not None and (step % config.log_every == 0 or step == n_steps):
+                metrics = {"loss": step_loss, "lr": scheduler.get_last_lr()[0]}
+                if aux_loss is not None:
+                    metrics["aux_loss"] = step_aux
+                on_log(step, metrics)
+            if ckpt is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
+                if accelerator.is_main_process:
+                    _save_checkpoint(
+                        ckpt, accelerator.unwrap_model(model), optimizer, scheduler, step, losses
+                    )
+                accelerator.wait_for_everyone()
+    finally:
+        bar.close()
+        model.eval()
+    seconds = time.perf_counter() - began
+    return TrainResult(
+        losses=losses,
+        steps=step,
+        seconds=seconds,
+        tokens_per_second=tokens * accelerator.num_processes / max(seconds, 1e-9),
+        resumed_from=start,
+    )

@@ -1,0 +1,166 @@
+import json
+import shutil
+import time
+
+import pytest
+import torch
+
+from taskexpert.errors import InputError
+from taskexpert.records import load_records
+from taskexpert.testbed import Testbed, build_testbed, is_complete
+from taskexpert.testbed.build import PHASES
+
+KINDS = {"expert", "guesser", "duplicate", "mixture", "scaled", "foreign"}
+
+
+def test_files_and_schema(micro_testbed):
+    tb, truth = micro_testbed, micro_testbed.truth
+    assert tb.pool_path.is_file() and (tb.base_dir / "model.safetensors").is_file()
+    assert set(truth) >= {"targets", "adapters", "baselines", "build", "pool", "calibration"}
+    assert len(truth["targets"]) >= 4
+    assert sum(t["kind"] == "two_skill" for t in truth["targets"].values()) >= 2
+    for name, target in truth["targets"].items():
+        assert set(target) >= {"relevant_experts", "relevant_sources", "skills"}
+        assert all(a in truth["adapters"] for a in target["relevant_experts"])
+        assert all(s in truth["pool"]["sources"] for s in target["relevant_sources"])
+        kshot = load_records(tb.kshot_path(name))
+        assert all(r.rationale and r.answer for r in kshot)
+        test_prompts = {r.instruction for r in load_records(tb.test_path(name))}
+        assert not test_prompts & {r.instruction for r in kshot}
+        assert set(truth["baselines"][name]) >= {"base", "kshot_lora"} | set(truth["adapters"])
+    assert {a["kind"] for a in truth["adapters"].values()} == KINDS
+    data = {a["data"] for a in truth["adapters"].values() if a["kind"] == "guesser"}
+    assert data == {"answers", "biased", "mimic"}
+    for name, adapter in truth["adapters"].items():
+        assert (tb.adapter_dir(name) / "adapter_config.json").is_file()
+        assert (tb.adapter_dir(name) / "adapter_model.safetensors").is_file()
+        assert not (tb.adapter_dir(name) / "adapter_model.bin").exists()
+        assert set(adapter["families"]) <= set(truth["families"])
+    build = truth["build"]
+    assert build["preset"] == "micro" and build["seed"] == 0
+    assert set(build["timings"]) == set(PHASES) - {"truth"} and build["sizes"]["pool"] > 0
+
+
+def test_pool_truth_matches_the_pool(micro_testbed):
+    pool = {r.id: r for r in load_records(micro_testbed.pool_path)}
+    truth = micro_testbed.truth["pool"]
+    assert truth["size"] == len(pool)
+    counts = {}
+    for record in pool.values():
+        counts[record.source] = counts.get(record.source, 0) + 1
+    assert counts == truth["sources"]
+    assert all(pool[i].source == "noise" for i in truth["noise_ids"])
+    for dup, original in truth["near_duplicates"].items():
+        assert pool[dup].output == pool[original].output
+        assert pool[dup].instruction != pool[original].instruction
+    sizes = [counts[f] for f in micro_testbed.truth["families"]]
+    assert max(sizes) > 2 * min(sizes)  # unequal family sizes
+    held_out = {
+        r.instruction
+        for t in micro_testbed.targets
+        for r in load_records(micro_testbed.test_path(t))
+    }
+    assert not held_out & {r.instruction for r in pool.values()}
+
+
+def test_models_load_with_auto_classes_and_peft(micro_testbed):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(micro_testbed.base_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(micro_testbed.base_dir))
+    assert type(model).__name__ == "LlamaForCausalLM"
+    expert = micro_testbed.adapter_names("expert")[0]
+    peft = PeftModel.from_pretrained(model, str(micro_testbed.adapter_dir(expert)))
+    ids = tokenizer("What is 1 plus 2?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert peft(input_ids=ids).logits.shape[-1] == len(tokenizer)
+
+
+def test_foreign_adapter_shapes_do_not_fit(micro_testbed):
+    from peft import PeftModel
+
+    model, _ = micro_testbed.load_base()
+    (foreign,) = micro_testbed.adapter_names("foreign")
+    config = json.loads((micro_testbed.adapter_dir(foreign) / "adapter_config.json").read_text())
+    assert (
+        config["base_model_name_or_path"] == micro_testbed.truth["adapters"][foreign]["base_model"]
+    )
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        PeftModel.from_pretrained(model, str(micro_testbed.adapter_dir(foreign)))
+    assert all(v is None for v in (b[foreign] for b in micro_testbed.truth["baselines"].values()))
+
+
+def test_cache_hit_returns_at_once(micro_testbed):
+    before = (micro_testbed.root / "testbed.json").stat().st_mtime_ns
+    began = time.perf_counter()
+    again = build_testbed(micro_testbed.root, "micro", 0, progress=False)
+    assert time.perf_counter() - began < 2.0
+    assert again.truth == micro_testbed.truth
+    assert (micro_testbed.root / "testbed.json").stat().st_mtime_ns == before
+
+
+def test_interrupted_build_is_resumed_not_trusted(micro_testbed, tmp_path):
+    root = tmp_path / "tb"
+    shutil.copytree(micro_testbed.root, root)
+    # an interruption during the last phase: no marker, no testbed.json
+    (root / ".complete").unlink()
+    (root / "testbed.json").unlink()
+    assert not is_complete(root)
+    with pytest.raises(InputError, match="not a finished testbed"):
+        Testbed.load(root)
+    bank_file = root / "bank" / "expert_add" / "adapter_model.safetensors"
+    pool_mtime, bank_mtime = (root / "pool.jsonl").stat().st_mtime_ns, bank_file.stat().st_mtime_ns
+    resumed = build_testbed(root, "micro", 0, progress=False)
+    assert is_complete(root) and resumed.truth["baselines"] == micro_testbed.truth["baselines"]
+    assert (root / "pool.jsonl").stat().st_mtime_ns == pool_mtime
+    assert bank_file.stat().st_mtime_ns == bank_mtime
+
+
+def test_lost_phase_file_reruns_that_phase_and_later_ones(micro_testbed, tmp_path):
+    root = tmp_path / "tb"
+    shutil.copytree(micro_testbed.root, root)
+    kept = root / "bank" / "expert_add" / "adapter_model.safetensors"
+    kept_mtime = kept.stat().st_mtime_ns
+    shutil.rmtree(root / "bank" / "expert_shift")
+    assert not is_complete(root)
+    build_testbed(root, "micro", 0, progress=False)
+    assert (root / "bank" / "expert_shift" / "adapter_model.safetensors").is_file()
+    assert kept.stat().st_mtime_ns == kept_mtime  # finished adapters are kept
+    assert is_complete(root, "micro", 0)
+
+
+def test_bad_input(micro_testbed, tmp_path):
+    with pytest.raises(InputError, match="unknown preset 'huge'"):
+        build_testbed(tmp_path / "x", "huge")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(InputError, match="cannot write"):
+        build_testbed(blocker / "sub", "micro", progress=False)
+    with pytest.raises(InputError, match="preset 'micro' seed 0"):
+        build_testbed(micro_testbed.root, "micro", seed=1, progress=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not a testbed build"):
+        build_testbed(other, "micro", progress=False)
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_data_files_are_deterministic_per_seed(tmp_path):
+    import random
+
+    from taskexpert.testbed.build import pretraining_records
+    from taskexpert.testbed.pool import build_pool
+    from taskexpert.testbed.presets import get_preset
+
+    def pool(seed):
+        args = dict(
+            family_total=200, relevant_per_target=5, near_duplicate_share=0.1, noise_share=0.1
+        )
+        return build_pool(random.Random(seed), **args)
+
+    (a, ta), (b, tb), (c, _) = pool(3), pool(3), pool(4)
+    assert a == b and ta.to_dict() == tb.to_dict() and a != c
+    preset = get_preset("micro")
+    assert pretraining_records(preset, 1) == pretraining_records(preset, 1)
