@@ -150,3 +150,177 @@ def load_adapter(
     if not adapter.modules:
         raise InputError("adapter holds no LoRA weights", path)
     return adapter
+
+
+# --- validation against a base model and bank loading ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding about an adapter; errors make it unusable, warnings are only reported."""
+
+    message: str
+    fatal: bool = True
+
+    def __str__(self) -> str:
+        return self.message if self.fatal else f"warning: {self.message}"
+
+
+def _short_name(name: str | None) -> str:
+    """'org/Llama-2-7b' and '/models/Llama-2-7b/' name one model on two machines."""
+    return str(name or "").rstrip("/").rsplit("/", 1)[-1].lower()
+
+
+def _declared_rank(config: dict, module: str) -> int | None:
+    rank = config.get("r")
+    return int(_pattern_value(config.get("rank_pattern"), module, rank)) if rank else None
+
+
+def validate_adapter(adapter: LoraAdapter, base_model: torch.nn.Module) -> list[Problem]:
+    """Everything that would make the adapter fail or mislead on this base model, by module."""
+    problems: list[Problem] = []
+    base_name = getattr(getattr(base_model, "config", None), "_name_or_path", None) or getattr(
+        base_model, "name_or_path", None
+    )
+    if (
+        adapter.base_model_name
+        and base_name
+        and (_short_name(adapter.base_model_name) != _short_name(base_name))
+    ):
+        problems.append(
+            Problem(
+                f"trained on base model {adapter.base_model_name!r}, loaded on {base_name!r}",
+                fatal=False,
+            )
+        )
+    base_modules = dict(base_model.named_modules())
+    missing = [m for m in adapter.modules if m not in base_modules]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        problems.append(
+            Problem(f"target module(s) not in the base model: {', '.join(missing[:3])}{more}")
+        )
+    for name, module in adapter.modules.items():
+        layer = base_modules.get(name)
+        if layer is None:
+            continue
+        in_features = getattr(layer, "in_features", None)
+        out_features = getattr(layer, "out_features", None)
+        if in_features is None or out_features is None:
+            problems.append(
+                Problem(f"module {name} is a {type(layer).__name__}, not a linear layer")
+            )
+            continue
+        if module.A.shape[1] != in_features or module.B.shape[0] != out_features:
+            problems.append(
+                Problem(
+                    f"module {name}: lora_A {tuple(module.A.shape)} / lora_B "
+                    f"{tuple(module.B.shape)} do not fit the base layer "
+                    f"({in_features} in, {out_features} out)"
+                )
+            )
+            continue
+        declared = _declared_rank(adapter.config, name)
+        if declared is not None and declared != module.rank:
+            problems.append(
+                Problem(
+                    f"module {name}: rank {module.rank} in the weights but r={declared} "
+                    "in adapter_config.json"
+                )
+            )
+        if module.rank > min(in_features, out_features):
+            problems.append(
+                Problem(
+                    f"module {name}: rank {module.rank} exceeds the layer's size; "
+                    "the update is not low-rank",
+                    fatal=False,
+                )
+            )
+        if not (torch.isfinite(module.A).all() and torch.isfinite(module.B).all()):
+            problems.append(Problem(f"module {name}: weights contain NaN or inf"))
+    return problems
+
+
+@dataclass
+class Bank:
+    """Usable adapters (weights in memory, loaded once) and the rejected ones with reasons."""
+
+    adapters: dict[str, LoraAdapter] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+    warnings: dict[str, list[str]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.adapters)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.adapters)
+
+
+def _bank_entries(source: Path) -> list[tuple[str, Path, int | None]]:
+    """(name, adapter dir, list-file line) for a bank directory, one adapter or a list file."""
+    if source.is_file():
+        entries, seen = [], {}
+        for number, raw in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, _, path_text = line.partition("\t") if "\t" in line else ("", "", line)
+            path = Path(path_text.strip()).expanduser()
+            path = path if path.is_absolute() else source.parent / path
+            name = name.strip() or path.name
+            if name in seen:
+                raise InputError(
+                    f"adapter name {name!r} listed twice (first on line {seen[name]})",
+                    source,
+                    number,
+                )
+            seen[name] = number
+            entries.append((name, path, number))
+        return entries
+    if not source.is_dir():
+        raise InputError("bank not found: expected a directory of adapters or a list file", source)
+    if (source / CONFIG_FILE).is_file():
+        return [(source.name, source, None)]
+    return [
+        (child.name, child, None)
+        for child in sorted(source.iterdir())
+        if child.is_dir() and not child.name.startswith(".")
+    ]
+
+
+def load_bank(
+    source: str | Path,
+    base_model: torch.nn.Module | None = None,
+    strict: bool = False,
+    allow_pickle: bool = False,
+) -> Bank:
+    """Load and validate every adapter once; unfit ones are rejected by name (raise if strict)."""
+    source = Path(source)
+    bank = Bank()
+    for name, path, line in _bank_entries(source):
+        where = (source, line) if line is not None else (path, None)
+        try:
+            adapter = load_adapter(path, name=name, allow_pickle=allow_pickle)
+        except InputError as exc:
+            if strict:
+                raise InputError(f"adapter {name!r}: {exc}", *where) from None
+            bank.rejected[name] = str(exc)
+            continue
+        problems = validate_adapter(adapter, base_model) if base_model is not None else []
+        errors = [p.message for p in problems if p.fatal]
+        warnings = [p.message for p in problems if not p.fatal]
+        if errors:
+            if strict:
+                raise InputError(f"adapter {name!r} does not fit the base model: {errors[0]}", path)
+            bank.rejected[name] = "; ".join(errors)
+            continue
+        if warnings:
+            bank.warnings[name] = warnings
+        bank.adapters[name] = adapter
+    if not bank.adapters:
+        detail = "; ".join(f"{n}: {r}" for n, r in list(bank.rejected.items())[:3])
+        raise InputError(
+            "the bank holds no usable adapters" + (f" ({detail})" if detail else ""), source
+        )
+    return bank

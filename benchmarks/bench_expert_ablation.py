@@ -1,0 +1,232 @@
+"""Expert-selection ablation on the testbed, scored against its ground truth (issue 4, item 6).
+
+Paper A's claims, checked where the truth is known: reasoning perplexity (RPPL) beats vanilla
+perplexity (PPL) as an indicator of real skill, and diversity keeps near-duplicates out of
+the group. Every target's K-shot is scored once per adapter (EM, PPL, RPPL and the RPPL
+variants that try to expose the format-mimic guesser); the group rule then runs with each
+indicator (EM only, EM+PPL, EM+RPPL and its variants), with and without diversity.
+
+For each selection rule it reports how often the group holds the target's relevant experts,
+a blind guesser, the format-mimic guesser, or a near-duplicate pair. For each indicator alone
+it reports where the relevant expert ranks among the usable adapters, how many guessers rank
+above it, and the mimic-to-expert ratio (the prototype saw the mimic within 10% of the expert
+on paper RPPL; a fix should push that ratio well above 1).
+
+    .venv/bin/python benchmarks/bench_expert_ablation.py --testbed DIR [--preset standard]
+
+`DIR` is built with `taskexpert testbed build` when it is missing (minutes for `standard`).
+Prints one JSON line on stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from taskexpert.bank import load_bank
+from taskexpert.experts.diversity import similarity_matrix
+from taskexpert.experts.grouping import GroupingConfig, choose_group
+from taskexpert.experts.scoring import (
+    BASE_ROW,
+    RPPL_VARIANTS,
+    ScoringConfig,
+    prepare_kshot,
+    reasoning_score,
+    score_bank,
+)
+from taskexpert.records import load_records
+
+# indicator name -> (perplexity measure or None, its weight)
+INDICATORS = {
+    "em": None,
+    "em+ppl": "ppl",
+    **{("em+rppl" if v == "paper" else f"em+rppl_{v}"): v for v in RPPL_VARIANTS},
+}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def open_testbed(path: Path, preset: str, seed: int):
+    from taskexpert.testbed.build import build_testbed, is_complete
+    from taskexpert.testbed.layout import Testbed
+
+    if is_complete(path):
+        return Testbed.load(path)
+    log(f"building the {preset} testbed in {path} ...")
+    return build_testbed(path, preset, seed)
+
+
+def measure(scores: dict, name: str, measure_name: str | None) -> float:
+    """The perplexity-like number an indicator ranks by (lower is better)."""
+    score = scores[name]
+    if measure_name == "ppl":
+        return score.ppl
+    return reasoning_score(score, measure_name, scores[BASE_ROW])
+
+
+def duplicate_pairs(names: list[str], adapters_truth: dict) -> list[tuple[str, str]]:
+    pairs = []
+    for a, b in itertools.combinations(names, 2):
+        if adapters_truth[a].get("duplicate_of") == b or adapters_truth[b].get("duplicate_of") == a:
+            pairs.append((a, b))
+    return pairs
+
+
+def group_metrics(chosen: list[str], target: dict, adapters_truth: dict) -> dict:
+    relevant = target["relevant_experts"]
+    mimics = [n for n in target["guessers"] if adapters_truth[n].get("data") == "mimic"]
+    return {
+        "chosen": chosen,
+        "relevant_recall": sum(n in chosen for n in relevant) / len(relevant),
+        "guessers": [n for n in chosen if adapters_truth[n]["kind"] == "guesser"],
+        "mimic": any(n in chosen for n in mimics),
+        "duplicate_pairs": duplicate_pairs(chosen, adapters_truth),
+    }
+
+
+def indicator_metrics(scores: dict, names: list[str], target: dict, adapters_truth: dict):
+    """Each perplexity measure alone: the relevant expert's rank and the guessers around it."""
+    result = {}
+    for label, measure_name in INDICATORS.items():
+        if measure_name is None:
+            continue
+        values = {n: measure(scores, n, measure_name) for n in names}
+        order = sorted(names, key=lambda n: values[n])
+        relevant = [n for n in target["relevant_experts"] if n in values]
+        guessers = [n for n in target["guessers"] if n in values]
+        best_relevant = min(values[n] for n in relevant)
+        row = {
+            "relevant_rank": statistics.mean(order.index(n) + 1 for n in relevant),
+            "guessers_above_relevant": sum(values[g] < best_relevant for g in guessers),
+        }
+        for g in guessers:
+            kind = adapters_truth[g].get("data", "guesser")
+            row[f"{kind}_to_expert_ratio"] = round(values[g] / best_relevant, 4)
+        result[label] = row
+    return result
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean over targets; guesser rates only over targets that have guessers in the bank."""
+    with_guessers = [r for r in runs if r["has_guessers"]]
+    with_duplicates = [r for r in runs if r["has_duplicates"]]
+    return {
+        "relevant_recall": round(statistics.mean(r["relevant_recall"] for r in runs), 4),
+        "guesser_pick_rate": round(statistics.mean(bool(r["guessers"]) for r in with_guessers), 4)
+        if with_guessers
+        else None,
+        "mimic_pick_rate": round(statistics.mean(r["mimic"] for r in with_guessers), 4)
+        if with_guessers
+        else None,
+        "duplicate_pair_rate": round(
+            statistics.mean(bool(r["duplicate_pairs"]) for r in with_duplicates), 4
+        )
+        if with_duplicates
+        else None,
+    }
+
+
+def run(args) -> dict:
+    torch.set_num_threads(args.threads)
+    began = time.perf_counter()
+    testbed = open_testbed(args.testbed, args.preset, args.seed)
+    truth = testbed.truth
+    adapters_truth = truth["adapters"]
+    base, tokenizer = testbed.load_base()
+    bank = load_bank(testbed.bank_dir, base)
+    log(f"bank: {len(bank)} usable, rejected: {sorted(bank.rejected)}")
+    similarity = {m: similarity_matrix(bank.adapters, m) for m in ("delta", "factors")}
+    names = bank.names
+    duplicates = duplicate_pairs(names, adapters_truth)
+    sim_report = {}
+    for method, matrix in similarity.items():
+        off = [matrix(a, b) for a, b in itertools.combinations(names, 2)]
+        sim_report[method] = {
+            "duplicate_pairs": {f"{a}~{b}": round(matrix(a, b), 4) for a, b in duplicates},
+            "median_other_pair": round(statistics.median(off), 4),
+            "max_other_pair": round(
+                max(
+                    matrix(a, b)
+                    for a, b in itertools.combinations(names, 2)
+                    if (a, b) not in duplicates
+                ),
+                4,
+            ),
+        }
+    config = ScoringConfig(batch_size=args.batch_size, variants=("contrast", "content"))
+    per_rule: dict[str, list[dict]] = {}
+    per_target: dict[str, dict] = {}
+    targets = args.targets or testbed.targets
+    for target_name in targets:
+        target = truth["targets"][target_name]
+        kshot = load_records(testbed.kshot_path(target_name))[: args.kshot]
+        task = prepare_kshot(kshot, tokenizer, config)
+        start = time.perf_counter()
+        scores = score_bank(base, tokenizer, bank, task, config, progress=args.progress)
+        log(f"{target_name}: scored {len(scores)} models in {time.perf_counter() - start:.1f}s")
+        em = {n: scores[n].em for n in names}
+        target_runs = {}
+        for label, measure_name in INDICATORS.items():
+            perplexity = None
+            if measure_name is not None:
+                perplexity = {n: measure(scores, n, measure_name) for n in names}
+            for diversity in (False, True):
+                rule = f"{label}{'+diversity' if diversity else ''}"
+                grouping = GroupingConfig(n=args.n, diversity=diversity)
+                choice = choose_group(
+                    em, perplexity, similarity["delta"], grouping, scores[BASE_ROW].em
+                )
+                metrics = group_metrics(choice.chosen, target, adapters_truth)
+                metrics["has_guessers"] = bool(target["guessers"])
+                metrics["has_duplicates"] = any(
+                    adapters_truth[n].get("duplicate_of") in target["relevant_experts"]
+                    for n in names
+                )
+                per_rule.setdefault(rule, []).append(metrics)
+                target_runs[rule] = {k: metrics[k] for k in ("chosen", "guessers", "mimic")}
+        per_target[target_name] = {
+            "kshot": len(task),
+            "em": {n: round(scores[n].em, 3) for n in [BASE_ROW, *names]},
+            "rppl": {n: round(scores[n].rppl, 4) for n in [BASE_ROW, *names]},
+            "indicators": indicator_metrics(scores, names, target, adapters_truth),
+            "groups": target_runs,
+        }
+    return {
+        "benchmark": "expert_ablation",
+        "testbed": str(args.testbed),
+        "preset": truth["build"]["preset"],
+        "n": args.n,
+        "targets": targets,
+        "rejected": bank.rejected,
+        "rules": {rule: summarise(runs) for rule, runs in per_rule.items()},
+        "similarity": sim_report,
+        "per_target": per_target,
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--testbed", type=Path, required=True)
+    parser.add_argument("--preset", default="standard")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--targets", nargs="*", default=None)
+    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--kshot", type=int, default=None, help="use only the first K items")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--progress", action="store_true")
+    print(json.dumps(run(parser.parse_args())))
+
+
+if __name__ == "__main__":
+    main()

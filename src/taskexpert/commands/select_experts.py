@@ -1,0 +1,148 @@
+"""`taskexpert select-experts`: choose N LoRA experts from a bank with a K-shot set (Stage 1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from taskexpert.errors import InputError
+from taskexpert.io import write_json
+
+
+def run_select_experts(
+    base: str,
+    bank_source: Path,
+    kshot_path: Path,
+    out: Path,
+    *,
+    strict: bool = False,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    device: str = "auto",
+    dtype: str = "float32",
+    **config: Any,
+):
+    """Load everything (failing early on bad input), select, then write experts.json atomically."""
+    from pydantic import ValidationError
+
+    from taskexpert.bank import load_bank
+    from taskexpert.experts.scoring import check_kshot
+    from taskexpert.experts.select import ExpertSelectionConfig, select_experts
+    from taskexpert.models import load_base
+    from taskexpert.records import load_records
+
+    out = Path(out)
+    if out.is_dir():
+        raise InputError("output path is a directory", out, field="out")
+    if out.resolve() == Path(kshot_path).resolve():
+        raise InputError("output would overwrite the K-shot file", out, field="out")
+    try:
+        selection_config = ExpertSelectionConfig(**config)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]).replace("_", "-")
+        raise InputError(err["msg"], field=field) from None
+    kshot = load_records(kshot_path)
+    check_kshot(kshot, kshot_path)
+    model, tokenizer = load_base(
+        base,
+        dtype=dtype,
+        device=device,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    )
+    bank = load_bank(bank_source, model, strict=strict, allow_pickle=allow_pickle)
+    selection = select_experts(model, tokenizer, bank, kshot, selection_config, kshot_path)
+    result = selection.to_json()
+    result["inputs"] = {"base": str(base), "bank": str(bank_source), "kshot": str(kshot_path)}
+    write_json(out, result)
+    return selection
+
+
+def main(
+    base: str = typer.Option(..., "--base", help="Base model directory, or 'smollm2'."),
+    bank: Path = typer.Option(
+        ..., "--bank", help="Directory of PEFT LoRA adapter dirs, or a list file (one per line)."
+    ),
+    kshot: Path = typer.Option(
+        ..., "--kshot", help="K-shot records (JSONL with answer/rationale)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Where to write experts.json."),
+    n: int = typer.Option(4, "--n", help="Experts in the group (paper: 4)."),
+    m: int | None = typer.Option(None, "--m", help="Candidates kept by quality (default: 2N)."),
+    tolerance: float = typer.Option(
+        0.1, "--tolerance", help="Quality slack (0..1) within which the most diverse group wins."
+    ),
+    em_weight: float = typer.Option(1.0, "--em-weight", help="Weight of the EM rank."),
+    perplexity_weight: float = typer.Option(
+        1.0, "--perplexity-weight", help="Weight of the perplexity rank (0: EM only)."
+    ),
+    perplexity: str = typer.Option(
+        "rppl", "--perplexity", help="rppl (reasoning, paper) or ppl (bare answer)."
+    ),
+    rppl_variant: str = typer.Option(
+        "paper",
+        "--rppl-variant",
+        help="paper, relative (vs base), contrast (vs another item's rationale), content.",
+    ),
+    report_variants: bool = typer.Option(
+        False, "--report-variants", help="Also compute and record every RPPL variant."
+    ),
+    similarity: str = typer.Option(
+        "delta", "--similarity", help="delta (exact cos of B·A) or factors (paper's A/B cosines)."
+    ),
+    no_diversity: bool = typer.Option(False, "--no-diversity", help="Plain top-N by quality."),
+    keep_below_base: bool = typer.Option(
+        False, "--keep-below-base", help="Keep adapters whose EM is below the base model's."
+    ),
+    max_pair_similarity: float = typer.Option(
+        0.9, "--max-pair-similarity", help="Near-duplicate threshold (1 turns the rule off)."
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", help="Examples per forward pass."),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", help="Generation length (default: from the K-shot targets)."
+    ),
+    strict: bool = typer.Option(False, "--strict", help="Stop on the first unusable adapter."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Also load pickle (.bin) weights; they can run code."
+    ),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Run model code shipped with the base model."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Score a LoRA bank on a K-shot set and choose N diverse, competent experts (Stage 1)."""
+    selection = run_select_experts(
+        base,
+        bank,
+        kshot,
+        out,
+        strict=strict,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+        device=device,
+        dtype=dtype,
+        n=n,
+        m=m,
+        tolerance=tolerance,
+        em_weight=em_weight,
+        perplexity_weight=perplexity_weight,
+        perplexity=perplexity,
+        rppl_variant=rppl_variant,
+        report_variants=report_variants,
+        similarity=similarity,
+        diversity=not no_diversity,
+        drop_below_base=not keep_below_base,
+        max_pair_similarity=None if max_pair_similarity >= 1 else max_pair_similarity,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        progress=not quiet,
+    )
+    typer.echo(selection.table())
+    for warning in selection.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(f"\n{selection.reason}\nwrote {out}")

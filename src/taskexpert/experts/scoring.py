@@ -1,0 +1,439 @@
+"""Score adapters on the K-shot: exact match, reasoning perplexity, vanilla perplexity.
+
+Paper A's "abidance by K-shot": a good expert answers the K-shot correctly (EM) *and* finds
+the worked rationale likely (low reasoning perplexity, RPPL); a blind guesser hits the option
+without being able to justify it. One base model stays in memory; each adapter is injected
+from its in-memory factors (the bank read them once), scored in batches, and removed again,
+so a bank of any size costs one batched pass per adapter and never more than one adapter's
+weights inside the model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from taskexpert.bank import Bank, LoraAdapter
+from taskexpert.errors import InputError
+from taskexpert.lm import (
+    IGNORE_INDEX,
+    batches_by_length,
+    collate,
+    encode_pair,
+    ensure_pad_token,
+    generate_greedy,
+    mean_nll,
+    token_nll,
+)
+from taskexpert.prompts import (
+    AnswerKind,
+    format_prompt,
+    infer_answer_kind,
+    is_correct,
+    reasoning_target,
+)
+from taskexpert.records import Record
+
+BASE_ROW = "(base model)"
+MAX_NLL = 700.0  # exp() of more overflows a float; such an example is hopeless anyway
+RPPL_VARIANTS = ("paper", "relative", "contrast", "content")
+PASS_VARIANTS = ("contrast", "content")  # the variants that need an extra forward pass
+
+
+@dataclass
+class ScoringConfig:
+    """How the K-shot is scored; the defaults suit any causal LM."""
+
+    batch_size: int = 16
+    max_new_tokens: int | None = None  # None: 1.5x the longest K-shot reasoning target + 8
+    max_new_tokens_cap: int = 512
+    max_length: int = 1024
+    use_chat_template: bool | None = None  # None: use the tokenizer's chat template if it has one
+    # Extra per-example passes for the RPPL variants beyond the paper ("contrast", "content");
+    # see reasoning_score. Each costs one more forward pass over the K-shot, no generation.
+    variants: tuple[str, ...] = ()
+    template_min_block: int = 3  # tokens a shared run needs to count as template ("content")
+
+
+@dataclass
+class KShotTask:
+    """The K-shot turned into prompts and targets once, shared by every adapter's scoring."""
+
+    ids: list[str]
+    prompts: list[str]
+    reasoning_targets: list[str]
+    answer_targets: list[str]
+    gold: list[str]
+    kinds: list[AnswerKind]
+    has_rationale: list[bool]
+    max_new_tokens: int
+    warnings: list[str] = field(default_factory=list)
+    mismatch_targets: list[str] | None = None  # another item's rationale, this item's answer
+    content_masks: list[list[bool]] | None = None  # per target token: not shared template
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def check_kshot(records: Sequence[Record], source: str | Path | None = None) -> None:
+    """Fail before any model loads: a K-shot needs records, each with a gold answer."""
+    if not records:
+        raise InputError("the K-shot set is empty", source)
+    for number, record in enumerate(records, start=1):
+        if record.answer is None or not str(record.answer).strip():
+            raise InputError(
+                f"record {record.id!r} has no gold answer; exact match needs one",
+                source,
+                number if source else None,
+                "answer",
+            )
+
+
+def prepare_kshot(
+    records: Sequence[Record],
+    tokenizer,
+    config: ScoringConfig | None = None,
+    source: str | Path | None = None,
+) -> KShotTask:
+    """Prompts, rationale+answer targets and bare-answer targets; no rationale -> vanilla PPL."""
+    config = config or ScoringConfig()
+    check_kshot(records, source)
+    prompts, reasoning, answers, gold, kinds, has_rationale = [], [], [], [], [], []
+    for record in records:
+        answer = str(record.answer).strip()
+        prompts.append(format_prompt(record, tokenizer, config.use_chat_template))
+        answers.append(answer)
+        gold.append(answer)
+        kinds.append(infer_answer_kind(record))
+        with_rationale = bool(record.rationale and record.rationale.strip())
+        has_rationale.append(with_rationale)
+        # Without a rationale the "reasoning" target would be the output, which may or may not
+        # reason; DESIGN.md asks for the bare answer instead, so RPPL degrades to vanilla PPL.
+        reasoning.append(reasoning_target(record) if with_rationale else answer)
+    warnings = []
+    missing = [r.id for r, ok in zip(records, has_rationale) if not ok]
+    if len(missing) == len(records):
+        warnings.append(
+            "the K-shot has no rationales: reasoning perplexity falls back to vanilla "
+            "perplexity (bare answers), so it cannot tell reasoning from guessing"
+        )
+    elif missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        warnings.append(
+            f"{len(missing)} of {len(records)} K-shot records have no rationale ({shown}); "
+            "their reasoning perplexity uses the bare answer"
+        )
+    max_new_tokens = config.max_new_tokens
+    if max_new_tokens is None:
+        longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in reasoning)
+        max_new_tokens = min(config.max_new_tokens_cap, int(1.5 * longest) + 8)
+    ids = [r.id for r in records]
+    task = KShotTask(
+        ids, prompts, reasoning, answers, gold, kinds, has_rationale, max_new_tokens, warnings
+    )
+    unknown = set(config.variants) - set(PASS_VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown scoring variant(s) {sorted(unknown)}; known: {PASS_VARIANTS}")
+    if "contrast" in config.variants:
+        task.mismatch_targets = mismatched_targets(records, reasoning)
+    if "content" in config.variants:
+        task.content_masks = content_masks(tokenizer, reasoning, config.template_min_block)
+    return task
+
+
+def mismatched_targets(records: Sequence[Record], targets: Sequence[str]) -> list[str]:
+    """For item i, the next item's (different) rationale followed by item i's own answer.
+
+    A model that reasons conditions the rationale on the question and finds another
+    question's rationale unlikely; a model that only learned the rationale *format* does not
+    care. Keeping the true answer isolates the rationale's content.
+    """
+    result, n = [], len(records)
+    for i, record in enumerate(records):
+        own = (record.rationale or "").strip()
+        others = (records[(i + step) % n] for step in range(1, n))
+        other = next((o for o in others if (o.rationale or "").strip() not in ("", own)), None)
+        if not own or other is None:
+            result.append(targets[i])  # nothing to contrast with: a gap of 0 for every model
+        else:
+            result.append(reasoning_target(other.model_copy(update={"answer": record.answer})))
+    return result
+
+
+def content_masks(tokenizer, targets: Sequence[str], min_block: int = 3) -> list[list[bool]]:
+    """Per target token (EOS included): True unless it sits in a run shared with most others.
+
+    Template text ("The letters are", "The answer is") recurs across K-shot rationales in
+    runs of several tokens; what is left (the digits, letters, options that depend on the
+    question) is the content a format-mimic cannot predict. Model-independent: computed once.
+    """
+    from difflib import SequenceMatcher
+
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in targets]
+    masks = []
+    for i, ids in enumerate(encoded):
+        shared = [0] * len(ids)
+        others = [e for j, e in enumerate(encoded) if j != i]
+        for other in others:
+            covered = [False] * len(ids)
+            matcher = SequenceMatcher(None, ids, other, autojunk=False)
+            for block in matcher.get_matching_blocks():
+                if block.size >= min_block:
+                    covered[block.a : block.a + block.size] = [True] * block.size
+            shared = [s + c for s, c in zip(shared, covered)]
+        majority = max(1, len(others) // 2) if others else 1
+        mask = [count < majority for count in shared] if others else [True] * len(ids)
+        masks.append(mask + [False])  # EOS is format, not content
+    return masks
+
+
+@dataclass
+class AdapterScore:
+    """One model's K-shot scores, with the per-example numbers kept for ablations."""
+
+    name: str
+    em: float
+    rppl: float
+    ppl: float
+    seconds: float
+    correct: list[bool]
+    rationale_nll: list[float]
+    answer_nll: list[float]
+    generations: list[str]
+    mismatch_nll: list[float] | None = None
+    content_nll: list[float | None] | None = None
+    variants: dict[str, float] = field(default_factory=dict)  # filled by select, see below
+
+    def to_json(self) -> dict:
+        row = {
+            "em": round(self.em, 6),
+            "rppl": _finite(self.rppl),
+            "ppl": _finite(self.ppl),
+            "seconds": round(self.seconds, 3),
+        }
+        row.update({f"rppl_{k}": _finite(v) for k, v in self.variants.items()})
+        return row
+
+
+def _finite(value: float) -> float | str:
+    """JSON has no inf; say so in words rather than writing an invalid file."""
+    return round(value, 6) if math.isfinite(value) else "inf"
+
+
+def perplexity(nlls: Sequence[float]) -> float:
+    """Mean over examples of exp(mean token NLL): the paper's per-example perplexity, averaged."""
+    return sum(math.exp(min(x, MAX_NLL)) for x in nlls) / len(nlls) if nlls else math.nan
+
+
+@torch.no_grad()
+def score_model(
+    model, tokenizer, task: KShotTask, config: ScoringConfig | None = None, name: str = ""
+) -> AdapterScore:
+    """EM from batched greedy generation, RPPL and PPL from one batched masked-NLL pass."""
+    config = config or ScoringConfig()
+    start = time.perf_counter()
+    generations = generate_greedy(
+        model,
+        tokenizer,
+        task.prompts,
+        max_new_tokens=task.max_new_tokens,
+        batch_size=config.batch_size,
+        max_prompt_length=config.max_length,
+    )
+    correct = [
+        is_correct(text, gold, kind)
+        for text, gold, kind in zip(generations, task.gold, task.kinds, strict=True)
+    ]
+    # Both targets in one call: batches_by_length packs them with the least padding.
+    nlls = mean_nll(
+        model,
+        tokenizer,
+        task.prompts + task.prompts,
+        task.reasoning_targets + task.answer_targets,
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+    )
+    rationale_nll, answer_nll = nlls[: len(task)], nlls[len(task) :]
+    mismatch_nll = content_nll = None
+    if task.mismatch_targets is not None:
+        mismatch_nll = mean_nll(
+            model,
+            tokenizer,
+            task.prompts,
+            task.mismatch_targets,
+            batch_size=config.batch_size,
+            max_length=config.max_length,
+        )
+    if task.content_masks is not None:
+        content_nll = masked_mean_nll(model, tokenizer, task, config)
+    return AdapterScore(
+        name=name,
+        em=sum(correct) / len(correct),
+        rppl=perplexity(rationale_nll),
+        ppl=perplexity(answer_nll),
+        seconds=time.perf_counter() - start,
+        correct=correct,
+        rationale_nll=rationale_nll,
+        answer_nll=answer_nll,
+        generations=generations,
+        mismatch_nll=mismatch_nll,
+        content_nll=content_nll,
+    )
+
+
+@torch.no_grad()
+def masked_mean_nll(model, tokenizer, task: KShotTask, config: ScoringConfig) -> list[float | None]:
+    """Mean NLL of each reasoning target over its content tokens only (None: no content)."""
+    pad_id = ensure_pad_token(tokenizer)
+    pairs = []
+    for prompt, target, mask in zip(task.prompts, task.reasoning_targets, task.content_masks):
+        pair = encode_pair(tokenizer, prompt, target, config.max_length)
+        positions = [k for k, label in enumerate(pair.labels) if label != IGNORE_INDEX]
+        for k, keep in zip(positions, mask):
+            if not keep:
+                pair.labels[k] = IGNORE_INDEX
+        pairs.append(pair)
+    result: list[float | None] = [None] * len(pairs)
+    for index in batches_by_length([len(p.input_ids) for p in pairs], config.batch_size):
+        summed, counts = token_nll(model, collate([pairs[i] for i in index], pad_id))
+        for i, total, count in zip(index, summed.tolist(), counts.tolist()):
+            result[i] = total / count if count else None
+    return result
+
+
+def reasoning_score(
+    score: AdapterScore, variant: str = "paper", base: AdapterScore | None = None
+) -> float:
+    """The reasoning-perplexity family; lower is better for every variant.
+
+    paper:    mean_i exp(NLL of rationale+answer) (Paper A; the default)
+    relative: mean_i exp(NLL_model - NLL_base): what the adapter adds over the base model
+    contrast: mean_i exp(NLL(own rationale) - NLL(another item's rationale)): ~1 when the
+              model ignores the question (format only), << 1 when it reasons about it
+    content:  mean_i exp(NLL over content tokens only), template runs masked
+    """
+    if variant == "paper":
+        return score.rppl
+    if variant == "relative":
+        if base is None:
+            raise ValueError("the relative variant needs the base model's scores")
+        return perplexity([a - b for a, b in zip(score.rationale_nll, base.rationale_nll)])
+    if variant == "contrast":
+        if score.mismatch_nll is None:
+            raise ValueError("score the K-shot with variants=('contrast',) first")
+        return perplexity([a - b for a, b in zip(score.rationale_nll, score.mismatch_nll)])
+    if variant == "content":
+        if score.content_nll is None:
+            raise ValueError("score the K-shot with variants=('content',) first")
+        values = [x for x in score.content_nll if x is not None]
+        return perplexity(values) if values else score.rppl
+    raise ValueError(f"unknown reasoning-perplexity variant {variant!r}; known: {RPPL_VARIANTS}")
+
+
+def peft_config_for(adapter: LoraAdapter):
+    """A LoraConfig rebuilt from the factors themselves: exact module names, per-module r/alpha."""
+    from peft import LoraConfig
+
+    rank = Counter(m.rank for m in adapter.modules.values()).most_common(1)[0][0]
+    alpha = Counter(m.alpha for m in adapter.modules.values()).most_common(1)[0][0]
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=list(adapter.modules),
+        rank_pattern={n: m.rank for n, m in adapter.modules.items() if m.rank != rank},
+        alpha_pattern={n: m.alpha for n, m in adapter.modules.items() if m.alpha != alpha},
+        use_rslora=bool(adapter.config.get("use_rslora")),
+        lora_dropout=0.0,
+        bias="none",
+        inference_mode=True,
+    )
+
+
+class AdapterSwitcher:
+    """Wrap one base model with PEFT once and swap adapters in from memory, one at a time.
+
+    Used as a context manager: on exit the LoRA layers are removed again, so the caller gets
+    its base model back exactly as it was (same object, same requires_grad flags, same mode).
+    """
+
+    def __init__(self, base_model: torch.nn.Module) -> None:
+        self.base_model = base_model
+        self.peft_model = None
+        self._active: str | None = None
+        self._count = 0
+
+    def __enter__(self) -> AdapterSwitcher:
+        self._grad = {n: p.requires_grad for n, p in self.base_model.named_parameters()}
+        self._training = self.base_model.training
+        self.base_model.eval()
+        return self
+
+    def activate(self, adapter: LoraAdapter) -> torch.nn.Module:
+        """Put `adapter` in the model (and drop the previous one); returns the model to score."""
+        from peft import get_peft_model, set_peft_model_state_dict
+
+        slot = f"slot{self._count}"  # user names may hold dots, which PEFT cannot take
+        self._count += 1
+        config = peft_config_for(adapter)
+        if self.peft_model is None:
+            self.peft_model = get_peft_model(self.base_model, config, adapter_name=slot)
+        else:
+            self.peft_model.add_adapter(slot, config)
+        state = {}
+        for module_name, module in adapter.modules.items():
+            state[f"base_model.model.{module_name}.lora_A.weight"] = module.A
+            state[f"base_model.model.{module_name}.lora_B.weight"] = module.B
+        result = set_peft_model_state_dict(self.peft_model, state, adapter_name=slot)
+        unfilled = [k for k in result.missing_keys if f".{slot}." in k and "lora_" in k]
+        if result.unexpected_keys or unfilled:
+            bad = (result.unexpected_keys or unfilled)[0]
+            raise InputError(f"adapter {adapter.name!r}: PEFT could not place weight {bad}")
+        self.peft_model.set_adapter(slot)
+        if self._active is not None:
+            self.peft_model.delete_adapter(self._active)
+        self._active = slot
+        self.peft_model.eval()
+        return self.peft_model
+
+    def __exit__(self, *exc) -> None:
+        if self.peft_model is not None:
+            self.peft_model.unload()
+            self.peft_model = None
+        for name, param in self.base_model.named_parameters():
+            param.requires_grad_(self._grad.get(name, param.requires_grad))
+        self.base_model.train(self._training)
+
+
+def score_bank(
+    base_model,
+    tokenizer,
+    adapters: Bank | Mapping[str, LoraAdapter],
+    task: KShotTask,
+    config: ScoringConfig | None = None,
+    include_base: bool = True,
+    progress: bool = True,
+) -> dict[str, AdapterScore]:
+    """Scores for the base model (reference row, first) and every adapter, in bank order."""
+    config = config or ScoringConfig()
+    ensure_pad_token(tokenizer)
+    adapters = adapters.adapters if isinstance(adapters, Bank) else adapters
+    if BASE_ROW in adapters:
+        raise InputError(f"an adapter may not be called {BASE_ROW!r}; that row is the base model")
+    scores: dict[str, AdapterScore] = {}
+    if include_base:
+        scores[BASE_ROW] = score_model(base_model, tokenizer, task, config, BASE_ROW)
+    with AdapterSwitcher(base_model) as switcher:
+        for name, adapter in tqdm(adapters.items(), desc="scoring adapters", disable=not progress):
+            start = time.perf_counter()
+            model = switcher.activate(adapter)
+            score = score_model(model, tokenizer, task, config, name)
+            score.seconds = time.perf_counter() - start  # switching is part of the cost
+            scores[name] = score
+    return scores

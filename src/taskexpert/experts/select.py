@@ -1,0 +1,211 @@
+"""Stage 1 as one call: score the bank on the K-shot, compare adapters, choose the group.
+
+`select_experts` composes scoring, diversity and grouping and owns none of their maths; its
+result serialises to experts.json, which says for every adapter how it scored and why it is
+in or out, so the choice can be audited or redone with other knobs without rescoring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from taskexpert.bank import Bank
+from taskexpert.errors import InputError
+from taskexpert.experts.diversity import SimilarityMatrix, similarity_matrix
+from taskexpert.experts.grouping import GroupChoice, GroupingConfig, choose_group
+from taskexpert.experts.scoring import (
+    BASE_ROW,
+    PASS_VARIANTS,
+    RPPL_VARIANTS,
+    AdapterScore,
+    ScoringConfig,
+    prepare_kshot,
+    reasoning_score,
+    score_bank,
+)
+from taskexpert.records import Record, load_records
+
+
+class ExpertSelectionConfig(BaseModel):
+    """Every knob of Stage 1 with its default (paper: N=4, EM rank + reasoning-PPL rank)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(4, ge=1, description="experts in the group")
+    m: int | None = Field(None, ge=1, description="candidates kept by quality (default 2N)")
+    tolerance: float = Field(0.1, ge=0, description="quality slack (0..1) for diverse groups")
+    em_weight: float = Field(1.0, ge=0)
+    perplexity_weight: float = Field(1.0, ge=0)
+    perplexity: Literal["rppl", "ppl"] = Field("rppl", description="reasoning or vanilla PPL")
+    rppl_variant: Literal["paper", "relative", "contrast", "content"] = Field(
+        "paper", description="how reasoning PPL is computed (see scoring.reasoning_score)"
+    )
+    report_variants: bool = Field(False, description="compute every RPPL variant for the record")
+    diversity: bool = True
+    similarity: Literal["delta", "factors"] = "delta"
+    drop_below_base: bool = True
+    max_pair_similarity: float | None = Field(0.9, description="near-duplicate threshold")
+    exhaustive_limit: int = Field(200_000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1, description="default: from the K-shot")
+    max_length: int = Field(1024, ge=8)
+    use_chat_template: bool | None = None
+    progress: bool = True
+
+    def scoring(self) -> ScoringConfig:
+        wanted = set(RPPL_VARIANTS) if self.report_variants else {self.rppl_variant}
+        return ScoringConfig(
+            variants=tuple(v for v in PASS_VARIANTS if v in wanted),
+            batch_size=self.batch_size,
+            max_new_tokens=self.max_new_tokens,
+            max_length=self.max_length,
+            use_chat_template=self.use_chat_template,
+        )
+
+    def grouping(self) -> GroupingConfig:
+        return GroupingConfig(
+            n=self.n,
+            m=self.m,
+            tolerance=self.tolerance,
+            em_weight=self.em_weight,
+            perplexity_weight=self.perplexity_weight,
+            diversity=self.diversity,
+            drop_below_base=self.drop_below_base,
+            max_pair_similarity=self.max_pair_similarity,
+            exhaustive_limit=self.exhaustive_limit,
+        )
+
+
+@dataclass
+class ExpertSelection:
+    """Stage 1's result: the group, every score and verdict, the similarity matrix, warnings."""
+
+    chosen: list[str]
+    reason: str
+    scores: dict[str, AdapterScore]
+    group: GroupChoice
+    similarity: SimilarityMatrix
+    rejected: dict[str, str]
+    warnings: list[str]
+    config: ExpertSelectionConfig
+    kshot_size: int = 0
+    kshot_with_rationale: int = 0
+
+    def to_json(self) -> dict:
+        scores = {}
+        for name, score in self.scores.items():
+            row = score.to_json()
+            if name == BASE_ROW:
+                row["decision"] = "reference: the base model without an adapter"
+            else:
+                row["quality"] = round(self.group.quality.get(name, 0.0), 6)
+                row["decision"] = self.group.decisions[name]
+            scores[name] = row
+        return {
+            "chosen": list(self.chosen),
+            "reason": self.reason,
+            "scores": scores,
+            "rejected": dict(self.rejected),
+            "similarity": self.similarity.to_json(),
+            "group": {
+                "search": self.group.search,
+                "mean_quality": round(self.group.group_quality, 6),
+                "mean_similarity": None
+                if self.group.group_similarity is None
+                else round(self.group.group_similarity, 6),
+            },
+            "kshot": {"size": self.kshot_size, "with_rationale": self.kshot_with_rationale},
+            "warnings": list(self.warnings),
+            "config": self.config.model_dump(),
+        }
+
+    def table(self) -> str:
+        """A fixed-width table for the terminal: one row per model, chosen ones starred."""
+        width = max(len(name) for name in self.scores) + 2
+        lines = [f"{'adapter':<{width}} {'EM':>6} {'RPPL':>10} {'PPL':>10} {'sec':>6}  verdict"]
+        for name, score in self.scores.items():
+            mark = "*" if name in self.chosen else " "
+            verdict = "reference" if name == BASE_ROW else self.group.decisions[name]
+            lines.append(
+                f"{mark}{name:<{width - 1}} {score.em:>6.3f} {_num(score.rppl):>10} "
+                f"{_num(score.ppl):>10} {score.seconds:>6.2f}  {verdict}"
+            )
+        for name, why in self.rejected.items():
+            lines.append(
+                f" {name:<{width - 1}} {'-':>6} {'-':>10} {'-':>10} {'-':>6}  rejected: {why}"
+            )
+        return "\n".join(lines)
+
+
+def _num(value: float) -> str:
+    return f"{value:.4g}" if value == value and value != float("inf") else "inf"
+
+
+def select_experts(
+    base_model,
+    tokenizer,
+    bank: Bank,
+    kshot: Sequence[Record] | str | Path,
+    config: ExpertSelectionConfig | None = None,
+    source: str | Path | None = None,
+) -> ExpertSelection:
+    """Score every usable adapter (and the base model) on the K-shot and choose N experts.
+
+    `kshot` is a list of records or a records file; `source` names the file in errors when
+    the records were loaded elsewhere.
+    """
+    config = config or ExpertSelectionConfig()
+    if isinstance(kshot, str | Path):
+        source = Path(kshot)
+        kshot = load_records(source)
+    if config.n > len(bank):
+        rejected = f"; rejected: {', '.join(bank.rejected)}" if bank.rejected else ""
+        raise InputError(
+            f"N={config.n} experts requested but the bank has only {len(bank)} usable "
+            f"adapter(s){rejected}"
+        )
+    grouping = config.grouping()
+    grouping.candidates()  # raises on n > m before any expensive work
+    task = prepare_kshot(kshot, tokenizer, config.scoring(), source)
+    similarity = similarity_matrix(bank.adapters, config.similarity, progress=config.progress)
+    scores = score_bank(
+        base_model, tokenizer, bank, task, config.scoring(), progress=config.progress
+    )
+    adapters = [name for name in scores if name != BASE_ROW]
+    base = scores[BASE_ROW]
+    shown = RPPL_VARIANTS[1:] if config.report_variants else ()
+    shown += (config.rppl_variant,) if config.rppl_variant not in ("paper", *shown) else ()
+    for score in scores.values():
+        score.variants = {v: reasoning_score(score, v, base) for v in shown}
+    if config.perplexity == "ppl":
+        perplexity = {n: scores[n].ppl for n in adapters}
+    else:
+        perplexity = {n: reasoning_score(scores[n], config.rppl_variant, base) for n in adapters}
+    group = choose_group(
+        {n: scores[n].em for n in adapters},
+        perplexity,
+        similarity,
+        grouping,
+        base_em=base.em,
+    )
+    warnings = list(task.warnings)
+    warnings += [f"adapter {n!r}: {w}" for n, ws in bank.warnings.items() for w in ws]
+    warnings += [f"adapter {n!r} skipped: {why}" for n, why in bank.rejected.items()]
+    warnings += group.warnings
+    return ExpertSelection(
+        chosen=group.chosen,
+        reason=group.reason,
+        scores=scores,
+        group=group,
+        similarity=similarity,
+        rejected=dict(bank.rejected),
+        warnings=warnings,
+        config=config,
+        kshot_size=len(task),
+        kshot_with_rationale=sum(task.has_rationale),
+    )

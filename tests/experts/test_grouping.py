@@ -1,0 +1,150 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from taskexpert.errors import TaskexpertError
+from taskexpert.experts.diversity import SimilarityMatrix
+from taskexpert.experts.grouping import GroupingConfig, choose_group, rank_quality
+
+
+def matrix(names, pairs, default=0.1):
+    """A similarity matrix with `default` off the diagonal except for the given pairs."""
+    sim = np.full((len(names), len(names)), default)
+    np.fill_diagonal(sim, 1.0)
+    for (a, b), value in pairs.items():
+        i, j = names.index(a), names.index(b)
+        sim[i, j] = sim[j, i] = value
+    return SimilarityMatrix(list(names), sim, "delta", np.ones_like(sim, dtype=int))
+
+
+def clustered(clusters, seed):
+    """Names c<k>_<i>, near-duplicates inside a cluster, unrelated across; near-equal quality."""
+    rng = np.random.default_rng(seed)
+    names = [f"c{k}_{i}" for k, size in enumerate(clusters) for i in range(size)]
+    cluster = {n: n.split("_")[0] for n in names}
+    sim = np.zeros((len(names), len(names)))
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            same = cluster[a] == cluster[b]
+            sim[i, j] = 1.0 if i == j else (0.95 if same else 0.05) + rng.uniform(0, 0.02)
+    sim = (sim + sim.T) / 2
+    em = {n: 0.8 + rng.choice([0.0, 0.05]) for n in names}
+    ppl = {n: float(rng.uniform(2.0, 3.0)) for n in names}
+    similarity = SimilarityMatrix(names, sim, "delta", np.ones_like(sim, dtype=int))
+    return em, ppl, similarity, cluster
+
+
+def test_rank_quality_adds_em_and_perplexity_ranks_with_weights():
+    em = {"expert": 0.8, "guesser": 0.9, "weak": 0.3}
+    rppl = {"expert": 1.1, "guesser": 8000.0, "weak": 5.0}
+    quality, words = rank_quality(em, rppl)
+    assert quality == {"expert": 0.75, "guesser": 0.5, "weak": 0.25}
+    assert words["guesser"] == "EM rank 1, perplexity rank 3"
+    only_em, _ = rank_quality(em, rppl, perplexity_weight=0)
+    assert max(only_em, key=only_em.get) == "guesser"
+    tied, words = rank_quality({"a": 0.5, "b": 0.5, "c": 0.1}, None)
+    assert tied["a"] == tied["b"] == 0.75 and words["a"] == "EM rank 1.5"
+
+
+def test_diverse_group_among_near_equal_quality_skips_near_duplicates():
+    names = ["a", "a_twin", "b", "c", "d"]
+    em = {"a": 0.9, "a_twin": 0.9, "b": 0.85, "c": 0.85, "d": 0.2}
+    ppl = {"a": 1.5, "a_twin": 1.6, "b": 1.8, "c": 1.9, "d": 9.0}
+    sim = matrix(names, {("a", "a_twin"): 0.99, ("b", "c"): 0.3})
+    choice = choose_group(em, ppl, sim, GroupingConfig(n=3, tolerance=0.2))
+    assert choice.search == "exhaustive"
+    assert set(choice.chosen) == {"a", "b", "c"}
+    assert "near-duplicate of a (similarity 0.990)" in choice.decisions["a_twin"]
+    assert choice.decisions["a"].startswith("chosen")
+    # without diversity the two best by quality win, twins and all
+    plain = choose_group(em, ppl, sim, GroupingConfig(n=2, diversity=False))
+    assert plain.chosen == ["a", "a_twin"] and plain.search == "top-N by quality"
+
+
+def test_tolerance_bounds_what_diversity_may_cost():
+    names = ["best", "good", "far_but_weak"]
+    em = {"best": 0.9, "good": 0.8, "far_but_weak": 0.5}
+    sim = matrix(names, {("best", "good"): 0.6, ("best", "far_but_weak"): 0.0})
+    strict = choose_group(em, None, sim, GroupingConfig(n=2, tolerance=0.0))
+    assert strict.chosen == ["best", "good"]
+    loose = choose_group(em, None, sim, GroupingConfig(n=2, tolerance=0.5))
+    assert set(loose.chosen) == {"best", "far_but_weak"}
+    assert "lowest mean pairwise similarity (0.000)" in loose.reason
+
+
+def test_below_base_and_outside_top_m_are_dropped_with_reasons():
+    em = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6, "low": 0.1}
+    names = list(em)
+    choice = choose_group(em, None, matrix(names, {}), GroupingConfig(n=2, m=3), base_em=0.2)
+    assert choice.decisions["low"] == "dropped: EM 0.100 is below the base model's 0.200"
+    assert "outside the top M=3" in choice.decisions["d"]
+    assert choice.decisions["c"].startswith("candidate, not chosen")
+    assert list(choice.decisions) == names
+
+
+def test_group_shrinks_with_a_warning_and_fails_when_nothing_beats_the_base():
+    em = {"a": 0.9, "b": 0.1, "c": 0.1}
+    choice = choose_group(em, None, matrix(list(em), {}), GroupingConfig(n=2), base_em=0.5)
+    assert choice.chosen == ["a"] and "instead of N=2" in choice.warnings[0]
+    with pytest.raises(TaskexpertError, match="no adapter reaches the base model"):
+        choose_group(em, None, matrix(list(em), {}), GroupingConfig(n=2), base_em=0.95)
+    with pytest.raises(ValueError, match="n <= m"):
+        choose_group(em, None, None, GroupingConfig(n=3, m=2))
+
+
+def test_duplicates_share_a_group_only_when_unavoidable():
+    names = ["a", "a2", "b"]
+    sim = matrix(names, {("a", "a2"): 0.97, ("a", "b"): 0.95, ("a2", "b"): 0.96})
+    em = dict.fromkeys(names, 0.5)
+    choice = choose_group(em, None, sim, GroupingConfig(n=2, tolerance=1.0))
+    assert "near-duplicates had to share the group" in choice.warnings[0]
+    assert set(choice.chosen) == {"a", "b"}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_greedy_agrees_with_exhaustive_on_small_clustered_banks(seed):
+    em, ppl, sim, cluster = clustered([3, 2, 2, 3], seed)
+    config = GroupingConfig(n=4, m=10, tolerance=0.3)
+    exhaustive = choose_group(em, ppl, sim, config)
+    greedy = choose_group(
+        em, ppl, sim, GroupingConfig(n=4, m=10, tolerance=0.3, exhaustive_limit=1)
+    )
+    assert exhaustive.search == "exhaustive" and greedy.search == "greedy"
+    # one expert per cluster, and the same group
+    assert len({cluster[n] for n in exhaustive.chosen}) == 4
+    assert set(greedy.chosen) == set(exhaustive.chosen)
+
+
+def test_exhaustive_really_minimises_similarity_within_the_tolerance():
+    rng = np.random.default_rng(0)
+    names = [f"x{i}" for i in range(7)]
+    raw = rng.uniform(0, 1, (7, 7))
+    sim = (raw + raw.T) / 2
+    np.fill_diagonal(sim, 1.0)
+    em = {n: float(rng.uniform()) for n in names}
+    similarity = SimilarityMatrix(names, sim, "delta", np.ones_like(sim, dtype=int))
+    config = GroupingConfig(n=3, m=7, tolerance=0.15, max_pair_similarity=None)
+    choice = choose_group(em, None, similarity, config)
+    quality, _ = rank_quality(em, None)
+    best = np.mean(sorted(quality.values(), reverse=True)[:3])
+    eligible = [
+        g
+        for g in itertools.combinations(names, 3)
+        if np.mean([quality[n] for n in g]) >= best - 0.15 - 1e-9
+    ]
+
+    def mean_sim(group):
+        return np.mean([similarity(a, b) for a, b in itertools.combinations(group, 2)])
+
+    assert mean_sim(choice.chosen) == pytest.approx(min(mean_sim(g) for g in eligible))
+
+
+def test_verdicts_tell_low_quality_from_less_diverse():
+    names = ["a", "b", "c", "d"]
+    em = {"a": 0.9, "b": 0.85, "c": 0.84, "d": 0.2}
+    sim = matrix(names, {("a", "b"): 0.5, ("a", "c"): 0.1, ("b", "c"): 0.1})
+    choice = choose_group(em, None, sim, GroupingConfig(n=2, m=4, tolerance=0.2))
+    assert set(choice.chosen) == {"a", "c"}
+    assert choice.decisions["b"].endswith("a more diverse group of near-best quality was preferred")
+    assert choice.decisions["d"].endswith("no group with it comes within the quality tolerance")

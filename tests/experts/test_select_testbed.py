@@ -1,0 +1,64 @@
+"""Stage 1 end to end on the testbed: the micro build for the plumbing, standard for the truth."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from expert_helpers import single_thread  # noqa: F401
+
+from taskexpert.commands.select_experts import run_select_experts
+from taskexpert.experts.scoring import BASE_ROW
+
+
+def test_select_experts_on_the_micro_testbed(micro_testbed, tmp_path):
+    truth = micro_testbed.truth["adapters"]
+    usable = [n for n, a in truth.items() if a["kind"] != "foreign"]
+    out = tmp_path / "experts.json"
+    run_select_experts(
+        str(micro_testbed.base_dir),
+        micro_testbed.bank_dir,
+        micro_testbed.kshot_path("mc_add_quiz"),
+        out,
+        device="cpu",
+        n=4,
+        max_new_tokens=12,
+        report_variants=True,
+        progress=False,
+    )
+    payload = json.loads(out.read_text())
+    assert set(payload["scores"]) == {BASE_ROW, *usable}
+    assert set(payload["rejected"]) == {n for n, a in truth.items() if a["kind"] == "foreign"}
+    assert "do not fit the base layer" in payload["rejected"]["foreign_add"]
+    assert len(payload["chosen"]) == 4 and set(payload["chosen"]) <= set(usable)
+    matrix = np.array(payload["similarity"]["matrix"])
+    assert np.allclose(matrix, matrix.T) and np.allclose(np.diag(matrix), 1.0)
+    for name in usable:
+        row = payload["scores"][name]
+        assert row["seconds"] > 0 and row["decision"] and "rppl_contrast" in row
+    assert payload["kshot"]["with_rationale"] == payload["kshot"]["size"]
+
+
+STANDARD = Path(os.environ.get("TASKEXPERT_STANDARD_TESTBED", "runs/testbed-standard"))
+
+
+@pytest.mark.slow
+def test_chosen_groups_match_the_standard_testbeds_ground_truth():
+    """Issue 4 item 6: every target's group holds its relevant experts and no blind guesser."""
+    from taskexpert.testbed.build import build_testbed
+
+    testbed = build_testbed(STANDARD, "standard", 0, progress=False)
+    truth = testbed.truth
+    for target, info in truth["targets"].items():
+        selection = run_select_experts(
+            str(testbed.base_dir),
+            testbed.bank_dir,
+            testbed.kshot_path(target),
+            STANDARD / "selection" / f"{target}.json",
+            device="cpu",
+            progress=False,
+        )
+        assert set(info["relevant_experts"]) <= set(selection.chosen), (target, selection.reason)
+        guessers = [n for n in selection.chosen if truth["adapters"][n]["kind"] == "guesser"]
+        assert not guessers, (target, guessers)
