@@ -1,0 +1,190 @@
+"""`taskexpert evaluate`: exact match (and multiple choice) of a base, a LoRA or a mixture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from taskexpert.errors import InputError
+
+
+def attach_for_eval(
+    model, adapter: Path | None = None, moe: Path | None = None, allow_pickle: bool = False
+):
+    """The base alone, with a PEFT LoRA, or with a saved mixture; misfits are InputErrors."""
+    if adapter is not None and moe is not None:
+        raise InputError("give --adapter or --moe, not both", field="adapter")
+    if adapter is not None:
+        from peft import PeftModel
+
+        from taskexpert.bank import load_adapter, validate_adapter
+
+        fatal = [
+            p.message
+            for p in validate_adapter(load_adapter(adapter, allow_pickle=allow_pickle), model)
+            if p.fatal
+        ]
+        if fatal:
+            raise InputError(f"the adapter does not fit the base model: {fatal[0]}", adapter)
+        return PeftModel.from_pretrained(model, str(adapter)).eval()
+    if moe is not None:
+        from taskexpert.moe import load_mixture
+
+        return load_mixture(model, moe).eval()
+    return model
+
+
+def run_evaluate(
+    base: str,
+    test: Path,
+    out: Path,
+    *,
+    adapter: Path | None = None,
+    moe: Path | None = None,
+    max_new_tokens: int | None = None,
+    batch_size: int = 32,
+    kind: str | None = None,
+    multiple_choice: bool = True,
+    mc_style: str = "answer",
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    device: str = "auto",
+    dtype: str = "float32",
+    progress: bool = True,
+) -> dict:
+    """Check inputs, load the model, evaluate, write eval.json atomically; returns its content."""
+    from taskexpert.evaluate import (
+        default_max_new_tokens,
+        evaluate_model,
+        gold_answer,
+        gold_choice,
+    )
+    from taskexpert.io import write_json
+    from taskexpert.models import load_base
+    from taskexpert.prompts import infer_answer_kind
+    from taskexpert.records import load_records
+
+    out = Path(out)
+    if out.is_dir():
+        raise InputError("output path is a directory", out, field="out")
+    if out.resolve() == Path(test).resolve():
+        raise InputError("output would overwrite the test file", out, field="out")
+    if kind not in (None, "letter", "number", "yesno", "text"):
+        raise InputError(f"unknown answer kind {kind!r}", field="kind")
+    if mc_style not in ("answer", "text"):
+        raise InputError(f"unknown multiple-choice style {mc_style!r}", field="mc-style")
+    if batch_size < 1:
+        raise InputError("must be at least 1", field="batch-size")
+    records = load_records(test)
+    for record in records:  # every gold answer is readable before any model loads
+        try:
+            gold_answer(record, kind or infer_answer_kind(record))
+            if multiple_choice and record.choices:
+                gold_choice(record)
+        except InputError as exc:
+            raise InputError(exc.reason, test, field=exc.field) from None
+    for path, flag in ((adapter, "adapter"), (moe, "moe")):
+        if path is not None and not Path(path).is_dir():
+            raise InputError("not a directory", path, field=flag)
+    model, tokenizer = load_base(
+        base,
+        dtype=dtype,
+        device=device,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    )
+    model = attach_for_eval(model, adapter, moe, allow_pickle=allow_pickle)
+    if max_new_tokens is None:
+        max_new_tokens = default_max_new_tokens(tokenizer, records)
+    try:
+        result = evaluate_model(
+            model,
+            tokenizer,
+            records,
+            kind=kind,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            multiple_choice=multiple_choice,
+            mc_style=mc_style,
+            progress=progress,
+        )
+    except InputError as exc:
+        raise InputError(exc.reason, test, field=exc.field) from None
+    predictions = result.pop("predictions")
+    report = {
+        **result,
+        "model": {
+            "base": str(base),
+            "adapter": str(adapter) if adapter else None,
+            "moe": str(moe) if moe else None,
+        },
+        "test": str(test),
+        "settings": {
+            "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size,
+            "kind": kind or "inferred per record",
+            "multiple_choice_style": mc_style if multiple_choice else None,
+        },
+        "predictions": predictions,
+    }
+    write_json(out, report)
+    return report
+
+
+def main(
+    base: str = typer.Option(..., "--base", help="Base model directory, or 'smollm2'."),
+    test: Path = typer.Option(..., "--test", help="Test records (JSONL with answers)."),
+    out: Path = typer.Option(..., "--out", help="Where to write eval.json."),
+    adapter: Path | None = typer.Option(None, "--adapter", help="A PEFT LoRA adapter directory."),
+    moe: Path | None = typer.Option(None, "--moe", help="A mixture directory from train-moe."),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", help="Generation length [default: 1.5x the longest output]."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", help="Examples per forward pass."),
+    kind: str | None = typer.Option(
+        None, "--kind", help="Answer extractor: letter, number, yesno, text [default: inferred]."
+    ),
+    mc_style: str = typer.Option(
+        "answer",
+        "--mc-style",
+        help="Multiple choice: score 'The answer is X.' (answer) or the option text (text).",
+    ),
+    no_mc: bool = typer.Option(False, "--no-mc", help="Skip multiple-choice scoring."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Also load pickle (.bin) weights; they can run code."
+    ),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Run model code shipped with the base model."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Exact match with the task's extractor, plus multiple choice where records have choices."""
+    report = run_evaluate(
+        base,
+        test,
+        out,
+        adapter=adapter,
+        moe=moe,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        kind=kind,
+        multiple_choice=not no_mc,
+        mc_style=mc_style,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+        device=device,
+        dtype=dtype,
+        progress=not quiet,
+    )
+    line = f"exact match {report['exact_match']:.4f} ({report['correct']}/{report['n']})"
+    if "multiple_choice_accuracy" in report:
+        line += (
+            f"; multiple choice {report['multiple_choice_accuracy']:.4f} "
+            f"(length-normalised {report['multiple_choice_accuracy_norm']:.4f}, "
+            f"n={report['n_multiple_choice']})"
+        )
+    typer.echo(line)
+    typer.echo(f"wrote {out}")

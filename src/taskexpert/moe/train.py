@@ -1,0 +1,396 @@
+"""Stage 3's training run: the chosen experts become a mixture, trained on K-shot + selected data.
+
+experts.json (Stage 1) names the adapters and the bank they came from; they are loaded, checked
+against the base, attached as a mixture (base frozen) and trained, experts and routers together,
+by the shared trainer: response-only loss, the optional load-balancing loss as its `aux_loss`,
+router entropy and per-expert load logged through `on_log` into `train_log.jsonl`.
+
+Nothing is written until every input has been read and checked. Checkpoints and the running log
+live in a hidden work directory beside the output (`.<out>.partial/`), so an interrupted run
+resumes; the mixture directory appears whole at the end (atomic rename) and the work directory
+is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from taskexpert.bank import LoraAdapter, load_adapter, validate_adapter
+from taskexpert.errors import InputError
+from taskexpert.io import atomic_dir, atomic_open, write_json
+from taskexpert.moe.config import CONFIG_FILE, MoeConfig
+from taskexpert.records import Record
+
+TRAIN_LOG_FILE = "train_log.jsonl"
+SUMMARY_FILE = "train_summary.json"
+RUN_FILE = "run.json"
+
+
+class MoeTrainConfig(BaseModel):
+    """Every knob of `train-moe`; defaults are the paper's (5 epochs, lr 5e-5, batch 64, top-2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top_k: int = Field(2, ge=1, description="experts per token")
+    router_init: Literal["fresh", "kshot"] = Field(
+        "fresh", description="routers from noise or K-shot"
+    )
+    kshot_temperature: float | None = Field(None, gt=0, description="K-shot router logit scale")
+    load_balancing_coef: float = Field(0.0, ge=0, description="switch-style aux loss; 0 = off")
+    epochs: float = Field(5.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(64, gt=0, description="examples per optimizer step (accumulated)")
+    micro_batch_size: int = Field(8, gt=0, description="examples per forward pass")
+    max_length: int = Field(512, gt=1)
+    warmup_ratio: float = Field(0.03, ge=0, le=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 0
+    log_every: int = Field(5, gt=0, description="optimizer steps between log lines")
+    checkpoint_every: int = Field(50, ge=0, description="optimizer steps; 0: no checkpoints")
+    progress: bool = True
+
+    def moe_config(self) -> MoeConfig:
+        extra = (
+            {} if self.kshot_temperature is None else {"kshot_temperature": self.kshot_temperature}
+        )
+        return MoeConfig(
+            top_k=self.top_k,
+            load_balancing_coef=self.load_balancing_coef,
+            router_seed=self.seed,
+            **extra,
+        )
+
+    def train_config(self, checkpoint_dir: Path | None = None, resume: bool = False):
+        """The shared trainer's config: micro-batches accumulated up to `batch_size`."""
+        from taskexpert.train import TrainConfig
+
+        micro = min(self.micro_batch_size, self.batch_size)
+        return TrainConfig(
+            epochs=self.epochs,
+            max_steps=self.max_steps,
+            lr=self.lr,
+            batch_size=micro,
+            grad_accum=math.ceil(self.batch_size / micro),
+            warmup_ratio=self.warmup_ratio,
+            schedule=self.schedule,
+            weight_decay=self.weight_decay,
+            max_length=self.max_length,
+            seed=self.seed,
+            log_every=self.log_every,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=self.checkpoint_every if checkpoint_dir else 0,
+            resume=resume,
+            progress=self.progress,
+        )
+
+
+# --- experts.json -> adapters ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExpertsFile:
+    """What train-moe needs from experts.json: the chosen names and where the bank is."""
+
+    path: Path
+    chosen: list[str]
+    bank: Path | None
+
+
+def read_experts_file(path: str | Path) -> ExpertsFile:
+    """Parse experts.json (select-experts' output, or a hand-written {"chosen", "bank"})."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("experts file not found", path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"malformed JSON ({exc.msg})", path, exc.lineno) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc.reason})", path) from None
+    if not isinstance(data, dict):
+        raise InputError("expected a JSON object", path)
+    chosen = data.get("chosen")
+    if not isinstance(chosen, list) or not chosen:
+        raise InputError("expected a non-empty list of adapter names", path, field="chosen")
+    if not all(isinstance(name, str) and name.strip() for name in chosen):
+        raise InputError("every entry must be an adapter name (a string)", path, field="chosen")
+    twice = sorted({name for name in chosen if chosen.count(name) > 1})
+    if twice:
+        raise InputError(f"adapter {twice[0]!r} is chosen twice", path, field="chosen")
+    inputs = data.get("inputs") if isinstance(data.get("inputs"), dict) else {}
+    bank = data.get("bank") or inputs.get("bank")
+    if bank is not None and not isinstance(bank, str):
+        raise InputError("expected a path", path, field="bank")
+    return ExpertsFile(path, list(chosen), Path(bank) if bank else None)
+
+
+def _resolve_bank(experts: ExpertsFile, bank: str | Path | None) -> Path:
+    """--bank wins; else the bank recorded in experts.json (as given, or beside the file)."""
+    if bank is not None:
+        bank = Path(bank)
+        if not bank.exists():
+            raise InputError("bank not found", bank, field="bank")
+        return bank
+    if experts.bank is None:
+        raise InputError(
+            "experts.json does not say where the bank is (no inputs.bank); pass --bank",
+            experts.path,
+            field="inputs.bank",
+        )
+    for candidate in (experts.bank, experts.path.parent / experts.bank):
+        if candidate.exists():
+            return candidate
+    raise InputError(
+        f"the bank it names ({experts.bank}) does not exist here; pass --bank",
+        experts.path,
+        field="inputs.bank",
+    )
+
+
+def expert_paths(experts: ExpertsFile, bank: str | Path | None = None) -> list[tuple[str, Path]]:
+    """(name, adapter directory) of every chosen expert; a name not in the bank is an error."""
+    from taskexpert.bank import _bank_entries
+
+    source = _resolve_bank(experts, bank)
+    entries = {name: path for name, path, _ in _bank_entries(source)}
+    found = []
+    for name in experts.chosen:
+        if name not in entries or not entries[name].exists():
+            known = ", ".join(sorted(entries)[:8]) + (" ..." if len(entries) > 8 else "")
+            raise InputError(
+                f"chosen adapter {name!r} is not in the bank {source} (it holds: {known})",
+                experts.path,
+                field="chosen",
+            )
+        found.append((name, entries[name]))
+    return found
+
+
+def load_experts(
+    experts_path: str | Path,
+    base_model,
+    bank: str | Path | None = None,
+    allow_pickle: bool = False,
+) -> list[LoraAdapter]:
+    """Read the chosen adapters once and check each fits the base; errors name the adapter."""
+    experts = read_experts_file(experts_path)
+    adapters = []
+    for name, path in expert_paths(experts, bank):
+        adapter = load_adapter(path, name=name, allow_pickle=allow_pickle)
+        fatal = [p.message for p in validate_adapter(adapter, base_model) if p.fatal]
+        if fatal:
+            raise InputError(f"expert {name!r} does not fit the base model: {fatal[0]}", path)
+        adapters.append(adapter)
+    return adapters
+
+
+# --- training data --------------------------------------------------------------------------
+
+
+def training_records(
+    kshot: Sequence[Record],
+    data: Sequence[Record],
+    kshot_path: str | Path | None = None,
+    data_path: str | Path | None = None,
+) -> tuple[list[Record], int]:
+    """K-shot + selected data; a record present in both (same id, same content) counts once.
+
+    Returns the records and how many duplicates were dropped; the same id with different
+    content, or a record with nothing to train on, is an error naming file and record.
+    """
+    merged: dict[str, Record] = {}
+    dropped = 0
+    for records, path in ((kshot, kshot_path), (data, data_path)):
+        for record in records:
+            if not record.output.strip():
+                raise InputError(
+                    f"record {record.id!r}: empty output, nothing to train on", path, field="output"
+                )
+            previous = merged.get(record.id)
+            if previous is None:
+                merged[record.id] = record
+            elif previous.to_dict() == record.to_dict():
+                dropped += 1
+            else:
+                first = kshot_path if previous in kshot else "this file"
+                raise InputError(
+                    f"record id {record.id!r} appears twice with different content "
+                    f"(first in {first})",
+                    path,
+                    field="id",
+                )
+    if not merged:
+        raise InputError("no training records", data_path)
+    return list(merged.values()), dropped
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def build_mixture(
+    base_model,
+    tokenizer,
+    adapters: Sequence[LoraAdapter],
+    config: MoeTrainConfig,
+    kshot: Sequence[Record] | None = None,
+) -> tuple[object, dict[str, int]]:
+    """Attach the experts (base frozen) and set the routers; returns the model and, for K-shot
+    routers, how many K-shot examples went to each expert."""
+    from taskexpert.moe.model import attach_mixture
+    from taskexpert.moe.router_init import init_routers_from_kshot
+
+    model = attach_mixture(base_model, adapters, config.moe_config())
+    counts: dict[str, int] = {}
+    if config.router_init == "kshot":
+        if not kshot:
+            raise InputError("router init 'kshot' needs K-shot records (--kshot)", field="kshot")
+        counts = init_routers_from_kshot(
+            model,
+            tokenizer,
+            list(kshot),
+            batch_size=config.micro_batch_size,
+            max_length=config.max_length,
+        )
+    return model, counts
+
+
+def work_dir(out: str | Path) -> Path:
+    """Where an unfinished run keeps its checkpoints and log: `.<out name>.partial` beside it."""
+    out = Path(out)
+    return out.parent / f".{out.name}.partial"
+
+
+def check_output_dir(out: str | Path) -> None:
+    """The output is replaced whole at the end: never let that erase an unrelated directory."""
+    out = Path(out)
+    if out.is_file():
+        raise InputError("output exists and is a file", out, field="out")
+    if out.is_dir() and any(out.iterdir()) and not (out / CONFIG_FILE).is_file():
+        raise InputError("output exists and is not a mixture directory", out, field="out")
+
+
+def _data_digest(records: Sequence[Record]) -> str:
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(json.dumps(record.to_dict(), sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+class _TrainLog:
+    """train_log.jsonl, rewritten atomically on every entry; a resumed run overwrites the
+    entries the interrupted run logged after its last checkpoint."""
+
+    def __init__(self, path: Path, keep_existing: bool) -> None:
+        self.path = path
+        self.entries: list[dict] = []
+        if keep_existing and path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            self.entries = [json.loads(line) for line in lines if line.strip()]
+
+    def append(self, entry: dict) -> None:
+        self.entries = [e for e in self.entries if e["step"] < entry["step"]] + [entry]
+        with atomic_open(self.path) as handle:
+            for item in self.entries:
+                handle.write(json.dumps(item) + "\n")
+
+
+def _rounded(value):
+    return round(value, 6) if isinstance(value, float) else value
+
+
+def train_mixture(
+    model,
+    tokenizer,
+    records: Sequence[Record],
+    out: str | Path,
+    config: MoeTrainConfig | None = None,
+    *,
+    resume: bool = False,
+    info: dict | None = None,
+) -> dict:
+    """Train an attached mixture on `records` and write the mixture directory `out`.
+
+    `out` gets moe_config.json + moe_model.safetensors (loadable by `load_mixture`),
+    train_log.jsonl and train_summary.json; `info` (inputs, router-init counts...) goes into
+    the summary. With resume=True an interrupted run with the same settings continues.
+    """
+    from taskexpert.moe.checkpoint import save_mixture
+    from taskexpert.moe.model import freeze_base, mixture_aux_loss, mixture_config, router_stats
+    from taskexpert.train import train
+
+    config = config or MoeTrainConfig()
+    out = Path(out)
+    check_output_dir(out)
+    if not records:
+        raise InputError("no training records")
+    trainable = freeze_base(model)
+    moe = mixture_config(model)
+    work = work_dir(out)
+    run = {
+        "config": config.model_dump(mode="json", exclude={"progress"}),
+        "experts": moe.expert_names,
+        "records": len(records),
+        "data_digest": _data_digest(records),
+    }
+    previous = json.loads((work / RUN_FILE).read_text()) if (work / RUN_FILE).is_file() else None
+    if resume and previous is not None and previous != run:
+        changed = sorted(k for k in run if previous.get(k) != run[k])
+        raise InputError(
+            f"the unfinished run there used other settings ({', '.join(changed)}); "
+            "rerun without --resume to start over",
+            work,
+        )
+    if not resume or previous is None:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(work / RUN_FILE, run)
+    log = _TrainLog(work / TRAIN_LOG_FILE, keep_existing=resume)
+
+    def on_log(step: int, metrics: dict) -> None:
+        stats = router_stats(model)
+        entry = {"step": step, **{k: _rounded(v) for k, v in metrics.items()}}
+        entry["router_entropy"] = _rounded(stats["entropy"])
+        entry["router_max_entropy"] = _rounded(stats["max_entropy"])
+        entry["expert_load"] = {k: round(v, 4) for k, v in stats["load"].items()}
+        log.append(entry)
+
+    result = train(
+        model,
+        tokenizer,
+        records,
+        config.train_config(checkpoint_dir=work, resume=resume),
+        aux_loss=mixture_aux_loss,
+        on_log=on_log,
+    )
+    final = log.entries[-1] if log.entries else {}
+    summary = {
+        "experts": [e.model_dump(mode="json") for e in moe.experts],
+        "top_k": moe.top_k,
+        "router_init": moe.router_init,
+        "trainable_parameters": trainable,
+        "records": len(records),
+        "train": result.to_dict(),
+        "final_router_entropy": final.get("router_entropy"),
+        "router_max_entropy": final.get("router_max_entropy"),
+        "final_expert_load": final.get("expert_load"),
+        "config": config.model_dump(mode="json"),
+        **(info or {}),
+    }
+    with atomic_dir(out) as tmp:
+        save_mixture(model, tmp)
+        if (work / TRAIN_LOG_FILE).is_file():
+            shutil.copyfile(work / TRAIN_LOG_FILE, tmp / TRAIN_LOG_FILE)
+        write_json(tmp / SUMMARY_FILE, summary)
+    shutil.rmtree(work, ignore_errors=True)
+    return summary
