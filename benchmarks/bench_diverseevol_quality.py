@@ -135,6 +135,31 @@ def make_config(args, setup: dict, strategy: str, seed: int):
     )
 
 
+def subset_coverage(run_dir: Path, setup: dict, rounds: int) -> list[dict]:
+    """Per round: how many pool sources the subset covers, how evenly (normalised entropy of
+    its source shares) and its share of the pool's noise items: what K-center should change."""
+    from taskexpert.records import load_records
+
+    sources = [r.source or "" for r in load_records(setup["pool"])]
+    in_pool = set(sources)
+    out = []
+    for index in range(rounds):
+        rows = json.loads((run_dir / "rounds" / f"{index:02d}" / "selection.json").read_text())
+        picked = [sources[i] for i in rows["rows"]]
+        counts = np.array([picked.count(s) for s in sorted(set(picked))], dtype=float)
+        shares = counts / counts.sum()
+        entropy = float(-(shares * np.log(shares)).sum() / np.log(len(in_pool)))
+        out.append(
+            {
+                "sources_covered": len(set(picked)),
+                "sources_in_pool": len(in_pool),
+                "source_entropy": round(entropy, 3),
+                "noise_share": round(picked.count("noise") / len(picked), 3),
+            }
+        )
+    return out
+
+
 def one_run(args, setup: dict, strategy: str, seed: int) -> dict:
     """One DiverseEvol run (resumed if its directory holds finished rounds)."""
     from taskexpert.selection.diverseevol import run_diverseevol
@@ -142,6 +167,7 @@ def one_run(args, setup: dict, strategy: str, seed: int) -> dict:
     began = time.perf_counter()
     run_dir = Path(args.out_dir) / f"{strategy}-seed{seed}"
     result = run_diverseevol(make_config(args, setup, strategy, seed), run_dir)
+    coverage = subset_coverage(run_dir, setup, len(result.rounds))
     return {
         "strategy": strategy,
         "seed": seed,
@@ -153,8 +179,9 @@ def one_run(args, setup: dict, strategy: str, seed: int) -> dict:
                 "em_by_family": s["exact_match_by_source"],
                 "vendi": s["vendi"],
                 "round_seconds": s["seconds"],
+                **cover,
             }
-            for s in result.rounds
+            for s, cover in zip(result.rounds, coverage)
         ],
     }
 
@@ -235,6 +262,15 @@ def summarise(runs: list[dict], references: list[dict], setup: dict, args) -> di
                     "em_mean": round(float(np.mean(ems)), 4),
                     "em_std": round(float(np.std(ems)), 4),
                     "vendi_mean": round(float(np.mean(vendis)), 3),
+                    "sources_covered_mean": round(
+                        float(np.mean([r["rounds"][index]["sources_covered"] for r in mine])), 2
+                    ),
+                    "source_entropy_mean": round(
+                        float(np.mean([r["rounds"][index]["source_entropy"] for r in mine])), 3
+                    ),
+                    "noise_share_mean": round(
+                        float(np.mean([r["rounds"][index]["noise_share"] for r in mine])), 3
+                    ),
                 }
             )
         curves[strategy] = rounds
@@ -277,6 +313,14 @@ def table(summary: dict, base_em: float | None) -> str:
     lines.append(f"| full pool ({full['size']}) | {full['em_mean']:.3f}±{full['em_std']:.3f} |")
     if base_em is not None:
         lines.append(f"| base model | {base_em:.3f} |")
+    lines += ["", "| strategy (final round) | vendi | sources covered | source entropy | noise |"]
+    lines.append("|---|---|---|---|---|")
+    for name, rounds in curves.items():
+        last = rounds[-1]
+        lines.append(
+            f"| {name} | {last['vendi_mean']:.2f} | {last['sources_covered_mean']:.1f} | "
+            f"{last['source_entropy_mean']:.3f} | {last['noise_share_mean']:.3f} |"
+        )
     return "\n".join(lines)
 
 
