@@ -26,29 +26,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from common import standard_testbed
 
 STRATEGIES = ["kcenter", "random", "kcenter-oneshot", "least-confidence", "margin", "entropy"]
 
 
 def log(message: str) -> None:
     print(f"[dq] {message}", file=sys.stderr, flush=True)
-
-
-def find_standard_testbed() -> Path | None:
-    for root in (Path("/work/main/runs"), Path("/tmp")):
-        if not root.is_dir():
-            continue
-        for marker in sorted(root.glob("**/testbed.json")):
-            try:
-                truth = json.loads(marker.read_text())
-                if (
-                    truth["build"]["preset"] == "standard"
-                    and (marker.parent / ".complete").is_file()
-                ):
-                    return marker.parent
-            except (OSError, ValueError, KeyError):
-                continue
-    return None
 
 
 def read_truth(testbed: Path) -> dict:
@@ -351,7 +335,7 @@ def main() -> None:
         args.pool_size, args.init, args.per_round, args.rounds = 200, 10, 10, 2
         args.epochs, args.eval_per_family, args.max_new_tokens = 2.0, 3, 16
     if args.testbed is None:
-        found = None if args.quick else find_standard_testbed()
+        found = None if args.quick else standard_testbed()
         if found is None:
             from taskexpert.testbed import build_testbed
 

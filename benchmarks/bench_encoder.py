@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import SHARED_DATA
+
 
 def _timed_embed(encoder, texts, batch_size):
     start = time.perf_counter()
@@ -28,7 +30,7 @@ def _timed_embed(encoder, texts, batch_size):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=Path("/work/shared/data"))
+    parser.add_argument("--shared", type=Path, default=SHARED_DATA)
     parser.add_argument("--n", type=int, default=2000, help="texts for the default encoder")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)

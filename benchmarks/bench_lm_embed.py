@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import standard_testbed
 
 MB = 1 << 20
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -87,19 +88,6 @@ class SyntheticTexts(Sequence):
 
 def log(message: str) -> None:
     print(f"[lm_embed] {message}", file=sys.stderr, flush=True)
-
-
-def find_testbed(explicit: str | None) -> Path | None:
-    if explicit:
-        return Path(explicit)
-    for root in (Path("/work/main/runs"), Path("/tmp")):
-        for marker in sorted(root.glob("**/testbed.json")) if root.is_dir() else []:
-            try:
-                if json.loads(marker.read_text())["build"]["preset"] == "standard":
-                    return marker.parent
-            except (OSError, ValueError, KeyError):
-                continue
-    return None
 
 
 def reference_way(model, sequences: list[list[int]], layer: int) -> float:
@@ -239,7 +227,7 @@ def main() -> None:
     out: dict = {"threads": args.threads}
     parts = args.parts.split(",")
     if "throughput" in parts:
-        testbed = find_testbed(args.testbed)
+        testbed = standard_testbed(args.testbed)
         if testbed is None:
             from taskexpert.testbed import build_testbed
 

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 import taskexpert.embed
 from taskexpert.cli import app
-from taskexpert.commands.demo import format_report, sample_files
+from taskexpert.commands.demo import format_report
+from taskexpert.data import SAMPLE_KSHOT, SAMPLE_POOL
 from taskexpert.records import load_records
 
 runner = CliRunner()
@@ -31,9 +32,8 @@ class HashEmbedder:
 
 
 def test_sample_is_packaged_and_valid():
-    with sample_files() as (pool, kshot):
-        assert len(load_records(pool)) >= 100
-        assert {r.source for r in load_records(kshot)} == {"gsm8k"}
+    assert len(load_records(SAMPLE_POOL)) >= 100
+    assert {r.source for r in load_records(SAMPLE_KSHOT)} == {"gsm8k"}
 
 
 def test_demo_writes_the_run_and_prints_the_mix(tmp_path, monkeypatch):

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import typer
 
-SAMPLE_POOL = "pool.jsonl"
-SAMPLE_KSHOT = "gsm8k_kshot.jsonl"
-
-
-@contextlib.contextmanager
-def sample_files() -> Iterator[tuple[Path, Path]]:
-    """Paths of the packaged sample pool and GSM8K K-shot (extracted if the package is zipped)."""
-    sample = resources.files("taskexpert").joinpath("data", "sample")
-    with (
-        resources.as_file(sample.joinpath(SAMPLE_POOL)) as pool,
-        resources.as_file(sample.joinpath(SAMPLE_KSHOT)) as kshot,
-    ):
-        yield Path(pool), Path(kshot)
+from taskexpert.data import SAMPLE_KSHOT, SAMPLE_POOL
 
 
 def format_report(summary: dict[str, Any]) -> str:
@@ -65,7 +50,8 @@ def main(
     from taskexpert.commands.select_data import run_select_data, summary_path
 
     selected = Path(out) / "selected.jsonl"
-    with sample_files() as (pool, kshot):
-        summary = run_select_data([pool], kshot, budget, selected, encoder=encoder, cache_dir=cache)
+    summary = run_select_data(
+        [SAMPLE_POOL], SAMPLE_KSHOT, budget, selected, encoder=encoder, cache_dir=cache
+    )
     typer.echo(format_report(summary))
     typer.echo(f"wrote {selected} and {summary_path(selected)}")

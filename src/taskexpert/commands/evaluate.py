@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from taskexpert.commands import options
 from taskexpert.errors import InputError
 
 
@@ -151,14 +152,10 @@ def main(
         help="Multiple choice: score 'The answer is X.' (answer) or the option text (text).",
     ),
     no_mc: bool = typer.Option(False, "--no-mc", help="Skip multiple-choice scoring."),
-    allow_pickle: bool = typer.Option(
-        False, "--allow-pickle", help="Also load pickle (.bin) weights; they can run code."
-    ),
-    trust_remote_code: bool = typer.Option(
-        False, "--trust-remote-code", help="Run model code shipped with the base model."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    allow_pickle: bool = options.ALLOW_PICKLE,
+    trust_remote_code: bool = options.TRUST_REMOTE_CODE,
+    device: str = options.DEVICE,
+    dtype: str = options.DTYPE,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Exact match with the task's extractor, plus multiple choice where records have choices."""

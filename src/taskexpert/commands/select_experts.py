@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from taskexpert.commands import options
 from taskexpert.errors import InputError
 from taskexpert.io import write_json
 
@@ -105,14 +106,10 @@ def main(
         None, "--max-new-tokens", help="Generation length (default: from the K-shot targets)."
     ),
     strict: bool = typer.Option(False, "--strict", help="Stop on the first unusable adapter."),
-    allow_pickle: bool = typer.Option(
-        False, "--allow-pickle", help="Also load pickle (.bin) weights; they can run code."
-    ),
-    trust_remote_code: bool = typer.Option(
-        False, "--trust-remote-code", help="Run model code shipped with the base model."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    allow_pickle: bool = options.ALLOW_PICKLE,
+    trust_remote_code: bool = options.TRUST_REMOTE_CODE,
+    device: str = options.DEVICE,
+    dtype: str = options.DTYPE,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Score a LoRA bank on a K-shot set and choose N diverse, competent experts (Stage 1)."""

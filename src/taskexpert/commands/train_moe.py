@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from taskexpert.commands import options
 from taskexpert.errors import InputError
 
 
@@ -120,14 +121,10 @@ def main(
     resume: bool = typer.Option(
         False, "--resume", help="Continue an interrupted run with the same settings."
     ),
-    allow_pickle: bool = typer.Option(
-        False, "--allow-pickle", help="Also load pickle (.bin) weights; they can run code."
-    ),
-    trust_remote_code: bool = typer.Option(
-        False, "--trust-remote-code", help="Run model code shipped with the base model."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    allow_pickle: bool = options.ALLOW_PICKLE,
+    trust_remote_code: bool = options.TRUST_REMOTE_CODE,
+    device: str = options.DEVICE,
+    dtype: str = options.DTYPE,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train the chosen LoRA experts and per-token routers on K-shot + selected data (Stage 3)."""
