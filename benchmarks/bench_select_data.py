@@ -90,6 +90,7 @@ def main() -> None:
     )
     parser.add_argument("--work-dir", type=Path, default=None, help="where the caches go (tmp)")
     parser.add_argument("--limit", type=int, default=None, help="first N pool records (smoke)")
+    parser.add_argument("--no-arc", action="store_true", help="skip the ARC source-mix run")
     parser.add_argument(
         "--warm-only", action="store_true", help="reuse the caches in --work-dir, skip cold runs"
     )
@@ -138,7 +139,9 @@ def main() -> None:
         _log(f"[{config}] warm run")
         warm, warm_s = _run(pool, kshot, args.budget, config, cache_dir, args.mode)
         warm_cli_s = _warm_cli(pool_file, kshot_file, args.budget, config, cache_dir, args.mode)
-        arc_result, arc_s = _run(pool, arc, args.budget, config, cache_dir, args.mode)
+        arc_result = arc_s = None
+        if not args.no_arc:
+            arc_result, arc_s = _run(pool, arc, args.budget, config, cache_dir, args.mode)
         sources = warm.summary["selected_per_source"]
         math = sum(n for s, n in sources.items() if s in MATH_SOURCES)
         results[config] = {}
@@ -161,8 +164,8 @@ def main() -> None:
             "math_share": round(math / max(1, warm.summary["selected"]), 4),
             "vendi_score": warm.summary["vendi_score"],
             "gsm8k_source_mix": sources,
-            "arc_source_mix": arc_result.summary["selected_per_source"],
-            "arc_s": round(arc_s, 2),
+            "arc_source_mix": arc_result.summary["selected_per_source"] if arc_result else None,
+            "arc_s": round(arc_s, 2) if arc_s is not None else None,
         }
         _log(f"[{config}] {json.dumps(results[config])}")
     if {"default", "two-stage"} <= results.keys() and not args.warm_only:

@@ -30,6 +30,7 @@ from taskexpert.embed import Embedder, EmbeddingCache, SentenceEncoder, embed_re
 from taskexpert.errors import InputError
 from taskexpert.records import Record
 from taskexpert.selection.dedup import DEFAULT_THRESHOLD, NearDuplicateFilter
+from taskexpert.selection.vendi import vendi_score
 
 MODES = ("centroid", "max")
 
@@ -134,6 +135,126 @@ def _check_args(
         raise InputError(f"shortlist factor must be at least 1, got {factor}", field="shortlist")
 
 
+@dataclass
+class _PoolPass:
+    """What one streaming pass leaves: a score per pool item and the best `capacity` candidates."""
+
+    scores: np.ndarray
+    top: _TopCandidates
+    excluded: int
+    sources: Counter
+    records: list[Record]  # every record, only when the pool is a one-shot iterator
+
+
+def _score_pool(
+    pool: Iterable[Record],
+    embedder: Embedder,
+    index,
+    kshot_texts: set[str],
+    capacity: int,
+    cache: EmbeddingCache | None,
+    chunk_size: int,
+    batch_size: int | None,
+    progress: bool,
+) -> _PoolPass:
+    """Embed and score the pool chunk by chunk; K-shot texts found in the pool score -inf."""
+    iterator = iter(pool)
+    one_shot = iterator is pool
+    result = _PoolPass(np.zeros(0, np.float32), _TopCandidates(capacity), 0, Counter(), [])
+    parts: list[np.ndarray] = []
+    total = len(pool) if isinstance(pool, Sized) else None
+    bar = tqdm(total=total, desc=f"pool ({embedder.name})", unit="rec", disable=not progress)
+    n_pool = 0
+    for chunk in _batched(iterator, chunk_size):
+        texts = [r.text for r in chunk]
+        vectors = embed_texts(texts, embedder, cache, batch_size, progress)
+        scores = score_against(index, vectors)
+        overlap = np.fromiter((t in kshot_texts for t in texts), dtype=bool, count=len(texts))
+        scores[overlap] = -np.inf
+        result.excluded += int(overlap.sum())
+        positions = np.arange(n_pool, n_pool + len(chunk), dtype=np.int64)
+        result.top.offer(scores, positions, chunk, vectors)
+        result.sources.update(r.source or "unknown" for r in chunk)
+        parts.append(scores)
+        if one_shot:
+            result.records.extend(chunk)
+        n_pool += len(chunk)
+        bar.update(len(chunk))
+    bar.close()
+    result.scores = np.concatenate(parts) if parts else result.scores
+    return result
+
+
+def _candidate_blocks(
+    scanned: _PoolPass,
+    pool: Any,
+    first: Embedder,
+    rerank: tuple[Embedder, Any] | None,
+    cache: EmbeddingCache | None,
+    batch_size: int | None,
+    progress: bool,
+) -> Iterator[tuple[list[Record], np.ndarray, np.ndarray]]:
+    """(records, vectors, scores) in final rank order, one block of `capacity` after another.
+
+    The first block is the candidates kept by the pass; later ones (needed only when
+    deduplication exhausts it) are fetched by position and embedded again (cache hits).
+    With `rerank` = (embedder, K-shot index), each block is re-scored and re-sorted.
+    """
+    capacity, scores_all = scanned.top.capacity, scanned.scores
+    eligible = len(scores_all) - scanned.excluded
+    order = _rank(scores_all, np.arange(len(scores_all)))[:eligible]
+    for start in range(0, eligible, capacity):
+        positions = order[start : start + capacity]
+        n = len(positions)
+        if start == 0:
+            top = scanned.top
+            records, vectors, scores = top.records[:n], top.vectors[:n], top.scores[:n]
+        else:
+            records = _records_at(pool, positions)
+            scores = scores_all[positions]
+            if rerank is None:
+                vectors = embed_records(records, first, cache, batch_size, progress=False)
+        if rerank is not None:
+            embedder, index = rerank
+            vectors = embed_records(records, embedder, cache, batch_size, progress)
+            scores = score_against(index, vectors)
+            resort = _rank(scores, positions)
+            scores, vectors = scores[resort], vectors[resort]
+            records = [records[i] for i in resort]
+        yield records, vectors, scores
+
+
+def _take_budget(
+    blocks: Iterator[tuple[list[Record], np.ndarray, np.ndarray]],
+    budget: int,
+    threshold: float | None,
+) -> tuple[list[Record], np.ndarray, np.ndarray, int, dict[str, float]]:
+    """Walk the ranking, dropping near-duplicates, until `budget` records are kept."""
+    records: list[Record] = []
+    scores: list[np.ndarray] = []
+    vectors: list[np.ndarray] = []
+    dedup: NearDuplicateFilter | None = None
+    timings = {"candidates_s": 0.0, "dedup_s": 0.0}
+    t = time.perf_counter()
+    for block_records, block_vectors, block_scores in blocks:
+        timings["candidates_s"] += time.perf_counter() - t
+        t = time.perf_counter()
+        if threshold is not None:
+            dedup = dedup or NearDuplicateFilter(block_vectors.shape[1], threshold)
+            keep = dedup.add(block_vectors, limit=budget)
+        else:
+            keep = np.arange(min(len(block_records), budget - len(records)))
+        records.extend(block_records[i] for i in keep)
+        scores.append(block_scores[keep])
+        vectors.append(block_vectors[keep])
+        timings["dedup_s"] += time.perf_counter() - t
+        if len(records) >= budget:
+            break
+        t = time.perf_counter()
+    removed = dedup.removed if dedup is not None else 0
+    return records, np.concatenate(scores), np.concatenate(vectors), removed, timings
+
+
 def select_data(
     pool: Iterable[Record] | list[Record],
     kshot: list[Record],
@@ -161,111 +282,39 @@ def select_data(
     if isinstance(pool, Sized) and budget > len(pool):
         raise InputError(f"budget {budget} exceeds the pool size {len(pool)}", field="budget")
     embedder = embedder if embedder is not None else SentenceEncoder()
-    first = shortlist_embedder if shortlist_embedder is not None else embedder
     two_stage = shortlist_embedder is not None
-    timings: dict[str, float] = {}
-
-    t = time.perf_counter()
-    index1 = kshot_index(embed_records(kshot, first, cache, batch_size, progress), mode)
-    timings["embed_kshot_s"] = time.perf_counter() - t
-    kshot_texts = {r.text for r in kshot}
-
-    # Pass 1: stream the pool, keep one score per item and the best candidates.
-    t = time.perf_counter()
-    iterator = iter(pool)
-    one_shot = iterator is pool
-    kept_all: list[Record] = []
+    first = shortlist_embedder if two_stage else embedder
     capacity = shortlist_factor * budget if two_stage else 2 * budget
-    top = _TopCandidates(capacity)
-    score_parts: list[np.ndarray] = []
-    pool_sources: Counter[str] = Counter()
-    excluded = n_pool = 0
-    total = len(pool) if isinstance(pool, Sized) else None
-    bar = tqdm(total=total, desc=f"pool ({first.name})", unit="rec", disable=not progress)
-    for chunk in _batched(iterator, chunk_size):
-        texts = [r.text for r in chunk]
-        vectors = embed_texts(texts, first, cache, batch_size, progress)
-        scores = score_against(index1, vectors)
-        overlap = np.fromiter((t in kshot_texts for t in texts), dtype=bool, count=len(texts))
-        scores[overlap] = -np.inf
-        excluded += int(overlap.sum())
-        positions = np.arange(n_pool, n_pool + len(chunk), dtype=np.int64)
-        top.offer(scores, positions, chunk, vectors)
-        score_parts.append(scores)
-        pool_sources.update(r.source or "unknown" for r in chunk)
-        if one_shot:
-            kept_all.extend(chunk)
-        n_pool += len(chunk)
-        bar.update(len(chunk))
-    bar.close()
+
+    t = time.perf_counter()
+    index = kshot_index(embed_records(kshot, first, cache, batch_size, progress), mode)
+    rerank = None
+    if two_stage:
+        vectors = embed_records(kshot, embedder, cache, batch_size, progress)
+        rerank = (embedder, kshot_index(vectors, mode))
+    timings = {"embed_kshot_s": time.perf_counter() - t}
+
+    t = time.perf_counter()
+    kshot_texts = {r.text for r in kshot}
+    args = (cache, chunk_size, batch_size, progress)
+    scanned = _score_pool(pool, first, index, kshot_texts, capacity, *args)
     timings["pool_pass_s"] = time.perf_counter() - t
-    eligible = n_pool - excluded
+    eligible = len(scanned.scores) - scanned.excluded
     if budget > eligible:
-        detail = f" after excluding {excluded} K-shot duplicates" if excluded else ""
+        detail = (
+            f" after excluding {scanned.excluded} K-shot duplicates" if scanned.excluded else ""
+        )
         raise InputError(
             f"budget {budget} exceeds the pool size {eligible}{detail}", field="budget"
         )
-    all_scores = np.concatenate(score_parts)
-    order = _rank(all_scores, np.arange(n_pool))[:eligible]
-    source_pool = kept_all if one_shot else pool
 
-    index2 = None
-    if two_stage:
-        t = time.perf_counter()
-        index2 = kshot_index(embed_records(kshot, embedder, cache, batch_size, progress), mode)
-        timings["embed_kshot_s"] += time.perf_counter() - t
+    source = scanned.records if scanned.records else pool
+    blocks = _candidate_blocks(scanned, source, first, rerank, cache, batch_size, progress)
+    picked, scores, vectors, removed, pick_timings = _take_budget(blocks, budget, dedup_threshold)
+    timings[("rerank_s" if two_stage else "refill_s")] = pick_timings["candidates_s"]
+    timings["dedup_s"] = pick_timings["dedup_s"]
 
-    def candidate_blocks() -> Iterator[tuple[np.ndarray, list[Record], np.ndarray, np.ndarray]]:
-        """(positions, records, vectors, scores) in final rank order, block after block."""
-        for start in range(0, eligible, capacity):
-            positions = order[start : start + capacity]
-            n = len(positions)
-            if start == 0:  # the candidates kept in pass 1, already in this order
-                records, vectors, scores = top.records[:n], top.vectors[:n], top.scores[:n]
-            else:
-                records = _records_at(source_pool, positions)
-                scores = all_scores[positions]
-                if index2 is None:
-                    vectors = embed_records(records, first, cache, batch_size, progress=False)
-            if index2 is not None:
-                vectors = embed_records(records, embedder, cache, batch_size, progress)
-                scores = score_against(index2, vectors)
-                rerank = _rank(scores, positions)
-                positions, scores, vectors = positions[rerank], scores[rerank], vectors[rerank]
-                records = [records[i] for i in rerank]
-            yield positions, records, vectors, scores
-
-    picked_records: list[Record] = []
-    picked_scores: list[np.ndarray] = []
-    picked_vectors: list[np.ndarray] = []
-    dedup = None
-    t_rerank = t_dedup = 0.0
-    t = time.perf_counter()
-    for _positions, records, vectors, scores in candidate_blocks():
-        t_rerank += time.perf_counter() - t
-        t = time.perf_counter()
-        if dedup is None and dedup_threshold is not None:
-            dedup = NearDuplicateFilter(vectors.shape[1], dedup_threshold)
-        if dedup is not None:
-            keep = dedup.add(vectors, limit=budget)
-        else:
-            keep = np.arange(min(len(records), budget - len(picked_records)))
-        picked_records.extend(records[i] for i in keep)
-        picked_scores.append(scores[keep])
-        picked_vectors.append(vectors[keep])
-        t_dedup += time.perf_counter() - t
-        t = time.perf_counter()
-        if len(picked_records) >= budget:
-            break
-    if two_stage:
-        timings["rerank_s"] = t_rerank
-    timings["dedup_s"] = t_dedup
-
-    scores = np.concatenate(picked_scores).astype(np.float32)
-    vectors = np.concatenate(picked_vectors).astype(np.float32)
-    selected = [
-        r.model_copy(update={"score": round(float(s), 6)}) for r, s in zip(picked_records, scores)
-    ]
+    selected = [r.model_copy(update={"score": round(float(s), 6)}) for r, s in zip(picked, scores)]
     summary: dict[str, Any] = {
         "mode": mode,
         "encoder": embedder.name,
@@ -273,13 +322,13 @@ def select_data(
         "shortlist_size": min(capacity, eligible) if two_stage else None,
         "budget": budget,
         "kshot_size": len(kshot),
-        "pool_size": n_pool,
-        "excluded_kshot_duplicates": excluded,
+        "pool_size": len(scanned.scores),
+        "excluded_kshot_duplicates": scanned.excluded,
         "selected": len(selected),
         "dedup_threshold": dedup_threshold,
-        "removed_duplicates": dedup.removed if dedup is not None else 0,
+        "removed_duplicates": removed,
         "selected_per_source": dict(Counter(r.source or "unknown" for r in selected).most_common()),
-        "pool_per_source": dict(pool_sources.most_common()),
+        "pool_per_source": dict(scanned.sources.most_common()),
         "score": _score_stats(scores),
         "vendi_score": _vendi(vectors),
     }
@@ -287,7 +336,7 @@ def select_data(
         summary["cache"] = {"dir": str(cache.root), "hits": cache.hits, "misses": cache.misses}
     timings["total_s"] = time.perf_counter() - t_start
     summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-    return SelectionResult(selected, scores, vectors, summary)
+    return SelectionResult(selected, scores.astype(np.float32), vectors.astype(np.float32), summary)
 
 
 def _score_stats(scores: np.ndarray) -> dict[str, float]:
@@ -301,12 +350,6 @@ def _score_stats(scores: np.ndarray) -> dict[str, float]:
 
 
 def _vendi(vectors: np.ndarray) -> float | None:
-    """Vendi score of the selection when the vendi module is available (issue 2, item 6)."""
-    try:
-        from taskexpert.selection.vendi import vendi_score
-    except ImportError:
-        return None
+    """Vendi score (DiverseEvol's diversity measure) of the selection."""
     nonzero = vectors[np.linalg.norm(vectors, axis=1) > 0]  # a static model can give all-zero rows
-    if len(nonzero) == 0:
-        return None
-    return round(float(vendi_score(nonzero)), 4)
+    return round(float(vendi_score(nonzero)), 4) if len(nonzero) else None

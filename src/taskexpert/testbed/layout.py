@@ -25,6 +25,8 @@ MARKER = ".complete"
 class Testbed:
     """A finished testbed directory and its ground truth (testbed.json)."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
     root: Path
     truth: dict
 
