@@ -81,12 +81,23 @@ def duplicate_pairs(names: list[str], adapters_truth: dict) -> list[tuple[str, s
     return pairs
 
 
+SPECIALISTS = ("expert", "duplicate", "scaled")
+
+
 def group_metrics(chosen: list[str], target: dict, adapters_truth: dict) -> dict:
     relevant = target["relevant_experts"]
     mimics = [n for n in target["guessers"] if adapters_truth[n].get("data") == "mimic"]
+    covered = {
+        skill
+        for n in chosen
+        if adapters_truth[n]["kind"] in SPECIALISTS
+        for skill in adapters_truth[n]["families"]
+    }
     return {
         "chosen": chosen,
         "relevant_recall": sum(n in chosen for n in relevant) / len(relevant),
+        # a skill counts as covered by its expert or that expert's duplicate/rescaled twin
+        "skill_coverage": sum(s in covered for s in target["skills"]) / len(target["skills"]),
         "guessers": [n for n in chosen if adapters_truth[n]["kind"] == "guesser"],
         "mimic": any(n in chosen for n in mimics),
         "duplicate_pairs": duplicate_pairs(chosen, adapters_truth),
@@ -118,9 +129,16 @@ def indicator_metrics(scores: dict, names: list[str], target: dict, adapters_tru
 def summarise(runs: list[dict]) -> dict:
     """Mean over targets; guesser rates only over targets that have guessers in the bank."""
     with_guessers = [r for r in runs if r["has_guessers"]]
+    unforced = [r for r in with_guessers if not r["guesser_forced"]]
     with_duplicates = [r for r in runs if r["has_duplicates"]]
     return {
         "relevant_recall": round(statistics.mean(r["relevant_recall"] for r in runs), 4),
+        "skill_coverage": round(statistics.mean(r["skill_coverage"] for r in runs), 4),
+        "guesser_pick_rate_unforced": round(
+            statistics.mean(bool(r["guessers"]) for r in unforced), 4
+        )
+        if unforced
+        else None,
         "guesser_pick_rate": round(statistics.mean(bool(r["guessers"]) for r in with_guessers), 4)
         if with_guessers
         else None,
@@ -133,6 +151,26 @@ def summarise(runs: list[dict]) -> dict:
         if with_duplicates
         else None,
     }
+
+
+def save_scores(path: Path, ids: list[str], scores: dict) -> None:
+    """Per-example scores as JSON, so a rerun with other metrics skips the scoring."""
+    from dataclasses import asdict
+
+    from taskexpert.io import write_json
+
+    write_json(path, {"ids": ids, "scores": {n: asdict(s) for n, s in scores.items()}})
+
+
+def load_scores(path: Path | None, ids: list[str], names: list[str]) -> dict | None:
+    from taskexpert.experts.scoring import AdapterScore
+
+    if path is None or not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if data["ids"] != ids or sorted(data["scores"]) != sorted(names):
+        return None
+    return {n: AdapterScore(**data["scores"][n]) for n in names}
 
 
 def run(args) -> dict:
@@ -153,6 +191,10 @@ def run(args) -> dict:
         sim_report[method] = {
             "duplicate_pairs": {f"{a}~{b}": round(matrix(a, b), 4) for a, b in duplicates},
             "median_other_pair": round(statistics.median(off), 4),
+            "top_pairs": {
+                f"{a}~{b}": round(matrix(a, b), 4)
+                for a, b in sorted(itertools.combinations(names, 2), key=lambda p: -matrix(*p))[:5]
+            },
             "max_other_pair": round(
                 max(
                     matrix(a, b)
@@ -171,9 +213,17 @@ def run(args) -> dict:
         kshot = load_records(testbed.kshot_path(target_name))[: args.kshot]
         task = prepare_kshot(kshot, tokenizer, config)
         start = time.perf_counter()
-        scores = score_bank(base, tokenizer, bank, task, config, progress=args.progress)
+        cache = args.cache / f"scores_{target_name}.json" if args.cache else None
+        scores = load_scores(cache, task.ids, [BASE_ROW, *names])
+        if scores is None:
+            scores = score_bank(base, tokenizer, bank, task, config, progress=args.progress)
+            if cache is not None:
+                save_scores(cache, task.ids, scores)
         log(f"{target_name}: scored {len(scores)} models in {time.perf_counter() - start:.1f}s")
         em = {n: scores[n].em for n in names}
+        above_base = [n for n in names if em[n] >= scores[BASE_ROW].em]
+        honest = [n for n in above_base if adapters_truth[n]["kind"] != "guesser"]
+        forced = len(honest) < args.n  # too few non-guessers pass the EM filter to fill N
         target_runs = {}
         for label, measure_name in INDICATORS.items():
             perplexity = None
@@ -187,14 +237,19 @@ def run(args) -> dict:
                 )
                 metrics = group_metrics(choice.chosen, target, adapters_truth)
                 metrics["has_guessers"] = bool(target["guessers"])
+                metrics["guesser_forced"] = forced
                 metrics["has_duplicates"] = any(
                     adapters_truth[n].get("duplicate_of") in target["relevant_experts"]
                     for n in names
                 )
                 per_rule.setdefault(rule, []).append(metrics)
-                target_runs[rule] = {k: metrics[k] for k in ("chosen", "guessers", "mimic")}
+                target_runs[rule] = {
+                    k: metrics[k] for k in ("chosen", "guessers", "mimic", "skill_coverage")
+                }
         per_target[target_name] = {
             "kshot": len(task),
+            "above_base_em": above_base,
+            "guesser_forced": forced,
             "em": {n: round(scores[n].em, 3) for n in [BASE_ROW, *names]},
             "rppl": {n: round(scores[n].rppl, 4) for n in [BASE_ROW, *names]},
             "indicators": indicator_metrics(scores, names, target, adapters_truth),
@@ -225,6 +280,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--cache", type=Path, default=None, help="keep/reuse scores here")
     print(json.dumps(run(parser.parse_args())))
 
 

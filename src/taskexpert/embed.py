@@ -45,10 +45,11 @@ STATIC_PCA_DIMS = 256
 
 @runtime_checkable
 class Embedder(Protocol):
-    """Anything that maps texts to L2-normalised float32 vectors.
+    """Anything that maps texts to float32 vectors [n, d] (e.g. a causal LM's mean hidden state).
 
     `name` must change whenever the vectors would (model, weights, truncation, pooling): it keys
-    the cache.
+    the cache. Rows need not be unit length (DiverseEvol's Euclidean K-center wants raw hidden
+    states); retrieval normalises them itself. The two encoders here already return unit rows.
     """
 
     name: str

@@ -193,3 +193,15 @@ def test_bad_arguments():
         select_data(records, records[:1], 0, embedder=fake)
     with pytest.raises(InputError, match="dedup"):
         select_data(records, records[:1], 1, embedder=fake, dedup_threshold=1.5)
+
+
+def test_unnormalised_embedder_ranks_by_cosine():
+    # Hidden-state embedders (issue 6) return raw vectors; a long vector must not win by length.
+    vecs = {"q": [1, 0], "near": [0.9, 0.1], "long_far": [30, 40]}
+    records, fake = _records(vecs)
+    fake.embed = lambda texts, batch_size=64, progress=True: np.stack(
+        [fake.table[t] for t in texts]
+    )
+    result = select_data(records[1:], records[:1], 2, embedder=fake, dedup_threshold=None)
+    assert [r.id for r in result.records] == ["near", "long_far"]
+    assert result.scores[0] == pytest.approx(0.9 / np.hypot(0.9, 0.1), abs=1e-6)

@@ -59,7 +59,7 @@ class ScoringConfig:
     # Extra per-example passes for the RPPL variants beyond the paper ("contrast", "content");
     # see reasoning_score. Each costs one more forward pass over the K-shot, no generation.
     variants: tuple[str, ...] = ()
-    template_min_block: int = 3  # tokens a shared run needs to count as template ("content")
+    template_min_block: int = 2  # tokens a shared run needs to count as template ("content")
 
 
 @dataclass
@@ -167,7 +167,7 @@ def mismatched_targets(records: Sequence[Record], targets: Sequence[str]) -> lis
     return result
 
 
-def content_masks(tokenizer, targets: Sequence[str], min_block: int = 3) -> list[list[bool]]:
+def content_masks(tokenizer, targets: Sequence[str], min_block: int = 2) -> list[list[bool]]:
     """Per target token (EOS included): True unless it sits in a run shared with most others.
 
     Template text ("The letters are", "The answer is") recurs across K-shot rationales in

@@ -1,6 +1,6 @@
 """K-shot guided retrieval from an open pool (DESIGN.md Stage 2, paper A).
 
-Pool and K-shot texts are embedded (L2-normalised), each pool item is scored by cosine to the
+Pool and K-shot texts are embedded and L2-normalised, each pool item is scored by cosine to the
 normalised K-shot centroid (`mode="centroid"`) or by its best cosine to any K-shot item
 (`mode="max"`), the best `budget` are taken in rank order (ties: earlier pool position first),
 and near-duplicates (cosine > threshold) are dropped in favour of the better-ranked item, refilling
@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from taskexpert.embed import Embedder, EmbeddingCache, SentenceEncoder, embed_records, embed_texts
+from taskexpert.embed import (
+    Embedder,
+    EmbeddingCache,
+    SentenceEncoder,
+    embed_records,
+    embed_texts,
+    l2_normalize,
+)
 from taskexpert.errors import InputError
 from taskexpert.records import Record
 from taskexpert.selection.dedup import DEFAULT_THRESHOLD, NearDuplicateFilter
@@ -167,7 +174,7 @@ def _score_pool(
     n_pool = 0
     for chunk in _batched(iterator, chunk_size):
         texts = [r.text for r in chunk]
-        vectors = embed_texts(texts, embedder, cache, batch_size, progress)
+        vectors = l2_normalize(embed_texts(texts, embedder, cache, batch_size, progress))
         scores = score_against(index, vectors)
         overlap = np.fromiter((t in kshot_texts for t in texts), dtype=bool, count=len(texts))
         scores[overlap] = -np.inf
@@ -213,10 +220,10 @@ def _candidate_blocks(
             records = _records_at(pool, positions)
             scores = scores_all[positions]
             if rerank is None:
-                vectors = embed_records(records, first, cache, batch_size, progress=False)
+                vectors = l2_normalize(embed_records(records, first, cache, batch_size, False))
         if rerank is not None:
             embedder, index = rerank
-            vectors = embed_records(records, embedder, cache, batch_size, progress)
+            vectors = l2_normalize(embed_records(records, embedder, cache, batch_size, progress))
             scores = score_against(index, vectors)
             resort = _rank(scores, positions)
             scores, vectors = scores[resort], vectors[resort]
@@ -287,10 +294,12 @@ def select_data(
     capacity = shortlist_factor * budget if two_stage else 2 * budget
 
     t = time.perf_counter()
-    index = kshot_index(embed_records(kshot, first, cache, batch_size, progress), mode)
+    index = kshot_index(
+        l2_normalize(embed_records(kshot, first, cache, batch_size, progress)), mode
+    )
     rerank = None
     if two_stage:
-        vectors = embed_records(kshot, embedder, cache, batch_size, progress)
+        vectors = l2_normalize(embed_records(kshot, embedder, cache, batch_size, progress))
         rerank = (embedder, kshot_index(vectors, mode))
     timings = {"embed_kshot_s": time.perf_counter() - t}
 
