@@ -255,6 +255,7 @@ def run_target(args, testbed, target: str, base, tokenizer, work: Path) -> dict:
     moe_config = MoeTrainConfig(
         epochs=args.epochs,
         lr=args.moe_lr,
+        router_lr=args.router_lr,
         batch_size=args.batch_size,
         micro_batch_size=args.batch_size,
         max_length=args.max_length,
@@ -459,6 +460,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=5.0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--moe-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--router-lr", type=float, default=None, help="The MoE routers' LR [default: --moe-lr]."
+    )
     parser.add_argument("--lora-lr", type=float, default=3e-3)
     parser.add_argument("--lb-coef", type=float, default=0.0)
     parser.add_argument("--lorahub-budget", type=int, default=40)

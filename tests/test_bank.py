@@ -4,7 +4,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from taskexpert.bank import load_adapter, load_bank, validate_adapter
+from taskexpert.bank import bank_entries, load_adapter, load_bank, validate_adapter
 from taskexpert.errors import InputError
 
 
@@ -152,3 +152,21 @@ def test_list_file_names_paths_and_single_adapter_dir(tiny_llama, tmp_path):
     assert info.value.line == 2
     assert load_bank(root / "one", tiny_llama).names == ["one"]
     assert load_bank(root).names == ["one", "two"]  # without a base model: no fit checks
+
+
+def test_bank_entries_name_adapters_without_reading_them(tmp_path):
+    (tmp_path / "bank" / "b").mkdir(parents=True)
+    (tmp_path / "bank" / "a").mkdir()
+    (tmp_path / "bank" / ".hidden").mkdir()
+    assert bank_entries(tmp_path / "bank") == [
+        ("a", tmp_path / "bank" / "a", None),
+        ("b", tmp_path / "bank" / "b", None),
+    ]
+    listing = tmp_path / "bank.txt"
+    listing.write_text("# comment\nbank/b\nmine\tbank/a\n", encoding="utf-8")
+    assert bank_entries(str(listing)) == [
+        ("b", tmp_path / "bank" / "b", 2),
+        ("mine", tmp_path / "bank" / "a", 3),
+    ]
+    with pytest.raises(InputError, match="bank not found"):
+        bank_entries(tmp_path / "nowhere")

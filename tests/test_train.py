@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from taskexpert.errors import InputError
 from taskexpert.records import Record
@@ -72,10 +73,12 @@ def test_only_requires_grad_parameters_change(char_tokenizer, tiny_llama):
             assert torch.equal(param, frozen[name]), name
 
 
-def test_resume_reproduces_the_uninterrupted_run(char_tokenizer, tiny_llama, tmp_path):
+@pytest.mark.parametrize("overrides", [{}, {r"layers\.1\.mlp": 3e-3, r"^model\.norm": 0.0}])
+def test_resume_reproduces_the_uninterrupted_run(char_tokenizer, tiny_llama, tmp_path, overrides):
     records = _records(12)
     full = copy.deepcopy(tiny_llama)
-    train(full, char_tokenizer, records, _config(schedule="cosine", warmup_ratio=0.2))
+    groups = dict(lr_overrides=overrides)
+    train(full, char_tokenizer, records, _config(schedule="cosine", warmup_ratio=0.2, **groups))
 
     class Crash(RuntimeError):
         pass
@@ -85,7 +88,7 @@ def test_resume_reproduces_the_uninterrupted_run(char_tokenizer, tiny_llama, tmp
             raise Crash
 
     ckpt = dict(checkpoint_dir=tmp_path, checkpoint_every=3, log_every=1, schedule="cosine")
-    cfg = _config(warmup_ratio=0.2, **ckpt)
+    cfg = _config(warmup_ratio=0.2, **ckpt, **groups)
     interrupted = copy.deepcopy(tiny_llama)
     with pytest.raises(Crash):
         train(interrupted, char_tokenizer, records, cfg, on_log=crash_at_4)
@@ -94,6 +97,10 @@ def test_resume_reproduces_the_uninterrupted_run(char_tokenizer, tiny_llama, tmp
     assert result.resumed_from == 3 and result.steps == 6
     for (name, a), b in zip(full.named_parameters(), resumed.parameters()):
         assert torch.allclose(a, b, atol=1e-6), name
+    if overrides:  # the optimizer state is per group: other groups cannot resume from it
+        other = cfg.model_copy(update={"resume": True, "lr_overrides": {"norm": 0.0}})
+        with pytest.raises(InputError, match="other LR groups"):
+            train(copy.deepcopy(tiny_llama), char_tokenizer, records, other)
 
 
 def test_aux_loss_and_on_log_hooks(char_tokenizer, tiny_llama):
@@ -121,3 +128,37 @@ def test_bad_input(char_tokenizer, tiny_llama):
         param.requires_grad = False
     with pytest.raises(ValueError, match="requires_grad"):
         train(tiny_llama, char_tokenizer, _records(), _config())
+
+
+def test_a_group_at_lr_0_stays_put_while_the_others_train(char_tokenizer, tiny_llama):
+    before = {n: p.clone() for n, p in tiny_llama.named_parameters()}
+    config = _config(max_steps=3, schedule="cosine", lr_overrides={r"layers\.0\.": 0.0})
+    result = train(tiny_llama, char_tokenizer, _records(), config)
+    layer0 = [n for n in before if ".layers.0." in n]
+    assert layer0 and len(layer0) < len(before)
+    for name, param in tiny_llama.named_parameters():
+        moved = not torch.equal(param, before[name])
+        assert moved != (name in layer0), name
+    groups = {g["name"]: g for g in result.param_groups}
+    assert list(groups) == [r"layers\.0\.", "default"]
+    assert groups[r"layers\.0\."]["lr"] == 0.0 and groups["default"]["lr"] == 1e-2
+    assert groups[r"layers\.0\."]["tensors"] == len(layer0)
+    total = sum(p.numel() for p in tiny_llama.parameters())
+    assert sum(g["parameters"] for g in groups.values()) == total
+    assert result.to_dict()["param_groups"] == result.param_groups
+
+
+def test_lr_patterns_must_each_match_and_not_overlap(char_tokenizer, tiny_llama):
+    with pytest.raises(InputError, match="'no_such_param' matches no trainable parameter"):
+        train(tiny_llama, char_tokenizer, _records(), _config(lr_overrides={"no_such_param": 1.0}))
+    for param in tiny_llama.lm_head.parameters():
+        param.requires_grad = False  # a pattern that matches only frozen parameters is no better
+    with pytest.raises(InputError, match="'lm_head' matches no trainable"):
+        train(tiny_llama, char_tokenizer, _records(), _config(lr_overrides={"lm_head": 1.0}))
+    with pytest.raises(InputError, match="matches two patterns") as info:
+        train(tiny_llama, char_tokenizer, _records(), _config(lr_overrides={"proj": 1, "q_": 2}))
+    assert info.value.field == "lr_overrides"
+    with pytest.raises(ValidationError, match="bad regular expression"):
+        _config(lr_overrides={"(": 1e-3})
+    with pytest.raises(ValidationError):
+        _config(lr_overrides={"proj": -1.0})

@@ -257,8 +257,14 @@ class Bank:
         return list(self.adapters)
 
 
-def _bank_entries(source: Path) -> list[tuple[str, Path, int | None]]:
-    """(name, adapter dir, list-file line) for a bank directory, one adapter or a list file."""
+def bank_entries(source: str | Path) -> list[tuple[str, Path, int | None]]:
+    """(name, adapter dir, list-file line or None) of every adapter a bank names, unread.
+
+    A bank is a directory of adapter directories, one adapter directory, or a list file
+    (`path` or `name<TAB>path` per line, `#` comments, paths relative to the file). Cheap:
+    callers that need a few adapters by name resolve them here and load only those.
+    """
+    source = Path(source)
     if source.is_file():
         entries, seen = [], {}
         for number, raw in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
@@ -298,7 +304,7 @@ def load_bank(
     """Load and validate every adapter once; unfit ones are rejected by name (raise if strict)."""
     source = Path(source)
     bank = Bank()
-    for name, path, line in _bank_entries(source):
+    for name, path, line in bank_entries(source):
         where = (source, line) if line is not None else (path, None)
         try:
             adapter = load_adapter(path, name=name, allow_pickle=allow_pickle)

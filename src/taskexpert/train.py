@@ -11,6 +11,10 @@ GPUs without code changes (each process takes every n-th micro-batch); on this m
 a plain CPU loop. Checkpoints hold only the trainable parameters (safetensors) plus optimizer,
 scheduler, RNG and step, written atomically, so an interrupted run resumes where it stopped
 and ends with the same weights as an uninterrupted one.
+
+Parameters may learn at their own rates (`lr_overrides`: a regex on the parameter name -> LR),
+e.g. the mixture's routers faster than its experts; every trainable parameter falls in exactly
+one group, and the schedule scales all groups alike.
 """
 
 from __future__ import annotations
@@ -18,14 +22,15 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from taskexpert.errors import InputError
 from taskexpert.io import atomic_dir
@@ -34,6 +39,7 @@ from taskexpert.prompts import format_prompt
 from taskexpert.records import Record
 
 CHECKPOINT_NAME = "checkpoint"
+DEFAULT_GROUP = "default"  # the parameters no lr_overrides pattern matches
 # Batches are drawn from shuffled windows of this many batches, sorted by length inside a
 # window: little padding, yet every batch mixes examples from all over the set.
 LENGTH_GROUP_WINDOW = 50
@@ -47,6 +53,11 @@ class TrainConfig(BaseModel):
     epochs: float = Field(1.0, gt=0, description="passes over the data (fractions allowed)")
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
     lr: float = Field(2e-4, gt=0)
+    lr_overrides: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="regex searched in parameter names -> that group's LR (0 freezes it); "
+        "the other trainable parameters use lr",
+    )
     batch_size: int = Field(16, gt=0, description="examples per micro-batch (per process)")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     warmup_ratio: float = Field(0.0, ge=0, le=1)
@@ -61,16 +72,28 @@ class TrainConfig(BaseModel):
     resume: bool = Field(False, description="continue from checkpoint_dir when one is there")
     progress: bool = Field(True, description="show a tqdm progress bar")
 
+    @field_validator("lr_overrides")
+    @classmethod
+    def _patterns_compile(cls, overrides: dict[str, float]) -> dict[str, float]:
+        for pattern in overrides:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {pattern!r}: {exc}") from None
+        return overrides
+
 
 @dataclass
 class TrainResult:
-    """What a run did: the loss after every optimizer step, and how fast it went."""
+    """What a run did: the loss after every optimizer step, how fast it went, and the LR
+    groups ({name: pattern or "default", lr, tensors, parameters})."""
 
     losses: list[float] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
     tokens_per_second: float = 0.0
     resumed_from: int = 0
+    param_groups: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -80,6 +103,7 @@ class TrainResult:
             "resumed_from": self.resumed_from,
             "first_loss": self.losses[0] if self.losses else None,
             "final_loss": self.losses[-1] if self.losses else None,
+            "param_groups": self.param_groups,
         }
 
 
@@ -138,20 +162,85 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def _make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for _, param in model.named_parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    if not decay and not no_decay:
+def lr_groups(
+    named_parameters: Iterable[tuple[str, torch.nn.Parameter]], overrides: Mapping[str, float]
+) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
+    """Trainable parameters by LR group: the override pattern their name matches, else default.
+
+    Groups come in the order of `overrides`, then DEFAULT_GROUP (left out when empty). A
+    pattern that matches no trainable parameter, or a name two patterns match, is an error:
+    either would silently train something at a rate nobody asked for.
+    """
+    if DEFAULT_GROUP in overrides:
+        raise InputError(
+            f"{DEFAULT_GROUP!r} names the group of the unmatched parameters, not a pattern",
+            field="lr_overrides",
+        )
+    compiled = {pattern: re.compile(pattern) for pattern in overrides}
+    groups: dict[str, list] = {pattern: [] for pattern in overrides}
+    groups[DEFAULT_GROUP] = []
+    for name, param in named_parameters:
+        if not param.requires_grad:
+            continue
+        hits = [pattern for pattern, regex in compiled.items() if regex.search(name)]
+        if len(hits) > 1:
+            raise InputError(
+                f"parameter {name} matches two patterns, {hits[0]!r} and {hits[1]!r}; "
+                "each parameter must fall in one group",
+                field="lr_overrides",
+            )
+        groups[hits[0] if hits else DEFAULT_GROUP].append((name, param))
+    if not any(groups.values()):
         raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
-    groups = [{"params": decay, "weight_decay": config.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return torch.optim.AdamW(groups, lr=config.lr)
+    for pattern in overrides:
+        if not groups[pattern]:
+            trainable = [n for members in groups.values() for n, _ in members]
+            raise InputError(
+                f"pattern {pattern!r} matches no trainable parameter "
+                f"(trainable names look like {trainable[0]!r})",
+                field="lr_overrides",
+            )
+    if not groups[DEFAULT_GROUP]:
+        del groups[DEFAULT_GROUP]
+    return groups
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, losses) -> None:
+def _make_optimizer(
+    model: torch.nn.Module, config: TrainConfig
+) -> tuple[torch.optim.Optimizer, list[dict]]:
+    """AdamW with one LR group per pattern (each split by weight decay) and its report."""
+    optimizer_groups, report = [], []
+    for name, members in lr_groups(model.named_parameters(), config.lr_overrides).items():
+        lr = config.lr if name == DEFAULT_GROUP else config.lr_overrides[name]
+        decay = [p for _, p in members if p.ndim >= 2]
+        no_decay = [p for _, p in members if p.ndim < 2]
+        for params, weight_decay in ((decay, config.weight_decay), (no_decay, 0.0)):
+            if params:
+                optimizer_groups.append(
+                    {"params": params, "lr": lr, "weight_decay": weight_decay, "name": name}
+                )
+        report.append(
+            {
+                "name": name,
+                "lr": lr,
+                "tensors": len(members),
+                "parameters": sum(p.numel() for _, p in members),
+            }
+        )
+    return torch.optim.AdamW(optimizer_groups, lr=config.lr), report
+
+
+def _scheduled_lr(optimizer: torch.optim.Optimizer, base_lr: float) -> float:
+    """The base LR as the schedule has it now (every group is scaled by the same factor)."""
+    for group in optimizer.param_groups:
+        if group.get("initial_lr"):
+            return base_lr * group["lr"] / group["initial_lr"]
+    return 0.0
+
+
+def _save_checkpoint(
+    path: Path, model, optimizer, scheduler, step: int, losses, groups: list[dict]
+) -> None:
     from safetensors.torch import save_file
 
     with atomic_dir(path) as tmp:
@@ -165,12 +254,24 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, losses)
             },
             tmp / "state.pt",
         )
-        (tmp / "progress.json").write_text(json.dumps({"step": step, "losses": losses}))
+        progress = {"step": step, "losses": losses, "param_groups": groups}
+        (tmp / "progress.json").write_text(json.dumps(progress))
 
 
-def _load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, list[float]]:
+def _load_checkpoint(
+    path: Path, model, optimizer, scheduler, groups: list[dict]
+) -> tuple[int, list[float]]:
     from safetensors.torch import load_file
 
+    progress = json.loads((path / "progress.json").read_text())
+    # Optimizer state is per group and restores each group's LR: other groups cannot resume.
+    if progress.get("param_groups", groups) != groups:
+        raise InputError(
+            f"the checkpoint was written with other LR groups ({progress['param_groups']}, "
+            f"now {groups}); start over without resume",
+            path / "progress.json",
+            field="lr_overrides",
+        )
     saved = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
@@ -191,7 +292,6 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, list
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     random.setstate(state["python_rng"])
-    progress = json.loads((path / "progress.json").read_text())
     return int(progress["step"]), list(progress["losses"])
 
 
@@ -229,7 +329,7 @@ def train(
     plan = _BatchPlan([len(p.input_ids) for p in pairs], config.batch_size, config.seed)
     n_steps = total_steps(len(pairs), config, accelerator.num_processes)
 
-    optimizer = _make_optimizer(model, config)
+    optimizer, groups = _make_optimizer(model, config)
     scheduler = get_scheduler(
         config.schedule,
         optimizer,
@@ -239,7 +339,7 @@ def train(
     start, losses = 0, []
     ckpt = Path(config.checkpoint_dir) / CHECKPOINT_NAME if config.checkpoint_dir else None
     if config.resume and ckpt is not None and (ckpt / "progress.json").is_file():
-        start, losses = _load_checkpoint(ckpt, model, optimizer, scheduler)
+        start, losses = _load_checkpoint(ckpt, model, optimizer, scheduler, groups)
     model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
 
@@ -281,14 +381,20 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}")
             if on_log is not None and (step % config.log_every == 0 or step == n_steps):
-                metrics = {"loss": step_loss, "lr": scheduler.get_last_lr()[0]}
+                metrics = {"loss": step_loss, "lr": _scheduled_lr(optimizer, config.lr)}
                 if aux_loss is not None:
                     metrics["aux_loss"] = step_aux
                 on_log(step, metrics)
             if ckpt is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
                 if accelerator.is_main_process:
                     _save_checkpoint(
-                        ckpt, accelerator.unwrap_model(model), optimizer, scheduler, step, losses
+                        ckpt,
+                        accelerator.unwrap_model(model),
+                        optimizer,
+                        scheduler,
+                        step,
+                        losses,
+                        groups,
                     )
                 accelerator.wait_for_everyone()
     finally:
@@ -301,4 +407,5 @@ def train(
         seconds=seconds,
         tokens_per_second=tokens * accelerator.num_processes / max(seconds, 1e-9),
         resumed_from=start,
+        param_groups=groups,
     )

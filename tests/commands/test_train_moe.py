@@ -39,7 +39,10 @@ def test_trains_and_writes_a_loadable_mixture_with_a_router_log(world, tmp_path)
     from taskexpert.moe import load_mixture, mixture_config
 
     out = tmp_path / "moe"
-    result = run(world, out, "--kshot", world.kshot, "--router-init", "kshot", "--top-k", "2")
+    result = run(
+        world, out, "--kshot", world.kshot, "--router-init", "kshot", "--top-k", "2",
+        "--lr", "1e-3", "--router-lr", "5e-3",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "mixture of 3 experts (e0, e1, e2)" in result.output
     assert {p.name for p in out.iterdir()} == {
@@ -60,6 +63,8 @@ def test_trains_and_writes_a_loadable_mixture_with_a_router_log(world, tmp_path)
     assert summary["router_init"] == "kshot" and summary["train"]["steps"] == 3
     assert sum(summary["kshot_router_examples"].values()) == 4
     assert [e["rank"] for e in summary["experts"]] == [4, 2, 4]  # each expert keeps its own r
+    lrs = {g["name"]: g["lr"] for g in summary["train"]["param_groups"]}
+    assert summary["config"]["router_lr"] == 5e-3 and sorted(lrs.values()) == [1e-3, 5e-3]
     model = load_mixture(AutoModelForCausalLM.from_pretrained(str(world.base)), out)
     assert mixture_config(model).expert_names == ["e0", "e1", "e2"]
 
@@ -135,6 +140,7 @@ def test_other_bad_options(world, tmp_path):
     out = tmp_path / "moe"
     assert_refused(run(world, out, "--router-init", "kshot"), "--kshot", out=out)
     assert_refused(run(world, out, "--top-k", "4"), "top_k", out=out)
+    assert_refused(run(world, out, "--router-lr", "-1"), "router-lr", out=out)
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")

@@ -87,6 +87,27 @@ def test_statistics_and_aux_loss():
     assert layer.router.weight.grad.abs().sum() > 0
 
 
+def test_statistics_over_the_tokens_a_mask_keeps():
+    layer = make_layer(top_k=2)
+    x = torch.randn(2, 5, 16)
+    layer(x)
+    attention = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    keep = layer.token_mask(attention)
+    assert keep.tolist() == [True] * 3 + [False] * 2 + [True] * 5
+    stats = layer.routing_stats(keep)
+    real = x.reshape(-1, 16)[keep]
+    probs = torch.softmax(real @ layer.router.weight.T, -1)
+    load = torch.bincount(probs.topk(2).indices.reshape(-1), minlength=4).float() / 16
+    assert stats.tokens == 8 and torch.allclose(stats.load, load)
+    assert torch.allclose(stats.entropy, -(probs * probs.log()).sum(-1).mean(), atol=1e-6)
+    assert layer.routing_stats().tokens == 10  # no mask: every token
+    # Decoding with a cache: the mask covers past tokens too, the last columns are routed.
+    layer(torch.randn(2, 1, 16))
+    assert layer.token_mask(attention).tolist() == [False, True]
+    assert layer.token_mask(torch.ones(3, 5)) is None  # another batch: does not fit
+    assert layer.routing_stats(torch.tensor([False, False])) is None
+
+
 def test_aux_loss_not_computed_when_off():
     layer = make_layer(top_k=2, coef=0.0)
     layer(torch.randn(2, 3, 16))

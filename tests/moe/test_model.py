@@ -99,6 +99,32 @@ def test_router_stats_and_aux_loss(make_experts, tiny_llama, input_ids):
     assert aux.requires_grad and float(aux.detach()) > 0
 
 
+def test_padding_does_not_change_the_router_stats(make_experts, tiny_llama, char_tokenizer):
+    moe = attach_mixture(tiny_llama, make_experts([2, 2, 2, 2]), MoeConfig(top_k=2))
+    texts = ["Route me to the right expert.", "2 + 2 = 4."]
+    ids = [char_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+    def stats_with_padding(extra: int) -> dict:
+        width = max(map(len, ids)) + extra  # right padding: real tokens never see it
+        pad = char_tokenizer.pad_token_id
+        batch = torch.tensor([row + [pad] * (width - len(row)) for row in ids])
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
+        with torch.no_grad():
+            moe(input_ids=batch, attention_mask=mask)
+        return router_stats(moe)
+
+    tight, padded = stats_with_padding(0), stats_with_padding(12)
+    assert tight["tokens"] == padded["tokens"] == sum(map(len, ids))
+    assert tight["padding_excluded"] and padded["padding_excluded"]
+    assert padded["entropy"] == pytest.approx(tight["entropy"], abs=1e-6)
+    assert padded["load"] == pytest.approx(tight["load"], abs=1e-6)
+    with torch.no_grad():  # the same padded batch with its padding counted: other numbers
+        moe(torch.tensor([row + [0] * (40 - len(row)) for row in ids]))
+    unmasked = router_stats(moe)
+    assert unmasked["tokens"] == 80 and not unmasked["padding_excluded"]
+    assert unmasked["load"] != pytest.approx(tight["load"], abs=1e-3)
+
+
 def test_fixed_uniform_gates_average_the_experts(make_experts, tiny_llama, input_ids):
     moe = attach_mixture(tiny_llama, make_experts([2, 4]), MoeConfig(top_k=1))
     layer = next(iter(mixture_layers(moe).values()))

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from taskexpert.errors import InputError
-from taskexpert.moe import attach_mixture, load_mixture, mixture_state
+from taskexpert.moe import attach_mixture, load_mixture, mixture_layers, mixture_state
+from taskexpert.moe.layer import ROUTER_PARAMETER_PATTERN
 from taskexpert.moe.train import (
     MoeTrainConfig,
     _TrainLog,
@@ -118,3 +119,21 @@ def test_resume_after_an_interruption_ends_with_the_same_weights(
     assert steps == [1, 2, 3, 4]
     reloaded = load_mixture(copy.deepcopy(tiny_llama), out)
     torch.testing.assert_close(mixture_state(reloaded), got)
+
+
+def test_router_lr_applies_to_the_routers_only(make_experts, tiny_llama, char_tokenizer, tmp_path):
+    assert MoeTrainConfig().train_config().lr_overrides == {}
+    config = MoeTrainConfig(max_steps=2, batch_size=2, lr=1e-2, router_lr=0.0, progress=False)
+    assert config.train_config().lr_overrides == {ROUTER_PARAMETER_PATTERN: 0.0}
+    model = attach_mixture(tiny_llama, make_experts([4, 2, 4]))
+    before = {n: p.clone() for n, p in model.named_parameters() if p.requires_grad}
+    summary = train_mixture(model, char_tokenizer, _records(), tmp_path / "moe", config)
+    routers = {f"{m}.router.weight" for m in mixture_layers(model)}
+    assert routers < set(before)
+    for name, param in model.named_parameters():
+        if name in before:  # routers at lr 0 stay put, every expert factor trains
+            assert torch.equal(param, before[name]) == (name in routers), name
+    groups = {g["name"]: g for g in summary["train"]["param_groups"]}
+    assert groups[ROUTER_PARAMETER_PATTERN]["lr"] == 0.0 and groups["default"]["lr"] == 1e-2
+    assert groups[ROUTER_PARAMETER_PATTERN]["tensors"] == len(routers) == 4
+    assert groups["default"]["tensors"] == len(before) - len(routers)

@@ -106,7 +106,10 @@ def main(
     max_steps: int | None = typer.Option(
         None, "--max-steps", help="Optimizer steps; overrides --epochs."
     ),
-    lr: float = typer.Option(5e-5, "--lr", help="Learning rate of experts and routers."),
+    lr: float = typer.Option(5e-5, "--lr", help="Learning rate of the experts (and routers)."),
+    router_lr: float | None = typer.Option(
+        None, "--router-lr", help="Learning rate of the routers [default: --lr]."
+    ),
     batch_size: int = typer.Option(
         64, "--batch-size", help="Examples per optimizer step, by gradient accumulation."
     ),
@@ -146,6 +149,7 @@ def main(
         epochs=epochs,
         max_steps=max_steps,
         lr=lr,
+        router_lr=router_lr,
         batch_size=batch_size,
         micro_batch_size=micro_batch_size,
         max_length=max_length,

@@ -9,10 +9,22 @@ gather and an index_add), so the cost grows with k, not with N.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# The routers' weight names in a model with mixtures attached: `<module>.router.weight`.
+ROUTER_PARAMETER_PATTERN = r"(^|\.)router\.weight$"
+
+
+class RoutingStats(NamedTuple):
+    """One layer's routing over the counted tokens of its last forward."""
+
+    entropy: torch.Tensor  # mean entropy of the router distribution
+    load: torch.Tensor  # [N] share of (token, slot) dispatches per expert; uniform is 1/N
+    tokens: int  # tokens counted
 
 
 class MixtureOfLoraLinear(nn.Module):
@@ -59,10 +71,12 @@ class MixtureOfLoraLinear(nn.Module):
         self.expert_names = list(expert_names or [str(i) for i in range(len(experts))])
         # Fixed gates (shape [N]) replace the router: forced routing, or the merge's reference.
         self.fixed_gates: torch.Tensor | None = None
-        # The last routed forward: router probabilities and dispatch counts (detached, so the
-        # statistics cost nothing until asked for) and the load-balancing loss (with grad).
+        # The last routed forward: router probabilities [T, N], chosen experts [T, k] and the
+        # input's leading shape (detached, so statistics cost nothing until asked for), and
+        # the load-balancing loss (with grad).
         self._last_probs: torch.Tensor | None = None
-        self._last_counts: torch.Tensor | None = None
+        self._last_chosen: torch.Tensor | None = None
+        self._last_shape: tuple[int, ...] = ()
         self.last_aux_loss: torch.Tensor | None = None
 
     @property
@@ -72,17 +86,40 @@ class MixtureOfLoraLinear(nn.Module):
     @property
     def last_load(self) -> torch.Tensor | None:
         """Share of the last forward's (token, slot) dispatches per expert; uniform is 1/N."""
-        if self._last_counts is None:
-            return None
-        return self._last_counts.float() / self._last_counts.sum().clamp_min(1)
+        stats = self.routing_stats()
+        return None if stats is None else stats.load
 
     @property
     def last_entropy(self) -> torch.Tensor | None:
         """Mean entropy of the router distribution over the last forward's tokens."""
-        if self._last_probs is None:
+        stats = self.routing_stats()
+        return None if stats is None else stats.entropy
+
+    def token_mask(self, attention_mask: torch.Tensor) -> torch.Tensor | None:
+        """The [batch, length] attention mask as one bool per token of the last forward, or
+        None when it does not fit; when decoding with a cache it also covers past tokens,
+        so its last columns are the ones routed."""
+        lead = self._last_shape
+        mask = attention_mask
+        if mask.dim() == len(lead) == 2 and mask.shape[0] == lead[0] and mask.shape[1] > lead[1]:
+            mask = mask[:, mask.shape[1] - lead[1] :]
+        if tuple(mask.shape) != lead:
             return None
-        probs = self._last_probs
-        return -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean()
+        return mask.reshape(-1).to(device=self.router.weight.device, dtype=torch.bool)
+
+    def routing_stats(self, token_mask: torch.Tensor | None = None) -> RoutingStats | None:
+        """Entropy and load of the last routed forward over the tokens `token_mask` [T] keeps
+        (all when None, e.g. padding included); None when no token was routed."""
+        if self._last_probs is None or self._last_chosen is None:
+            return None
+        probs, chosen = self._last_probs, self._last_chosen
+        if token_mask is not None:
+            probs, chosen = probs[token_mask], chosen[token_mask]
+        if probs.shape[0] == 0:
+            return None
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean()
+        counts = torch.bincount(chosen.reshape(-1), minlength=self.num_experts).float()
+        return RoutingStats(entropy, counts / counts.sum(), probs.shape[0])
 
     def expert_delta(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """s_e * B_e A_e x, computed as PEFT does (so one expert at gate 1 equals its LoRA)."""
@@ -91,8 +128,9 @@ class MixtureOfLoraLinear(nn.Module):
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
         flat = x.reshape(-1, x.shape[-1]).to(self.router.weight.dtype)
+        self._last_shape = tuple(x.shape[:-1])
         if self.fixed_gates is not None:
-            self._last_probs = self._last_counts = self.last_aux_loss = None
+            self._last_probs = self._last_chosen = self.last_aux_loss = None
             delta = self._fixed_mix(flat, self.fixed_gates)
         else:
             gates, chosen, counts = self._route(flat)
@@ -108,7 +146,7 @@ class MixtureOfLoraLinear(nn.Module):
         top_p, chosen = probs.topk(self.top_k, dim=-1)
         gates = top_p / top_p.sum(dim=-1, keepdim=True)
         counts = torch.bincount(chosen.reshape(-1), minlength=self.num_experts)
-        self._last_probs, self._last_counts = probs.detach(), counts
+        self._last_probs, self._last_chosen = probs.detach(), chosen.detach()
         self.last_aux_loss = None
         if self.load_balancing_coef > 0:
             # Switch Transformer: N * sum_e (share of dispatches to e) * (mean router prob of e).

@@ -21,6 +21,10 @@ from taskexpert.moe.config import ExpertSpec, MoeConfig
 from taskexpert.moe.layer import MixtureOfLoraLinear
 
 CONFIG_ATTR = "moe_config"
+# The attention mask of the model's last forward (router_stats leaves padding out with it),
+# and the flag that its hook is installed.
+MASK_ATTR = "_moe_attention_mask"
+MASK_HOOK_ATTR = "_moe_mask_hook"
 FINGERPRINT_SAMPLES = 4  # weight values sampled per adapted module to recognise the base
 Experts = list[tuple[torch.Tensor, torch.Tensor, float]]
 
@@ -138,6 +142,15 @@ def _check_adapters(model: nn.Module, adapters: Sequence[LoraAdapter]) -> list[s
     return modules
 
 
+def _remember_attention_mask(model: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook: keep this forward's attention mask (None without one) for the stats.
+
+    Hugging Face causal LMs take it as `attention_mask`, by keyword or second positionally.
+    """
+    mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+    setattr(model, MASK_ATTR, mask.detach() if isinstance(mask, torch.Tensor) else None)
+
+
 def install_mixture(model: nn.Module, config: MoeConfig, experts: Mapping[str, Experts]) -> None:
     """Replace each named linear by a mixture of the given (A, B, scaling) experts."""
     for module, factors in experts.items():
@@ -153,6 +166,10 @@ def install_mixture(model: nn.Module, config: MoeConfig, experts: Mapping[str, E
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, mixture)
     setattr(model, CONFIG_ATTR, config)
+    if not getattr(model, MASK_HOOK_ATTR, False):
+        model.register_forward_pre_hook(_remember_attention_mask, with_kwargs=True)
+        setattr(model, MASK_HOOK_ATTR, True)
+    setattr(model, MASK_ATTR, None)
 
 
 def init_fresh_routers(model: nn.Module) -> None:
@@ -235,20 +252,38 @@ def mixture_aux_loss(model: nn.Module) -> torch.Tensor | None:
 def router_stats(model: nn.Module) -> dict:
     """Mean router entropy and per-expert load over layers, from the last routed forward.
 
-    Load is the share of (token, slot) dispatches an expert received; uniform is 1/N. The
-    statistics include padding tokens, which the layers cannot tell apart.
+    Load is the share of (token, slot) dispatches an expert received; uniform is 1/N. Only
+    real tokens count: padding is what the attention mask of the model's last forward marks
+    0 (a hook remembers it). Without a mask, or when it does not fit, every token counts;
+    `tokens` says how many were counted per layer, `padding_excluded` whether a mask was used.
     """
     config = mixture_config(model)
-    layers = [m for m in mixture_layers(model).values() if m.last_load is not None]
-    if not layers:
-        return {"entropy": None, "max_entropy": None, "load": {}, "layers": 0}
-    entropy = torch.stack([m.last_entropy for m in layers]).mean()
-    load = torch.stack([m.last_load for m in layers]).mean(dim=0)
+    attention_mask = getattr(model, MASK_ATTR, None)
+    per_layer, masked = [], attention_mask is not None
+    for layer in mixture_layers(model).values():
+        keep = layer.token_mask(attention_mask) if attention_mask is not None else None
+        masked = masked and keep is not None
+        stats = layer.routing_stats(keep)
+        if stats is not None:
+            per_layer.append(stats)
+    if not per_layer:
+        return {
+            "entropy": None,
+            "max_entropy": None,
+            "load": {},
+            "layers": 0,
+            "tokens": 0,
+            "padding_excluded": False,
+        }
+    entropy = torch.stack([s.entropy for s in per_layer]).mean()
+    load = torch.stack([s.load for s in per_layer]).mean(dim=0)
     return {
         "entropy": float(entropy),
         "max_entropy": float(torch.log(torch.tensor(float(len(config.experts))))),
         "load": {name: float(v) for name, v in zip(config.expert_names, load)},
-        "layers": len(layers),
+        "layers": len(per_layer),
+        "tokens": per_layer[0].tokens,
+        "padding_excluded": masked,
     }
 
 

@@ -3,7 +3,8 @@
 experts.json (Stage 1) names the adapters and the bank they came from; they are loaded, checked
 against the base, attached as a mixture (base frozen) and trained, experts and routers together,
 by the shared trainer: response-only loss, the optional load-balancing loss as its `aux_loss`,
-router entropy and per-expert load logged through `on_log` into `train_log.jsonl`.
+router entropy and per-expert load over the real (unpadded) tokens logged through `on_log`
+into `train_log.jsonl`. The routers may have their own learning rate (`router_lr`).
 
 Nothing is written until every input has been read and checked. Checkpoints and the running log
 live in a hidden work directory beside the output (`.<out>.partial/`), so an interrupted run
@@ -24,7 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from taskexpert.bank import LoraAdapter, load_adapter, validate_adapter
+from taskexpert.bank import LoraAdapter, bank_entries, load_adapter, validate_adapter
 from taskexpert.errors import InputError
 from taskexpert.io import atomic_dir, atomic_open, write_json
 from taskexpert.moe.config import CONFIG_FILE, MoeConfig
@@ -49,6 +50,9 @@ class MoeTrainConfig(BaseModel):
     epochs: float = Field(5.0, gt=0)
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
     lr: float = Field(5e-5, gt=0)
+    router_lr: float | None = Field(
+        None, ge=0, description="routers' own learning rate; None: lr, like the experts"
+    )
     batch_size: int = Field(64, gt=0, description="examples per optimizer step (accumulated)")
     micro_batch_size: int = Field(8, gt=0, description="examples per forward pass")
     max_length: int = Field(512, gt=1)
@@ -73,13 +77,16 @@ class MoeTrainConfig(BaseModel):
 
     def train_config(self, checkpoint_dir: Path | None = None, resume: bool = False):
         """The shared trainer's config: micro-batches accumulated up to `batch_size`."""
+        from taskexpert.moe.layer import ROUTER_PARAMETER_PATTERN
         from taskexpert.train import TrainConfig
 
+        routers = {} if self.router_lr is None else {ROUTER_PARAMETER_PATTERN: self.router_lr}
         micro = min(self.micro_batch_size, self.batch_size)
         return TrainConfig(
             epochs=self.epochs,
             max_steps=self.max_steps,
             lr=self.lr,
+            lr_overrides=routers,
             batch_size=micro,
             grad_accum=math.ceil(self.batch_size / micro),
             warmup_ratio=self.warmup_ratio,
@@ -160,10 +167,8 @@ def _resolve_bank(experts: ExpertsFile, bank: str | Path | None) -> Path:
 
 def expert_paths(experts: ExpertsFile, bank: str | Path | None = None) -> list[tuple[str, Path]]:
     """(name, adapter directory) of every chosen expert; a name not in the bank is an error."""
-    from taskexpert.bank import _bank_entries
-
     source = _resolve_bank(experts, bank)
-    entries = {name: path for name, path, _ in _bank_entries(source)}
+    entries = {name: path for name, path, _ in bank_entries(source)}
     found = []
     for name in experts.chosen:
         if name not in entries or not entries[name].exists():
@@ -363,6 +368,7 @@ def train_mixture(
         entry["router_entropy"] = _rounded(stats["entropy"])
         entry["router_max_entropy"] = _rounded(stats["max_entropy"])
         entry["expert_load"] = {k: round(v, 4) for k, v in stats["load"].items()}
+        entry["router_tokens"] = stats["tokens"]  # real tokens of the last micro-batch
         log.append(entry)
 
     result = train(
