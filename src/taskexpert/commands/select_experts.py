@@ -23,9 +23,14 @@ def run_select_experts(
     trust_remote_code: bool = False,
     device: str = "auto",
     dtype: str = "float32",
+    workers: int = 0,
+    gpus_per_worker: float = 0,
     **config: Any,
 ):
-    """Load everything (failing early on bad input), select, then write experts.json atomically."""
+    """Load everything (failing early on bad input), select, then write experts.json atomically.
+
+    `workers` > 0 scores the bank on that many Ray actors, each loading the base itself.
+    """
     from pydantic import ValidationError
 
     from taskexpert.bank import load_bank
@@ -45,6 +50,21 @@ def run_select_experts(
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]).replace("_", "-")
         raise InputError(err["msg"], field=field) from None
+    scorer = None
+    if workers < 0:
+        raise InputError(f"must be 0 (in-process) or more, got {workers}", field="workers")
+    if workers:
+        from taskexpert.experts.distributed import RayBankScorer, base_loader, import_ray
+
+        import_ray()  # a missing optional dependency fails before any model loads
+        load = base_loader(
+            base,
+            dtype=dtype,
+            device=device,
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+        )
+        scorer = RayBankScorer(load, workers=workers, num_gpus_per_worker=gpus_per_worker)
     kshot = load_records(kshot_path)
     check_kshot(kshot, kshot_path)
     model, tokenizer = load_base(
@@ -55,7 +75,9 @@ def run_select_experts(
         allow_pickle=allow_pickle,
     )
     bank = load_bank(bank_source, model, strict=strict, allow_pickle=allow_pickle)
-    selection = select_experts(model, tokenizer, bank, kshot, selection_config, kshot_path)
+    selection = select_experts(
+        model, tokenizer, bank, kshot, selection_config, kshot_path, scorer=scorer
+    )
     result = selection.to_json()
     result["inputs"] = {"base": str(base), "bank": str(bank_source), "kshot": str(kshot_path)}
     write_json(out, result)
@@ -110,6 +132,12 @@ def main(
     trust_remote_code: bool = options.TRUST_REMOTE_CODE,
     device: str = options.DEVICE,
     dtype: str = options.DTYPE,
+    workers: int = typer.Option(
+        0, "--workers", help="Ray actors scoring the bank (0: in-process; needs the 'ray' extra)."
+    ),
+    gpus_per_worker: float = typer.Option(
+        0, "--gpus-per-worker", help="GPUs each Ray actor requests (with --workers)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Score a LoRA bank on a K-shot set and choose N diverse, competent experts (Stage 1)."""
@@ -123,6 +151,8 @@ def main(
         trust_remote_code=trust_remote_code,
         device=device,
         dtype=dtype,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
         n=n,
         m=m,
         tolerance=tolerance,

@@ -7,7 +7,7 @@ in or out, so the choice can be audited or redone with other knobs without resco
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -153,11 +153,13 @@ def select_experts(
     kshot: Sequence[Record] | str | Path,
     config: ExpertSelectionConfig | None = None,
     source: str | Path | None = None,
+    scorer: Callable[..., dict[str, AdapterScore]] | None = None,
 ) -> ExpertSelection:
     """Score every usable adapter (and the base model) on the K-shot and choose N experts.
 
     `kshot` is a list of records or a records file; `source` names the file in errors when
-    the records were loaded elsewhere.
+    the records were loaded elsewhere. `scorer` replaces `score_bank` (same call), e.g. with
+    `distributed.RayBankScorer` to score a large bank on Ray workers.
     """
     config = config or ExpertSelectionConfig()
     if isinstance(kshot, str | Path):
@@ -173,7 +175,7 @@ def select_experts(
     grouping.candidates()  # raises on n > m before any expensive work
     task = prepare_kshot(kshot, tokenizer, config.scoring(), source)
     similarity = similarity_matrix(bank.adapters, config.similarity, progress=config.progress)
-    scores = score_bank(
+    scores = (scorer or score_bank)(
         base_model, tokenizer, bank, task, config.scoring(), progress=config.progress
     )
     adapters = [name for name in scores if name != BASE_ROW]

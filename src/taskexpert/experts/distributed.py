@@ -1,0 +1,267 @@
+"""Score a LoRA bank with Ray actors: one base model per worker, adapters streamed to it.
+
+The scale-out path of Stage 1 (DESIGN.md, "Scale-out"). Each actor loads the base model once
+with the loader the single-process path uses (`taskexpert.models.load_base`), receives shards of
+adapter paths, reads one adapter at a time and scores it with `score_bank` itself. So the
+numbers are computed by the same code, the results are the same `AdapterScore` objects, and
+grouping downstream does not change. Ray is an optional extra: `pip install 'taskexpert[ray]'`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from taskexpert.bank import SAFETENSORS_FILE, Bank, LoraAdapter, load_adapter
+from taskexpert.errors import InputError, TaskexpertError
+from taskexpert.experts.scoring import (
+    BASE_ROW,
+    AdapterScore,
+    KShotTask,
+    ScoringConfig,
+    score_bank,
+)
+
+INSTALL_HINT = "pip install 'taskexpert[ray]'"
+# () -> (model, tokenizer); runs once inside each worker, so it must be picklable by reference
+BaseLoader = Callable[[], tuple]
+# What a worker is sent per adapter: a safetensors directory to read, or the factors themselves
+ShardItem = tuple[str, "str | LoraAdapter"]
+
+
+def import_ray():
+    """Ray, or a one-line error saying how to get it (it is an optional dependency)."""
+    try:
+        import ray
+    except ImportError:
+        raise TaskexpertError(
+            f"scoring with Ray workers needs the optional dependency Ray: {INSTALL_HINT}"
+        ) from None
+    return ray
+
+
+def base_loader(
+    name_or_path: str | Path,
+    *,
+    dtype: str = "float32",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> BaseLoader:
+    """The single-process loader with its arguments bound; 'auto' resolves inside each worker."""
+    from taskexpert.models import load_base
+
+    return functools.partial(
+        load_base,
+        str(name_or_path),
+        dtype=dtype,
+        device=device,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    )
+
+
+class AdapterStream(Mapping):
+    """A shard as the mapping `score_bank` takes, reading each adapter only when reached.
+
+    A worker then holds one adapter's weights at a time, whatever the shard's size.
+    """
+
+    def __init__(self, items: Sequence[ShardItem]) -> None:
+        self._items = dict(items)
+
+    def __getitem__(self, name: str) -> LoraAdapter:
+        source = self._items[name]
+        return source if isinstance(source, LoraAdapter) else load_adapter(source, name=name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items  # never read weights just to answer membership
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def shard_items(adapters: Mapping[str, LoraAdapter], ship_weights: bool = False) -> list[ShardItem]:
+    """Paths where workers can reread safetensors themselves; otherwise the factors are sent.
+
+    Adapters built in memory or read from pickles (which workers must not load) always travel
+    as tensors; `ship_weights` forces that for clusters without a shared filesystem.
+    """
+    items: list[ShardItem] = []
+    for name, adapter in adapters.items():
+        path = Path(adapter.path) if adapter.path is not None else None
+        if not ship_weights and path is not None and (path / SAFETENSORS_FILE).is_file():
+            items.append((name, str(path.resolve())))
+        else:
+            items.append((name, adapter))
+    return items
+
+
+def chunk(items: Sequence[ShardItem], size: int) -> list[list[ShardItem]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+class ScoringWorker:
+    """One Ray actor: the base model loaded once, scoring whole shards with `score_bank`."""
+
+    def __init__(self, load: BaseLoader, task: KShotTask, config: ScoringConfig, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.model, self.tokenizer = load()
+        self.task, self.config = task, config
+
+    def score(self, shard: list[ShardItem], include_base: bool) -> dict[str, AdapterScore]:
+        return score_bank(
+            self.model,
+            self.tokenizer,
+            AdapterStream(shard),
+            self.task,
+            self.config,
+            include_base=include_base,
+            progress=False,
+        )
+
+
+@contextmanager
+def ray_session(cpus_needed: float):
+    """Use the running Ray (or RAY_ADDRESS's cluster); else start a local one and stop it after."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(configure_logging=False)
+    else:
+        # enough CPU slots for every actor, even beyond the cores (they then share them)
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)),
+            include_dashboard=False,
+            configure_logging=False,
+        )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _check_resources(ray, workers: int, cpus: float, gpus: float) -> None:
+    """Actors asking for more than the cluster has would wait forever; fail instead."""
+    available = ray.cluster_resources()
+    for kind, each in (("CPU", cpus), ("GPU", gpus)):
+        if each and workers * each > available.get(kind, 0):
+            raise TaskexpertError(
+                f"{workers} workers x {each} {kind} need {workers * each:g} {kind}s but the Ray "
+                f"cluster has {available.get(kind, 0):g}; use fewer --workers"
+            )
+
+
+def _unwrap(ray, exc: Exception) -> Exception:
+    """A worker's user-facing error (a corrupt adapter, say) surfaces as itself, unwrapped."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(cause, TaskexpertError):
+        return cause
+    return TaskexpertError(f"a Ray scoring worker failed: {exc}")
+
+
+def score_bank_distributed(
+    load: BaseLoader,
+    adapters: Bank | Mapping[str, LoraAdapter],
+    task: KShotTask,
+    config: ScoringConfig | None = None,
+    *,
+    workers: int = 2,
+    num_gpus_per_worker: float = 0,
+    num_cpus_per_worker: float = 1,
+    chunk_size: int | None = None,
+    ship_weights: bool = False,
+    include_base: bool = True,
+    progress: bool = True,
+) -> dict[str, AdapterScore]:
+    """`score_bank`'s result (base row first, then bank order), computed by `workers` actors.
+
+    Adapters go out in chunks (default: about four per worker) to whichever actor is free, so
+    a slow worker does not hold the others back; `seconds` per adapter is switch + scoring.
+    """
+    if workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}", field="workers")
+    config = config or ScoringConfig()
+    adapters = adapters.adapters if isinstance(adapters, Bank) else adapters
+    if BASE_ROW in adapters:
+        raise InputError(f"an adapter may not be called {BASE_ROW!r}; that row is the base model")
+    items = shard_items(adapters, ship_weights)
+    size = chunk_size or max(1, math.ceil(len(items) / (4 * workers)))
+    jobs = ([([], True)] if include_base else []) + [(c, False) for c in chunk(items, size)]
+    workers = min(workers, max(1, len(jobs)))
+    threads = max(1, int(num_cpus_per_worker))
+    results: dict[str, AdapterScore] = {}
+    with ray_session(workers * num_cpus_per_worker) as ray:
+        from ray.util import ActorPool
+
+        _check_resources(ray, workers, num_cpus_per_worker, num_gpus_per_worker)
+        actor = ray.remote(num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker)(
+            ScoringWorker
+        )
+        task_ref = ray.put(task)
+        pool = ActorPool([actor.remote(load, task_ref, config, threads) for _ in range(workers)])
+        bar = tqdm(total=len(items) + include_base, desc="scoring adapters", disable=not progress)
+        try:
+            for scores in pool.map_unordered(lambda a, job: a.score.remote(*job), jobs):
+                results.update(scores)
+                bar.update(len(scores))
+        except ray.exceptions.RayError as exc:
+            raise _unwrap(ray, exc) from None
+        finally:
+            bar.close()
+    order = ([BASE_ROW] if include_base else []) + list(adapters)
+    return {name: results[name] for name in order}
+
+
+@dataclass
+class RayBankScorer:
+    """A drop-in for `score_bank` in `select_experts`: same call, scored by Ray actors.
+
+    The driver's model is only used for validation there; each worker loads its own with
+    `load`, so pass the same loader (path, dtype) the driver used, e.g. `base_loader(...)`.
+    """
+
+    load: BaseLoader
+    workers: int = 2
+    num_gpus_per_worker: float = 0
+    num_cpus_per_worker: float = 1
+    chunk_size: int | None = None
+    ship_weights: bool = False
+
+    def __call__(
+        self,
+        base_model,
+        tokenizer,
+        adapters: Bank | Mapping[str, LoraAdapter],
+        task: KShotTask,
+        config: ScoringConfig | None = None,
+        include_base: bool = True,
+        progress: bool = True,
+    ) -> dict[str, AdapterScore]:
+        return score_bank_distributed(
+            self.load,
+            adapters,
+            task,
+            config,
+            workers=self.workers,
+            num_gpus_per_worker=self.num_gpus_per_worker,
+            num_cpus_per_worker=self.num_cpus_per_worker,
+            chunk_size=self.chunk_size,
+            ship_weights=self.ship_weights,
+            include_base=include_base,
+            progress=progress,
+        )
