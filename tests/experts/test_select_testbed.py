@@ -40,7 +40,7 @@ def test_select_experts_on_the_micro_testbed(micro_testbed, tmp_path):
     assert payload["kshot"]["with_rationale"] == payload["kshot"]["size"]
 
 
-STANDARD = Path(os.environ.get("TASKEXPERT_STANDARD_TESTBED", "runs/testbed-standard"))
+STANDARD = Path(os.environ.get("TASKEXPERT_TESTBED", "runs/testbed"))
 
 
 @pytest.mark.slow

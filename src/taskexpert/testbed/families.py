@@ -115,7 +115,7 @@ class Family:
         text = template.format(**problem)
         opts = self.options(problem)
         if opts:
-            text += "\n" + "\n".join(f"{OPTION_LETTERS[i]}) {o}" for i, o in enumerate(opts))
+            text += "\n" + "\n".join(f"{o} ({OPTION_LETTERS[i]})" for i, o in enumerate(opts))
         return text
 
 
@@ -324,7 +324,7 @@ MULTIPLY = Family(
     alt_templates=("Find the product of {a} and {b}.", "What is {b} lots of {a}?"),
     new_templates=("How much is {a} multiplied by {b}?", "Give {a} taken {b} times."),
     pretrain_templates=("{a} * {b} = ?", "Work out {a} multiplied by {b}."),
-    sample=_sample_pair({"easy": (2, 9, 2, 9), "full": (11, 49, 2, 9)}),
+    sample=_sample_pair({"easy": (2, 9, 2, 5), "full": (11, 39, 2, 5)}),
     solve=lambda p: str(p["a"] * p["b"]),
     explain=lambda p: f"{_multiply_steps(p['a'], p['b'])} So the product is {p['a'] * p['b']}.",
     verify=lambda p, a: a.isdigit() and int(a) % p["b"] == 0 and int(a) // p["b"] == p["a"],
@@ -433,7 +433,7 @@ def _sample_story(rng: random.Random, level: Level) -> Problem:
     total = start
     for _ in range(1 if level == "easy" else 2):
         gain = level == "easy" or rng.random() < 0.5 or total < 2
-        amount = rng.randint(1, 9) if gain else rng.randint(1, total - 1)
+        amount = rng.randint(1, 5) if gain else rng.randint(1, total - 1)
         events.append((gain, amount))
         total += amount if gain else -amount
     name, thing = rng.choice(NAMES), rng.choice(THINGS)
@@ -490,8 +490,9 @@ def _mc_add_sample(rng: random.Random, level: Level) -> Problem:
     lo, hi = (1, 9) if level == "easy" else (10, 99)
     a, b = rng.randint(lo, hi), rng.randint(lo, hi)
     total = a + b
-    wrong = [d for d in (total + 1, total - 1, total + 10, total - 10, total + 2) if d > 0]
-    options = [total] + rng.sample(wrong, 4)
+    # neighbours of the sum: five numbers with five different last digits
+    wrong = [d for d in (total - 2, total - 1, total + 1, total + 2, total + 3) if d > 0]
+    options = [total] + wrong[:4]
     rng.shuffle(options)
     return {"a": a, "b": b, "choices": [str(o) for o in options]}
 
@@ -518,8 +519,8 @@ MC_ADD = Family(
     sample=_mc_add_sample,
     solve=lambda p: _option_of(p, str(p["a"] + p["b"])),
     explain=lambda p: (
-        f"{_add_steps(p['a'], p['b'])} So the sum is {p['a'] + p['b']}. "
-        f"{p['a'] + p['b']} is option {_option_of(p, str(p['a'] + p['b']))}."
+        f"{_add_steps(p['a'], p['b'])} So the sum is {p['a'] + p['b']} "
+        f"({_option_of(p, str(p['a'] + p['b']))})."
     ),
     verify=lambda p, a: (
         a in OPTION_LETTERS[: len(p["choices"])]
@@ -533,19 +534,19 @@ MC_ADD = Family(
 def _mc_reverse_sample(rng: random.Random, level: Level) -> Problem:
     word = _letters(rng, 3 if level == "easy" else 4)
     right = word[::-1]
-    wrong: set[str] = set()
-    while len(wrong) < 4:
-        # Near misses (two letters swapped) first; any other ordering when those run out.
-        letters = list(right)
-        if len(wrong) < 2 or len(word) > 3:
-            i, j = rng.sample(range(len(letters)), 2)
-            letters[i], letters[j] = letters[j], letters[i]
-        else:
-            rng.shuffle(letters)
-        candidate = "".join(letters)
-        if candidate != right:
-            wrong.add(candidate)
-    options = [right] + sorted(wrong)
+    options = [right]
+    # one option per last letter: other orderings of the same letters, so the options differ
+    # in their last letter (the token the letter label follows) and not in their letter set
+    for last in word:
+        if last == right[-1]:
+            continue
+        rest = [c for c in word if c != last]
+        while True:
+            rng.shuffle(rest)
+            candidate = "".join(rest) + last
+            if candidate not in options:
+                options.append(candidate)
+                break
     rng.shuffle(options)
     return {"word": word, "choices": options}
 
@@ -553,7 +554,7 @@ def _mc_reverse_sample(rng: random.Random, level: Level) -> Problem:
 MC_REVERSE = Family(
     name="mc_reverse",
     kind="letter",
-    skill="pick the reversal of a string among five options",
+    skill="pick the reversal of a string among four options",
     templates=(
         "Which option is {word} written backwards?",
         "Which choice reverses {word}?",
@@ -569,7 +570,7 @@ MC_REVERSE = Family(
     solve=lambda p: _option_of(p, p["word"][::-1]),
     explain=lambda p: (
         f"The letters are {p['word']}. In reverse: "
-        f"{p['word'][::-1]}. {p['word'][::-1]} is option {_option_of(p, p['word'][::-1])}."
+        f"{p['word'][::-1]} ({_option_of(p, p['word'][::-1])})."
     ),
     verify=lambda p, a: (
         a in OPTION_LETTERS[: len(p["choices"])]
