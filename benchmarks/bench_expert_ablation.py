@@ -231,7 +231,7 @@ def run(args) -> dict:
                 perplexity = {n: measure(scores, n, measure_name) for n in names}
             for diversity in (False, True):
                 rule = f"{label}{'+diversity' if diversity else ''}"
-                grouping = GroupingConfig(n=args.n, diversity=diversity)
+                grouping = GroupingConfig(n=args.n, diversity=diversity, tolerance=args.tolerance)
                 choice = choose_group(
                     em, perplexity, similarity["delta"], grouping, scores[BASE_ROW].em
                 )
@@ -276,6 +276,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--targets", nargs="*", default=None)
     parser.add_argument("--n", type=int, default=4)
+    parser.add_argument(
+        "--tolerance", type=float, default=GroupingConfig().tolerance, help="group quality slack"
+    )
     parser.add_argument("--kshot", type=int, default=None, help="use only the first K items")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)

@@ -12,7 +12,9 @@ def main(
     preset: str = typer.Option("micro", "--preset", help="micro (tests) or standard (demo)"),
     seed: int = typer.Option(0, "--seed", help="everything is deterministic per seed"),
     force: bool = typer.Option(False, "--force", help="rebuild even if a build is there"),
-    threads: int = typer.Option(1, "--threads", help="torch threads (0: torch's default)"),
+    threads: int = typer.Option(
+        0, "--threads", help="torch threads (0: every core if the machine is quiet, else 1)"
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Build the offline testbed (cached per preset and seed; resumes a half-built one)."""
