@@ -268,7 +268,11 @@ CONSONANTS = Family(
     ),
     alt_templates=("Strip a, e, i, o and u from {word}.", "What is {word} without its vowels?"),
     new_templates=("Drop the vowels of {word}.", "Write {word} with no vowels."),
-    pretrain_templates=("Cut out the vowels of {word}.", "Erase a, e, i, o, u from {word}."),
+    # no "vowel" here: with it the base also understood the bank's wording (0.38 exact match)
+    pretrain_templates=(
+        "Erase a, e, i, o, u from {word}.",
+        "Write {word} without any a, e, i, o or u.",
+    ),
     sample=_sample_mixed({"easy": (2, 3), "full": (4, 4)}),
     solve=lambda p: _consonants(p["word"]),
     explain=lambda p: f"The letters are {p['word']}. Without vowels: {_consonants(p['word'])}.",
@@ -392,7 +396,10 @@ COUNT = Family(
 
 def _sample_numbers(counts: dict[str, tuple[int, int]]):
     def sample(rng: random.Random, level: Level) -> Problem:
-        values = rng.sample(range(10, 100), rng.randint(*counts[level]))
+        # distinct tens digits: the larger number is decided by its first digit, and its
+        # second digit is then the one that follows that first digit in the prompt
+        tens = rng.sample(range(1, 10), rng.randint(*counts[level]))
+        values = [10 * t + rng.randint(0, 9) for t in tens]
         return {"numbers": ", ".join(map(str, values)), "list": values}
 
     return sample
