@@ -28,7 +28,16 @@ from pathlib import Path
 import numpy as np
 from common import standard_testbed
 
-STRATEGIES = ["kcenter", "random", "kcenter-oneshot", "least-confidence", "margin", "entropy"]
+STRATEGIES = [
+    "kcenter",
+    "random",
+    "kcenter-oneshot",
+    "least-confidence",
+    "margin",
+    "entropy",
+    "kcenter-robust",
+]
+ROBUST = "-robust"  # label suffix: K-center with --outlier-share of the pool left out
 
 
 def log(message: str) -> None:
@@ -97,13 +106,15 @@ def make_config(args, setup: dict, strategy: str, seed: int):
     from taskexpert.selection.diverseevol import DiverseEvolConfig
     from taskexpert.train import TrainConfig
 
+    robust = strategy.endswith(ROBUST)
     return DiverseEvolConfig(
         base=str(Path(args.testbed) / "base"),
         pool=Path(setup["pool"]),
         init=args.init,
         per_round=args.per_round,
         rounds=args.rounds,
-        strategy=strategy,
+        strategy=strategy.removesuffix(ROBUST),
+        outlier_share=args.outlier_share if robust else 0.0,
         lora_r=args.lora_r,
         lora_alpha=2 * args.lora_r,
         train=TrainConfig(
@@ -318,6 +329,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument(
+        "--outlier-share", type=float, default=0.05, help="left out by the '-robust' strategies"
+    )
     parser.add_argument("--epochs", type=float, default=10.0)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=16)

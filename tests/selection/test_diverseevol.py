@@ -370,3 +370,13 @@ def test_on_the_micro_testbed(micro_testbed, tmp_path):
     assert set(result.rounds[1]["exact_match_by_source"]) == {"add"}
     rows = rows_of(tmp_path / "run", 1)
     assert len(set(rows)) == 40 and max(rows) < micro_testbed.truth["pool"]["size"]
+
+
+def test_a_run_started_before_a_setting_existed_resumes_while_it_keeps_its_default(tmp_path):
+    old = {"strategy": "kcenter", "train": {"lr": 0.001}}  # no outlier_share, no train.seed
+    (tmp_path / de.RUN_FILE).write_text(json.dumps({"version": de.FORMAT_VERSION, "identity": old}))
+    de._check_run(tmp_path, {**old, "outlier_share": 0.0, "train": {"lr": 0.001, "seed": 0}})
+    with pytest.raises(InputError, match="--outlier-share"):
+        de._check_run(tmp_path, {**old, "outlier_share": 0.05})
+    with pytest.raises(InputError, match="--strategy"):
+        de._check_run(tmp_path, {**old, "strategy": "random"})

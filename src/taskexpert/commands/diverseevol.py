@@ -28,6 +28,14 @@ def main(
     embed_layer: Annotated[
         str, typer.Option("--embed-layer", help="'last' or a hidden-state index (0: embeddings).")
     ] = "last",
+    outlier_share: Annotated[
+        float,
+        typer.Option(
+            "--outlier-share",
+            help="K-center never picks this share of the pool: the rows farthest from a random "
+            "sample of it (0: paper).",
+        ),
+    ] = 0.0,
     restart_from_base: Annotated[
         bool,
         typer.Option(
@@ -100,6 +108,7 @@ def main(
             rounds=rounds,
             strategy=strategy,
             embed_layer=embed_layer,
+            outlier_share=outlier_share,
             restart_from_base=restart_from_base,
             lora=lora,
             lora_r=lora_r,

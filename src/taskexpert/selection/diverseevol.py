@@ -84,6 +84,13 @@ class DiverseEvolConfig(BaseModel):
     rounds: int = Field(10, gt=0, description="rounds after round 0")
     strategy: str = "kcenter"
     embed_layer: str = Field("last", description="'last' or a hidden-state index")
+    outlier_share: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="share of the pool K-center never picks: the rows farthest from a random "
+        "sample of the pool (outliers.far_outliers); 0 is the paper's K-center",
+    )
     restart_from_base: bool = Field(True, description="False: keep training the last model")
     lora: bool = Field(True, description="False: full fine-tune")
     lora_r: int = Field(8, gt=0)
@@ -231,6 +238,17 @@ def _write_run(run_dir: Path, config: DiverseEvolConfig, identity: dict) -> None
         write_json(path, document | {"config": config.model_dump(mode="json")})
 
 
+def _default_of(key: str) -> object:
+    """The default of a flattened identity key, so a run started before a setting existed
+    resumes as long as the setting keeps its default; None where there is none."""
+    *parents, name = key.split(".")
+    model = {(): DiverseEvolConfig, ("train",): TrainConfig}.get(tuple(parents))
+    field = model.model_fields.get(name) if model else None
+    if field is None or field.is_required():
+        return None
+    return field.get_default(call_default_factory=True)
+
+
 def _check_run(run_dir: Path, identity: dict) -> None:
     """A rerun must ask for what the run directory holds (only --rounds may change)."""
     path = run_dir / RUN_FILE
@@ -241,7 +259,8 @@ def _check_run(run_dir: Path, identity: dict) -> None:
         raise InputError("not a diverseevol run file of this version", path)
     old, new = _flatten(stored["identity"]), _flatten(identity)
     for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
+        before = old[key] if key in old else _default_of(key)  # settings added since
+        if before != new.get(key):
             what = "content" if key.endswith("sha256") else "value"
             raise InputError(
                 f"this run directory was started with a different {_option_name(key)} "
@@ -507,9 +526,16 @@ class _Run:
 
     def _kcenter(self, embeddings: np.ndarray, k: int, chosen: list[int]) -> list[int]:
         from taskexpert.selection.kcenter import kcenter_greedy
+        from taskexpert.selection.outliers import far_outliers
 
+        exclude = far_outliers(embeddings, self.config.outlier_share, seed=self.config.seed)
         return kcenter_greedy(
-            embeddings, k, initial=chosen, metric="euclidean", progress=self.config.progress
+            embeddings,
+            k,
+            initial=chosen,
+            metric="euclidean",
+            progress=self.config.progress,
+            exclude=exclude,
         )
 
     def _uncertain(self, model, k: int, chosen: list[int], measure: str) -> dict:

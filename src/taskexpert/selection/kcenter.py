@@ -158,8 +158,12 @@ def kcenter_greedy(
     storage: str | None = None,
     progress: bool = True,
     threads: int | None = 1,
+    exclude: Sequence[int] | np.ndarray | None = None,
 ) -> list[int]:
     """Pick `k` new rows by K-center greedy and return them in pick order (`initial` excluded).
+
+    `exclude` rows (e.g. from `outliers.far_outliers`) are never picked, so no centre lands on
+    them; they do not count as chosen either.
 
     Each pick is the unchosen row farthest from its nearest chosen row (euclidean, or cosine
     distance 1 - cos), the lowest index on ties; `initial` rows count as chosen and are never
@@ -173,6 +177,7 @@ def kcenter_greedy(
     matrix = _check_matrix(embeddings)
     n, dim = matrix.shape
     chosen = _check_initial(initial, n)
+    banned = np.setdiff1d(_check_initial(exclude, n), chosen) if exclude is not None else None
     if metric not in METRICS:
         raise InputError(
             f"unknown metric {metric!r}; use one of {', '.join(METRICS)}", field="metric"
@@ -181,9 +186,11 @@ def kcenter_greedy(
         raise InputError(f"unknown storage {storage!r}; use float32 or float16", field="storage")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
         raise InputError(f"k must be a non-negative integer, got {k!r}", field="k")
-    if k > n - len(chosen):
+    left = n - len(chosen) - (0 if banned is None else len(banned))
+    if k > left:
         raise InputError(
-            f"k={k} exceeds the {n - len(chosen)} rows left ({n} rows, {len(chosen)} initial)",
+            f"k={k} exceeds the {left} rows left ({n} rows, {len(chosen)} initial, "
+            f"{0 if banned is None else len(banned)} excluded)",
             field="k",
         )
     rows = default_chunk_rows(dim) if chunk_size is None else int(chunk_size)
@@ -194,7 +201,7 @@ def kcenter_greedy(
     half = np.float16 in (matrix.dtype, {"float16": np.float16}.get(storage))
     with limited_threads(threads, torch_too=half):
         return _greedy(
-            _stored(matrix, storage, metric, rows), k, chosen, metric, seed, rows, progress
+            _stored(matrix, storage, metric, rows), k, chosen, metric, seed, rows, progress, banned
         )
 
 
@@ -206,6 +213,7 @@ def _greedy(
     seed: int,
     rows: int,
     progress: bool,
+    banned: np.ndarray | None = None,
 ) -> list[int]:
     n = len(matrix)
     stream = _Stream(matrix, rows)
@@ -214,13 +222,16 @@ def _greedy(
     for start in range(0, len(chosen), CENTRE_BLOCK):
         _absorb(stream, distances, nearest, chosen[start : start + CENTRE_BLOCK])
     nearest[chosen] = CHOSEN
+    if banned is not None:
+        nearest[banned] = CHOSEN  # below every distance: argmax never reaches them
     picks: list[int] = []
     centres = list(chosen)
-    pick = (
-        int(np.random.default_rng(seed).integers(n))
-        if len(chosen) == 0
-        else _farthest(nearest, stream, metric, centres)
-    )
+    if len(chosen):
+        pick = _farthest(nearest, stream, metric, centres)
+    elif banned is None or len(banned) == 0:
+        pick = int(np.random.default_rng(seed).integers(n))
+    else:
+        pick = int(np.random.default_rng(seed).choice(np.setdiff1d(np.arange(n), banned)))
     with tqdm(total=k, desc="k-center", unit="pick", disable=not progress) as bar:
         while True:
             picks.append(pick)

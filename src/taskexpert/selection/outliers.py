@@ -1,0 +1,60 @@
+"""Far outliers of an embedding matrix, so K-center can leave them out.
+
+K-center greedy picks the point farthest from everything chosen so far, which is exactly where
+noise lives: on the testbed, 2% noise records made up 20% of DiverseEvol's K-center subsets
+(random picks: 2%). A row's outlyingness here is its distance to the nearest row of a random
+sample of the pool (itself excluded), one streaming pass, O(N) memory: a row far from every
+sampled row sits in a region that the sample, and so the pool, barely populates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from taskexpert.errors import InputError
+from taskexpert.selection.kcenter import default_chunk_rows
+
+DEFAULT_SAMPLE = 512
+
+
+def sample_distance(
+    embeddings: np.ndarray,
+    sample: int = DEFAULT_SAMPLE,
+    seed: int = 0,
+    chunk_size: int | None = None,
+) -> np.ndarray:
+    """Euclidean distance of every row to its nearest row of a random sample (not itself)."""
+    n, dim = embeddings.shape
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(n, size=min(sample, n), replace=False))
+    anchors = np.asarray(embeddings[picked], dtype=np.float32)
+    anchor_sq = (anchors * anchors).sum(axis=1)
+    rows = chunk_size or default_chunk_rows(dim)
+    out = np.empty(n, np.float32)
+    for lo in range(0, n, rows):
+        block = np.asarray(embeddings[lo : lo + rows], dtype=np.float32)
+        sq = (block * block).sum(axis=1)[:, None] + anchor_sq[None, :] - 2.0 * block @ anchors.T
+        hit = np.searchsorted(picked, np.arange(lo, lo + len(block)))
+        own = (hit < len(picked)) & (
+            picked[np.minimum(hit, len(picked) - 1)] == np.arange(lo, lo + len(block))
+        )
+        sq[np.flatnonzero(own), hit[own]] = np.inf  # a sampled row is not its own neighbour
+        out[lo : lo + len(block)] = np.sqrt(np.maximum(sq.min(axis=1), 0.0))
+    return out
+
+
+def far_outliers(
+    embeddings: np.ndarray,
+    share: float,
+    sample: int = DEFAULT_SAMPLE,
+    seed: int = 0,
+    chunk_size: int | None = None,
+) -> np.ndarray:
+    """Indices (sorted) of the `share` of rows farthest from the sampled pool, none for 0."""
+    if not 0.0 <= share < 1.0:
+        raise InputError(f"outlier share must be in [0, 1), got {share}", field="outlier_share")
+    count = int(round(share * len(embeddings)))
+    if count == 0:
+        return np.empty(0, np.int64)
+    distance = sample_distance(embeddings, sample, seed, chunk_size)
+    return np.sort(np.argsort(-distance, kind="stable")[:count]).astype(np.int64)
