@@ -88,6 +88,9 @@ def test_adapter_for_another_base_is_rejected_by_name_or_fatal_when_strict(tiny_
     assert bank.names == ["one", "two"]
     assert "model.layers.0.self_attn.q_proj: lora_A (2, 48)" in bank.rejected["other_base"]
     assert "do not fit the base layer (32 in, 32 out)" in bank.rejected["other_base"]
+    save_random_lora(wider, root / "wide_all", r=2, target_modules=["q_proj", "k_proj", "v_proj"])
+    reason = load_bank(root, tiny_llama).rejected["wide_all"]  # one line, not one per module
+    assert reason.count("do not fit") == 2 and "and 4 more module(s) like these" in reason
     with pytest.raises(InputError, match="adapter 'other_base' does not fit the base model"):
         load_bank(root, tiny_llama, strict=True)
 

@@ -241,6 +241,12 @@ def validate_adapter(adapter: LoraAdapter, base_model: torch.nn.Module) -> list[
     return problems
 
 
+def _summary(errors: list[str], shown: int = 2) -> str:
+    """The first problems in full and a count of the rest (a foreign adapter fails everywhere)."""
+    more = len(errors) - shown
+    return "; ".join(errors[:shown]) + (f"; and {more} more module(s) like these" if more else "")
+
+
 @dataclass
 class Bank:
     """Usable adapters (weights in memory, loaded once) and the rejected ones with reasons."""
@@ -319,7 +325,7 @@ def load_bank(
         if errors:
             if strict:
                 raise InputError(f"adapter {name!r} does not fit the base model: {errors[0]}", path)
-            bank.rejected[name] = "; ".join(errors)
+            bank.rejected[name] = _summary(errors)
             continue
         if warnings:
             bank.warnings[name] = warnings
