@@ -459,7 +459,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=300, help="Selected pool records.")
     parser.add_argument("--epochs", type=float, default=5.0)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--moe-lr", type=float, default=1e-3)
+    parser.add_argument("--moe-lr", type=float, default=3e-3, help="3e-3 beat 1e-3 on the testbed")
     parser.add_argument(
         "--router-lr", type=float, default=None, help="The MoE routers' LR [default: --moe-lr]."
     )
