@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import random
@@ -500,7 +501,10 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown methods {unknown}; known: {', '.join(ALL_METHODS)}")
     base, tokenizer = testbed.load_base()
-    work = args.work_dir / f"{testbed.truth['build']['preset']}-{testbed.truth['build']['seed']}"
+    build = testbed.truth["build"]
+    # keyed by the build's content too: two builds of one preset and seed can differ (new code)
+    digest = hashlib.sha256((testbed.root / "testbed.json").read_bytes()).hexdigest()[:12]
+    work = args.work_dir / f"{build['preset']}-{build['seed']}-{digest}"
     if args.prepare_only:
         prepared = {t: prepare_target(args, testbed, t, base, tokenizer, work) for t in targets}
         print(json.dumps({"benchmark": "moe_baselines", "prepared": prepared}))
