@@ -48,3 +48,10 @@ def test_excluded_rows_shrink_what_is_left():
     matrix, _ = _cloud_with_outliers(n=10, planted=(5,))
     with pytest.raises(InputError, match="7 rows left"):
         kcenter_greedy(matrix, 8, initial=[0], exclude=[1, 2], progress=False)
+
+
+def test_a_bad_exclude_list_is_named_as_such():
+    matrix, _ = _cloud_with_outliers(n=10, planted=(5,))
+    with pytest.raises(InputError, match="out of range") as info:
+        kcenter_greedy(matrix, 2, exclude=[12], progress=False)
+    assert info.value.field == "exclude"

@@ -34,9 +34,9 @@ def run_select_experts(
     from pydantic import ValidationError
 
     from taskexpert.bank import load_bank
+    from taskexpert.experts.distributed import base_loader
     from taskexpert.experts.scoring import check_kshot
     from taskexpert.experts.select import ExpertSelectionConfig, select_experts
-    from taskexpert.models import load_base
     from taskexpert.records import load_records
 
     out = Path(out)
@@ -50,30 +50,25 @@ def run_select_experts(
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]).replace("_", "-")
         raise InputError(err["msg"], field=field) from None
-    scorer = None
-    if workers < 0:
-        raise InputError(f"must be 0 (in-process) or more, got {workers}", field="workers")
-    if workers:
-        from taskexpert.experts.distributed import RayBankScorer, base_loader, import_ray
-
-        import_ray()  # a missing optional dependency fails before any model loads
-        load = base_loader(
-            base,
-            dtype=dtype,
-            device=device,
-            trust_remote_code=trust_remote_code,
-            allow_pickle=allow_pickle,
-        )
-        scorer = RayBankScorer(load, workers=workers, num_gpus_per_worker=gpus_per_worker)
-    kshot = load_records(kshot_path)
-    check_kshot(kshot, kshot_path)
-    model, tokenizer = load_base(
+    # one loader for the driver and, with --workers, for every Ray actor
+    load = base_loader(
         base,
         dtype=dtype,
         device=device,
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
     )
+    scorer = None
+    if workers < 0:
+        raise InputError(f"must be 0 (in-process) or more, got {workers}", field="workers")
+    if workers:
+        from taskexpert.experts.distributed import RayBankScorer, import_ray
+
+        import_ray()  # a missing optional dependency fails before any model loads
+        scorer = RayBankScorer(load, workers=workers, num_gpus_per_worker=gpus_per_worker)
+    kshot = load_records(kshot_path)
+    check_kshot(kshot, kshot_path)
+    model, tokenizer = load()
     bank = load_bank(bank_source, model, strict=strict, allow_pickle=allow_pickle)
     selection = select_experts(
         model, tokenizer, bank, kshot, selection_config, kshot_path, scorer=scorer

@@ -47,25 +47,12 @@ def import_ray():
     return ray
 
 
-def base_loader(
-    name_or_path: str | Path,
-    *,
-    dtype: str = "float32",
-    device: str = "auto",
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
-) -> BaseLoader:
-    """The single-process loader with its arguments bound; 'auto' resolves inside each worker."""
+def base_loader(name_or_path: str | Path, **options) -> BaseLoader:
+    """`models.load_base` with its options bound, picklable, so the driver and every worker load
+    the base the same way ('auto' devices resolve inside each worker)."""
     from taskexpert.models import load_base
 
-    return functools.partial(
-        load_base,
-        str(name_or_path),
-        dtype=dtype,
-        device=device,
-        trust_remote_code=trust_remote_code,
-        allow_pickle=allow_pickle,
-    )
+    return functools.partial(load_base, str(name_or_path), **options)
 
 
 class AdapterStream(Mapping):

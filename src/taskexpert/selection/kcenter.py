@@ -177,7 +177,9 @@ def kcenter_greedy(
     matrix = _check_matrix(embeddings)
     n, dim = matrix.shape
     chosen = _check_initial(initial, n)
-    banned = np.setdiff1d(_check_initial(exclude, n), chosen) if exclude is not None else None
+    banned = (
+        None if exclude is None else np.setdiff1d(_check_initial(exclude, n, "exclude"), chosen)
+    )
     if metric not in METRICS:
         raise InputError(
             f"unknown metric {metric!r}; use one of {', '.join(METRICS)}", field="metric"
@@ -313,19 +315,21 @@ def _check_matrix(embeddings: np.ndarray) -> np.ndarray:
     return embeddings
 
 
-def _check_initial(initial: Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:
+def _check_initial(
+    initial: Sequence[int] | np.ndarray | None, n: int, field: str = "initial"
+) -> np.ndarray:
     if initial is None or len(initial) == 0:
         return np.empty(0, np.int64)
     index = np.asarray(initial)
     if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
-        raise InputError("initial must be a flat list of integer row indices", field="initial")
+        raise InputError(f"{field} must be a flat list of integer row indices", field=field)
     index = index.astype(np.int64)
     outside = index[(index < 0) | (index >= n)]
     if len(outside):
-        raise InputError(f"index {outside[0]} is out of range for {n} rows", field="initial")
+        raise InputError(f"index {outside[0]} is out of range for {n} rows", field=field)
     unique, counts = np.unique(index, return_counts=True)
     if (counts > 1).any():
-        raise InputError(f"index {unique[counts > 1][0]} appears twice", field="initial")
+        raise InputError(f"index {unique[counts > 1][0]} appears twice", field=field)
     return index
 
 

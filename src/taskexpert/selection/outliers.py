@@ -29,16 +29,16 @@ def sample_distance(
     picked = np.sort(rng.choice(n, size=min(sample, n), replace=False))
     anchors = np.asarray(embeddings[picked], dtype=np.float32)
     anchor_sq = (anchors * anchors).sum(axis=1)
+    slot = np.full(n, -1, np.int64)  # each row's column among the anchors, -1 if not sampled
+    slot[picked] = np.arange(len(picked))
     rows = chunk_size or default_chunk_rows(dim)
     out = np.empty(n, np.float32)
     for lo in range(0, n, rows):
         block = np.asarray(embeddings[lo : lo + rows], dtype=np.float32)
         sq = (block * block).sum(axis=1)[:, None] + anchor_sq[None, :] - 2.0 * block @ anchors.T
-        hit = np.searchsorted(picked, np.arange(lo, lo + len(block)))
-        own = (hit < len(picked)) & (
-            picked[np.minimum(hit, len(picked) - 1)] == np.arange(lo, lo + len(block))
-        )
-        sq[np.flatnonzero(own), hit[own]] = np.inf  # a sampled row is not its own neighbour
+        own = slot[lo : lo + len(block)]
+        mine = np.flatnonzero(own >= 0)
+        sq[mine, own[mine]] = np.inf  # a sampled row is not its own neighbour
         out[lo : lo + len(block)] = np.sqrt(np.maximum(sq.min(axis=1), 0.0))
     return out
 
