@@ -4,7 +4,8 @@ Paper A's claims, checked where the truth is known: reasoning perplexity (RPPL) 
 perplexity (PPL) as an indicator of real skill, and diversity keeps near-duplicates out of
 the group. Every target's K-shot is scored once per adapter (EM, PPL, RPPL and the RPPL
 variants that try to expose the format-mimic guesser); the group rule then runs with each
-indicator (EM only, EM+PPL, EM+RPPL and its variants), with and without diversity.
+indicator (EM only, EM+PPL, EM+RPPL and its variants): plain top-N, with diversity (paper),
+and with the coverage objective (the group with the lowest routed RPPL among the candidates).
 
 For each selection rule it reports how often the group holds the target's relevant experts,
 a blind guesser, the format-mimic guesser, or a near-duplicate pair. For each indicator alone
@@ -170,6 +171,8 @@ def load_scores(path: Path | None, ids: list[str], names: list[str]) -> dict | N
     data = json.loads(path.read_text())
     if data["ids"] != ids or sorted(data["scores"]) != sorted(names):
         return None
+    if any(row.get("rationale_token_nll") is None for row in data["scores"].values()):
+        return None  # cached before per-token NLLs were kept
     return {n: AdapterScore(**data["scores"][n]) for n in names}
 
 
@@ -229,11 +232,21 @@ def run(args) -> dict:
             perplexity = None
             if measure_name is not None:
                 perplexity = {n: measure(scores, n, measure_name) for n in names}
-            for diversity in (False, True):
-                rule = f"{label}{'+diversity' if diversity else ''}"
-                grouping = GroupingConfig(n=args.n, diversity=diversity, tolerance=args.tolerance)
+            for mode in ("", "+diversity", "+coverage"):
+                rule = label + mode
+                grouping = GroupingConfig(
+                    n=args.n,
+                    diversity=mode == "+diversity",
+                    objective="coverage" if mode == "+coverage" else "diversity",
+                    tolerance=args.tolerance,
+                )
                 choice = choose_group(
-                    em, perplexity, similarity["delta"], grouping, scores[BASE_ROW].em
+                    em,
+                    perplexity,
+                    similarity["delta"],
+                    grouping,
+                    scores[BASE_ROW].em,
+                    token_nll={n: scores[n].rationale_token_nll for n in names},
                 )
                 metrics = group_metrics(choice.chosen, target, adapters_truth)
                 metrics["has_guessers"] = bool(target["guessers"])

@@ -1,8 +1,16 @@
 import math
 
+import pytest
 import torch
 
-from taskexpert.lm import IGNORE_INDEX, collate, encode_pair, generate_greedy, mean_nll
+from taskexpert.lm import (
+    IGNORE_INDEX,
+    collate,
+    encode_pair,
+    generate_greedy,
+    mean_nll,
+    target_token_nlls,
+)
 
 
 def test_encode_pair_masks_prompt_and_appends_eos(char_tokenizer):
@@ -26,6 +34,16 @@ def test_mean_nll_is_independent_of_batching_and_padding(char_tokenizer, tiny_ll
     assert all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(batched, single))
     # a random model over ~100 tokens sits near log(vocab)
     assert all(2.0 < v < 8.0 for v in batched)
+
+
+def test_target_token_nlls_cover_every_target_token_once(char_tokenizer, tiny_llama):
+    prompts, targets = ["ab", "abcdef", "a"], ["xyz", "q", "hello"]
+    per_token = target_token_nlls(tiny_llama, char_tokenizer, prompts, targets, batch_size=2)
+    for prompt, target, nlls in zip(prompts, targets, per_token):
+        labelled = [x for x in encode_pair(char_tokenizer, prompt, target).labels if x != -100]
+        assert len(nlls) == len(labelled) and all(x > 0 for x in nlls)
+    means = mean_nll(tiny_llama, char_tokenizer, prompts, targets, batch_size=1)
+    assert means == pytest.approx([sum(x) / len(x) for x in per_token], rel=1e-5)
 
 
 def test_generate_greedy_matches_unbatched(char_tokenizer, tiny_llama):

@@ -73,8 +73,8 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example summed NLL over labelled tokens and the count of those tokens."""
+def _token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """NLL of every next token (batch x length-1) and the mask of the labelled ones."""
     device = model_device(model)
     batch = {k: v.to(device) for k, v in batch.items()}
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -84,10 +84,37 @@ def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torc
     losses = torch.nn.functional.cross_entropy(
         shift_logits.transpose(1, 2), shift_labels.clamp(min=0), reduction="none"
     )
-    return (losses * mask).sum(dim=1), mask.sum(dim=1)
+    return losses * mask, mask
+
+
+def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example summed NLL over labelled tokens and the count of those tokens."""
+    losses, mask = _token_losses(model, batch)
+    return losses.sum(dim=1), mask.sum(dim=1)
 
 
 @torch.no_grad()
+def target_token_nlls(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    batch_size: int = 16,
+    max_length: int = 1024,
+) -> list[list[float]]:
+    """NLL of each target token given the prompt, per example (prompt tokens masked)."""
+    pad_id = ensure_pad_token(tokenizer)
+    pairs = [
+        encode_pair(tokenizer, p, t, max_length) for p, t in zip(prompts, targets, strict=True)
+    ]
+    result: list[list[float]] = [[] for _ in pairs]
+    for idx in batches_by_length([len(p.input_ids) for p in pairs], batch_size):
+        losses, mask = _token_losses(model, collate([pairs[i] for i in idx], pad_id))
+        for row, i in enumerate(idx):
+            result[i] = losses[row][mask[row]].tolist()
+    return result
+
+
 def mean_nll(
     model,
     tokenizer,
@@ -97,16 +124,8 @@ def mean_nll(
     max_length: int = 1024,
 ) -> list[float]:
     """Mean NLL per example of target given prompt; exp of it is the example's perplexity."""
-    pad_id = ensure_pad_token(tokenizer)
-    pairs = [
-        encode_pair(tokenizer, p, t, max_length) for p, t in zip(prompts, targets, strict=True)
-    ]
-    result = [0.0] * len(pairs)
-    for idx in batches_by_length([len(p.input_ids) for p in pairs], batch_size):
-        summed, counts = token_nll(model, collate([pairs[i] for i in idx], pad_id))
-        for i, s, c in zip(idx, summed.tolist(), counts.tolist(), strict=True):
-            result[i] = s / max(c, 1)
-    return result
+    per_token = target_token_nlls(model, tokenizer, prompts, targets, batch_size, max_length)
+    return [sum(x) / max(len(x), 1) for x in per_token]
 
 
 @torch.no_grad()

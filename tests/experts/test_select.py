@@ -111,3 +111,25 @@ def test_rppl_variant_drives_the_ranking_and_all_variants_can_be_reported(
     best = min(bank.names, key=lambda n: (rows[n]["rppl_contrast"], -rows[n]["em"]))
     assert {rows[n]["em"] for n in bank.names} == {0.0}  # random weights: RPPL decides
     assert selection.chosen == [best]
+
+
+def test_coverage_objective_picks_the_group_with_the_lowest_routed_rppl(
+    tmp_path, tiny_llama, char_tokenizer
+):
+    from taskexpert.experts.coverage import TokenTable
+
+    bank = load_bank(make_lora_bank(tmp_path / "bank", tiny_llama), tiny_llama)
+    config = ExpertSelectionConfig(n=2, drop_below_base=False, group_objective="coverage", **FAST)
+    selection = select_experts(tiny_llama, char_tokenizer, bank, kshot(3), config)
+    scores = selection.scores
+    table = TokenTable([scores[n].rationale_token_nll for n in bank.names])
+    pairs = [[0, 1], [0, 2], [1, 2]]
+    best = min(pairs, key=table.routed_perplexity)
+    assert sorted(selection.chosen) == sorted(bank.names[i] for i in best)
+    payload = selection.to_json()
+    assert payload["group"]["routed_rppl"] == pytest.approx(table.routed_perplexity(best), 1e-5)
+    assert payload["config"]["group_objective"] == "coverage"
+    # the per-token NLLs are the ones reasoning perplexity averages
+    for name in bank.names:
+        means = [sum(x) / len(x) for x in scores[name].rationale_token_nll]
+        assert means == pytest.approx(scores[name].rationale_nll)

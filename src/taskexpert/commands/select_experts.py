@@ -112,6 +112,12 @@ def main(
         "delta", "--similarity", help="delta (exact cos of B·A) or factors (paper's A/B cosines)."
     ),
     no_diversity: bool = typer.Option(False, "--no-diversity", help="Plain top-N by quality."),
+    group_objective: str = typer.Option(
+        "diversity",
+        "--group-objective",
+        help="diversity (paper: most diverse near-best group) or coverage (lowest reasoning "
+        "perplexity when each token goes to the member that predicts it best).",
+    ),
     keep_below_base: bool = typer.Option(
         False, "--keep-below-base", help="Keep adapters whose EM is below the base model's."
     ),
@@ -158,6 +164,7 @@ def main(
         report_variants=report_variants,
         similarity=similarity,
         diversity=not no_diversity,
+        group_objective=group_objective,
         drop_below_base=not keep_below_base,
         max_pair_similarity=None if max_pair_similarity >= 1 else max_pair_similarity,
         batch_size=batch_size,

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from taskexpert.errors import TaskexpertError
+from taskexpert.experts.coverage import TokenTable, best_covering_group
 from taskexpert.experts.diversity import SimilarityMatrix
 
 EPS = 1e-9
+OBJECTIVES = ("diversity", "coverage")
 
 
 @dataclass
@@ -33,6 +35,8 @@ class GroupingConfig:
     em_weight: float = 1.0
     perplexity_weight: float = 1.0  # 0 ranks by EM alone
     diversity: bool = True  # False: plain top-N by quality (an ablation)
+    # "diversity": the paper's rule; "coverage": lowest routed RPPL among the candidates
+    objective: str = "diversity"
     drop_below_base: bool = True
     max_pair_similarity: float | None = 0.9  # near-duplicates never share a group if avoidable
     exhaustive_limit: int = 200_000  # largest C(M, N) enumerated; greedy beyond
@@ -41,6 +45,8 @@ class GroupingConfig:
         m = self.m if self.m is not None else 2 * self.n
         if self.n < 1 or m < self.n:
             raise ValueError(f"need 1 <= n <= m, got n={self.n}, m={m}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown group objective {self.objective!r}; known: {OBJECTIVES}")
         return m
 
 
@@ -56,6 +62,7 @@ class GroupChoice:
     group_quality: float
     group_similarity: float | None
     warnings: list[str] = field(default_factory=list)
+    routed_rppl: float | None = None  # the coverage objective's value, when it chose
 
 
 def _percentile_ranks(values: Sequence[float], higher_is_better: bool) -> tuple[np.ndarray, list]:
@@ -186,8 +193,14 @@ def choose_group(
     similarity: SimilarityMatrix | None,
     config: GroupingConfig | None = None,
     base_em: float | None = None,
+    token_nll: Mapping[str, Sequence[Sequence[float]]] | None = None,
 ) -> GroupChoice:
-    """DESIGN.md's group rule over scored adapters (names in `em`; the base model excluded)."""
+    """DESIGN.md's group rule over scored adapters (names in `em`; the base model excluded).
+
+    With `config.objective == "coverage"` the last step instead picks, among the top M, the
+    group with the lowest routed reasoning perplexity (coverage.py); `token_nll` then gives
+    each adapter's per-token NLL on the K-shot rationales.
+    """
     config = config or GroupingConfig()
     m = config.candidates()
     decisions: dict[str, str] = {}
@@ -228,7 +241,25 @@ def choose_group(
     q = np.array([quality[c] for c in top])
     sim = similarity.subset(top).matrix if similarity is not None else None
     best_quality = float(np.sort(q)[::-1][:n].mean())
-    if not config.diversity or n == 1:
+    routed = None
+    if config.objective == "coverage" and n > 1:
+        if token_nll is None:
+            raise ValueError("the coverage objective needs per-token NLLs of the candidates")
+        table = TokenTable([token_nll[c] for c in top])
+        cap = config.max_pair_similarity if sim is not None else None
+        group, search, relaxed = best_covering_group(table, n, sim, cap)
+        routed = table.routed_perplexity(group)
+        if relaxed:
+            warnings.append(
+                f"no group avoids every pair above similarity {cap}; "
+                "near-duplicates had to share the group"
+            )
+        summary = (
+            f"lowest routed reasoning perplexity {routed:.4g} (each rationale token scored by "
+            f"the member that predicts it best; {search}); best single member "
+            f"{min(table.routed_perplexity([i]) for i in group):.4g}"
+        )
+    elif not config.diversity or n == 1:
         group = list(range(n))
         search = "top-N by quality"
         summary = f"the {n} best by quality (mean {best_quality:.3f})"
@@ -271,6 +302,8 @@ def choose_group(
                 twin = f"near-duplicate of {top[closest]} (similarity {sim[i, closest]:.3f})"
         if twin:
             why = twin
+        elif routed is not None:
+            why = "a group without it has a lower routed reasoning perplexity"
         elif not config.diversity or n == 1:
             why = "not among the top N"
         elif _best_mean_with(i, q, n) < best_quality - config.tolerance - EPS:
@@ -290,4 +323,5 @@ def choose_group(
         group_quality=float(q[group].mean()),
         group_similarity=group_similarity,
         warnings=warnings,
+        routed_rppl=routed,
     )

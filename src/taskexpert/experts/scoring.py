@@ -30,6 +30,7 @@ from taskexpert.lm import (
     ensure_pad_token,
     generate_greedy,
     mean_nll,
+    target_token_nlls,
     token_nll,
 )
 from taskexpert.prompts import (
@@ -209,20 +210,21 @@ class AdapterScore:
     generations: list[str]
     mismatch_nll: list[float] | None = None
     content_nll: list[float | None] | None = None
+    rationale_token_nll: list[list[float]] | None = None  # for the coverage objective
     variants: dict[str, float] = field(default_factory=dict)  # filled by select, see below
 
     def to_json(self) -> dict:
         row = {
             "em": round(self.em, 6),
-            "rppl": _finite(self.rppl),
-            "ppl": _finite(self.ppl),
+            "rppl": json_number(self.rppl),
+            "ppl": json_number(self.ppl),
             "seconds": round(self.seconds, 3),
         }
-        row.update({f"rppl_{k}": _finite(v) for k, v in self.variants.items()})
+        row.update({f"rppl_{k}": json_number(v) for k, v in self.variants.items()})
         return row
 
 
-def _finite(value: float) -> float | str:
+def json_number(value: float) -> float | str:
     """JSON has no inf; say so in words rather than writing an invalid file."""
     return round(value, 6) if math.isfinite(value) else "inf"
 
@@ -252,7 +254,7 @@ def score_model(
         for text, gold, kind in zip(generations, task.gold, task.kinds, strict=True)
     ]
     # Both targets in one call: batches_by_length packs them with the least padding.
-    nlls = mean_nll(
+    per_token = target_token_nlls(
         model,
         tokenizer,
         task.prompts + task.prompts,
@@ -260,6 +262,7 @@ def score_model(
         batch_size=config.batch_size,
         max_length=config.max_length,
     )
+    nlls = [sum(x) / max(len(x), 1) for x in per_token]
     rationale_nll, answer_nll = nlls[: len(task)], nlls[len(task) :]
     mismatch_nll = content_nll = None
     if task.mismatch_targets is not None:
@@ -285,6 +288,7 @@ def score_model(
         generations=generations,
         mismatch_nll=mismatch_nll,
         content_nll=content_nll,
+        rationale_token_nll=per_token[: len(task)],
     )
 
 

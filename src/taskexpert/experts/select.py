@@ -24,6 +24,7 @@ from taskexpert.experts.scoring import (
     RPPL_VARIANTS,
     AdapterScore,
     ScoringConfig,
+    json_number,
     prepare_kshot,
     reasoning_score,
     score_bank,
@@ -47,6 +48,9 @@ class ExpertSelectionConfig(BaseModel):
     )
     report_variants: bool = Field(False, description="compute every RPPL variant for the record")
     diversity: bool = True
+    group_objective: Literal["diversity", "coverage"] = Field(
+        "diversity", description="paper's diverse near-best group, or lowest routed RPPL"
+    )
     similarity: Literal["delta", "factors"] = "delta"
     drop_below_base: bool = True
     max_pair_similarity: float | None = Field(0.9, description="near-duplicate threshold")
@@ -75,6 +79,7 @@ class ExpertSelectionConfig(BaseModel):
             em_weight=self.em_weight,
             perplexity_weight=self.perplexity_weight,
             diversity=self.diversity,
+            objective=self.group_objective,
             drop_below_base=self.drop_below_base,
             max_pair_similarity=self.max_pair_similarity,
             exhaustive_limit=self.exhaustive_limit,
@@ -118,6 +123,9 @@ class ExpertSelection:
                 "mean_similarity": None
                 if self.group.group_similarity is None
                 else round(self.group.group_similarity, 6),
+                "routed_rppl": None
+                if self.group.routed_rppl is None
+                else json_number(self.group.routed_rppl),
             },
             "kshot": {"size": self.kshot_size, "with_rationale": self.kshot_with_rationale},
             "warnings": list(self.warnings),
@@ -194,6 +202,7 @@ def select_experts(
         similarity,
         grouping,
         base_em=base.em,
+        token_nll={n: scores[n].rationale_token_nll for n in adapters},
     )
     warnings = list(task.warnings)
     warnings += [f"adapter {n!r}: {w}" for n, ws in bank.warnings.items() for w in ws]

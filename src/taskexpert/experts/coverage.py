@@ -1,0 +1,117 @@
+"""Group choice by coverage: the N experts that, routed per token, explain the K-shot best.
+
+Why this exists beside the paper's rule: reasoning perplexity scores one adapter at a time, but
+the mixture routes every token to its own experts. On a task that needs two skills, each
+relevant expert predicts only its half of a rationale well, so no single adapter stands out
+and the paper's rule (quality rank, then diversity) picks on noise. Scoring a group the way the
+mixture will use it does not have that blind spot: the group's *routed* reasoning perplexity
+takes, for every rationale token, the NLL of the member that predicts it best (the oracle
+router), then averages per example like reasoning perplexity:
+
+    routed_RPPL(G) = mean_i exp( mean_t min_{m in G} NLL_m(i, t) )
+
+For one adapter it equals its reasoning perplexity. It is a facility-location objective, so a
+near-duplicate of a member adds nothing, and a blind guesser adds only where it beats every
+member, which on rationale tokens it does not. Exhaustive over C(M, N) when that is small,
+greedy (always the member that lowers it most) with 1-swap refinement beyond.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+MAX_NLL = 50.0  # exp overflow guard, as in scoring
+# C(M, N) up to this is searched exhaustively (each group costs one pass over K-shot tokens)
+EXHAUSTIVE_LIMIT = 5_000
+
+
+class TokenTable:
+    """Every candidate's per-token NLL on the K-shot rationales, flattened for fast group maths."""
+
+    def __init__(self, per_candidate: Sequence[Sequence[Sequence[float]]]) -> None:
+        if not per_candidate:
+            raise ValueError("no candidates to cover the K-shot with")
+        lengths = [len(x) for x in per_candidate[0]]
+        rows = []
+        for index, examples in enumerate(per_candidate):
+            if [len(x) for x in examples] != lengths:
+                raise ValueError(
+                    f"candidate {index} was scored on other tokens than candidate 0 "
+                    "(same K-shot and tokenizer needed)"
+                )
+            rows.append(np.concatenate([np.asarray(x, dtype=np.float64) for x in examples]))
+        self.nll = np.stack(rows)  # candidates x tokens
+        self.example = np.repeat(np.arange(len(lengths)), lengths)
+        self.counts = np.maximum(np.bincount(self.example, minlength=len(lengths)), 1)
+        self.has_tokens = np.bincount(self.example, minlength=len(lengths)) > 0
+
+    def routed_perplexity(self, group: Sequence[int]) -> float:
+        """mean_i exp(mean_t min over the group of NLL): lower is better."""
+        best = self.nll[list(group)].min(axis=0)
+        per_example = np.bincount(self.example, weights=best, minlength=len(self.counts))
+        per_example = per_example / self.counts
+        values = np.exp(np.minimum(per_example[self.has_tokens], MAX_NLL))
+        return float(values.mean()) if values.size else math.nan
+
+
+def _fits(group: Sequence[int], sim: np.ndarray | None, cap: float | None) -> bool:
+    if sim is None or cap is None:
+        return True
+    return all(sim[a, b] <= cap + 1e-9 for a, b in itertools.combinations(group, 2))
+
+
+def _exhaustive(table: TokenTable, n: int, sim, cap) -> tuple[list[int], bool]:
+    scored = [
+        (table.routed_perplexity(g), g) for g in itertools.combinations(range(len(table.nll)), n)
+    ]
+    clean = [(v, g) for v, g in scored if _fits(g, sim, cap)]
+    relaxed = not clean
+    value, group = min(clean or scored, key=lambda x: (x[0], x[1]))
+    return list(group), relaxed
+
+
+def _greedy(table: TokenTable, n: int, sim, cap) -> tuple[list[int], bool]:
+    group: list[int] = []
+    relaxed = False
+    while len(group) < n:
+        rest = [c for c in range(len(table.nll)) if c not in group]
+        clean = [c for c in rest if _fits(group + [c], sim, cap)]
+        relaxed |= not clean
+        group.append(min(clean or rest, key=lambda c: table.routed_perplexity(group + [c])))
+    for _ in range(100):  # 1-swap refinement
+        current = table.routed_perplexity(group)
+        swaps = [
+            group[:i] + [c] + group[i + 1 :]
+            for i in range(n)
+            for c in range(len(table.nll))
+            if c not in group
+        ]
+        swaps = [g for g in swaps if relaxed or _fits(g, sim, cap)]
+        best = min(swaps, key=table.routed_perplexity, default=None)
+        if best is None or table.routed_perplexity(best) >= current - 1e-12:
+            break
+        group = best
+    return group, relaxed
+
+
+def best_covering_group(
+    table: TokenTable,
+    n: int,
+    sim: np.ndarray | None = None,
+    cap: float | None = None,
+    exhaustive_limit: int = EXHAUSTIVE_LIMIT,
+) -> tuple[list[int], str, bool]:
+    """The N-group with the lowest routed reasoning perplexity, its search and whether
+    near-duplicates (pairs above `cap`) had to share it because no group avoided them."""
+    count = len(table.nll)
+    if not 1 <= n <= count:
+        raise ValueError(f"need 1 <= n <= {count} candidates, got n={n}")
+    if math.comb(count, n) <= exhaustive_limit:
+        group, relaxed = _exhaustive(table, n, sim, cap)
+        return group, f"exhaustive over C({count},{n})={math.comb(count, n)} groups", relaxed
+    group, relaxed = _greedy(table, n, sim, cap)
+    return group, f"greedy with 1-swap refinement over C({count},{n}) groups", relaxed
