@@ -84,6 +84,29 @@ def test_near_duplicate_cap_keeps_twins_apart_unless_unavoidable():
     assert relaxed
 
 
+def test_tolerance_trades_a_little_coverage_for_a_less_similar_group():
+    # two seeds of one expert that err on different tokens of their half, the other half's
+    # expert, and an unrelated adapter that is mediocre everywhere
+    first, second = [LOW] * 5, [HIGH] * 5
+    x = [[HIGH, HIGH, LOW, LOW, LOW] + second for _ in range(4)]
+    x2 = [[LOW, LOW, HIGH, HIGH, LOW] + second for _ in range(4)]
+    y = [[HIGH] * 5 + first for _ in range(4)]
+    z = [[1.0] * 10 for _ in range(4)]
+    table = TokenTable([x, x2, y, z])
+    sim = np.array(
+        [[1, 0.5, 0.05, 0.05], [0.5, 1, 0.05, 0.05], [0.05, 0.05, 1, 0.05], [0.05] * 3 + [1]]
+    )
+    twins, _, _ = best_covering_group(table, 3, sim, cap=0.9, tolerance=0.02)
+    assert sorted(twins) == [0, 1, 2]
+    diverse, _, _ = best_covering_group(table, 3, sim, cap=0.9, tolerance=0.3)
+    assert 3 in diverse and 2 in diverse and not {0, 1} <= set(diverse)
+    assert table.routed_perplexity(diverse) <= 1.3 * table.routed_perplexity(twins)
+    greedy, _, _ = best_covering_group(table, 3, sim, cap=0.9, tolerance=0.3, exhaustive_limit=0)
+    assert 3 in greedy and 2 in greedy and not {0, 1} <= set(greedy)
+    with pytest.raises(ValueError, match="tolerance"):
+        best_covering_group(table, 2, sim, tolerance=-1)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_greedy_finds_the_planted_group_like_exhaustive(seed):
     rng = np.random.default_rng(seed)
@@ -119,7 +142,7 @@ def test_choose_group_with_the_coverage_objective_explains_itself():
     assert set(choice.chosen) == {"x2", "y"}  # x2 is a little better on x's half
     assert "routed reasoning perplexity" in choice.reason
     assert choice.routed_rppl == pytest.approx(math.exp((LOW * 0.9 + LOW) / 2))
-    assert "lower routed reasoning perplexity" in choice.decisions["generalist"]
+    assert "covers the K-shot as well or better" in choice.decisions["generalist"]
     with pytest.raises(ValueError, match="per-token"):
         choose_group(em, rppl, None, config, base_em=0.0)
     with pytest.raises(ValueError, match="objective"):

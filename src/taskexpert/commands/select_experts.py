@@ -118,6 +118,12 @@ def main(
         help="diversity (paper: most diverse near-best group) or coverage (lowest reasoning "
         "perplexity when each token goes to the member that predicts it best).",
     ),
+    coverage_tolerance: float = typer.Option(
+        0.02,
+        "--coverage-tolerance",
+        help="With coverage: groups within this relative slack of the lowest routed "
+        "perplexity qualify, and the least similar wins.",
+    ),
     keep_below_base: bool = typer.Option(
         False, "--keep-below-base", help="Keep adapters whose EM is below the base model's."
     ),
@@ -165,6 +171,7 @@ def main(
         similarity=similarity,
         diversity=not no_diversity,
         group_objective=group_objective,
+        coverage_tolerance=coverage_tolerance,
         drop_below_base=not keep_below_base,
         max_pair_similarity=None if max_pair_similarity >= 1 else max_pair_similarity,
         batch_size=batch_size,

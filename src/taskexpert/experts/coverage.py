@@ -11,9 +11,13 @@ router), then averages per example like reasoning perplexity:
     routed_RPPL(G) = mean_i exp( mean_t min_{m in G} NLL_m(i, t) )
 
 For one adapter it equals its reasoning perplexity. It is a facility-location objective, so a
-near-duplicate of a member adds nothing, and a blind guesser adds only where it beats every
-member, which on rationale tokens it does not. Exhaustive over C(M, N) when that is small,
-greedy (always the member that lowers it most) with 1-swap refinement beyond.
+near-duplicate of a member adds little, and a blind guesser adds only where it beats every
+member, which on rationale tokens it does not. "Little" is not nothing: two seeds of one expert
+err on different tokens, and the oracle router takes the better of the two on each, so the pure
+minimum put both reverse experts in one group on the testbed. A small relative tolerance
+(default 2%) then prefers the least similar group among those within it of the lowest value,
+as the paper's rule does with quality. Exhaustive over C(M, N) when that is small, greedy
+(always the member that lowers it most) with 1-swap refinement beyond.
 """
 
 from __future__ import annotations
@@ -64,37 +68,68 @@ def _fits(group: Sequence[int], sim: np.ndarray | None, cap: float | None) -> bo
     return all(sim[a, b] <= cap + 1e-9 for a, b in itertools.combinations(group, 2))
 
 
-def _exhaustive(table: TokenTable, n: int, sim, cap) -> tuple[list[int], bool]:
+def _mean_similarity(group: Sequence[int], sim: np.ndarray | None) -> float:
+    if sim is None or len(group) < 2:
+        return 0.0
+    return float(np.mean([sim[a, b] for a, b in itertools.combinations(group, 2)]))
+
+
+def _most_diverse(scored, sim, tolerance: float):
+    """Among (value, group) pairs within `tolerance` (relative) of the best value, the group
+    with the lowest mean pairwise similarity; ties go to the lower value."""
+    best = min(v for v, _ in scored)
+    near = [(v, g) for v, g in scored if v <= best * (1 + tolerance) + 1e-12]
+    return min(near, key=lambda x: (_mean_similarity(x[1], sim), x[0], x[1]))[1]
+
+
+def _exhaustive(table: TokenTable, n: int, sim, cap, tolerance) -> tuple[list[int], bool]:
     scored = [
         (table.routed_perplexity(g), g) for g in itertools.combinations(range(len(table.nll)), n)
     ]
     clean = [(v, g) for v, g in scored if _fits(g, sim, cap)]
-    relaxed = not clean
-    value, group = min(clean or scored, key=lambda x: (x[0], x[1]))
-    return list(group), relaxed
+    return list(_most_diverse(clean or scored, sim, tolerance)), not clean
 
 
-def _greedy(table: TokenTable, n: int, sim, cap) -> tuple[list[int], bool]:
+def _swaps(group: list[int], count: int) -> list[list[int]]:
+    return [
+        group[:i] + [c] + group[i + 1 :]
+        for i in range(len(group))
+        for c in range(count)
+        if c not in group
+    ]
+
+
+def _greedy(table: TokenTable, n: int, sim, cap, tolerance) -> tuple[list[int], bool]:
+    count = len(table.nll)
     group: list[int] = []
     relaxed = False
     while len(group) < n:
-        rest = [c for c in range(len(table.nll)) if c not in group]
+        rest = [c for c in range(count) if c not in group]
         clean = [c for c in rest if _fits(group + [c], sim, cap)]
         relaxed |= not clean
         group.append(min(clean or rest, key=lambda c: table.routed_perplexity(group + [c])))
-    for _ in range(100):  # 1-swap refinement
+
+    def usable(g: list[int]) -> bool:
+        return relaxed or _fits(g, sim, cap)
+
+    for _ in range(100):  # 1-swap refinement of the value
         current = table.routed_perplexity(group)
-        swaps = [
-            group[:i] + [c] + group[i + 1 :]
-            for i in range(n)
-            for c in range(len(table.nll))
-            if c not in group
-        ]
-        swaps = [g for g in swaps if relaxed or _fits(g, sim, cap)]
-        best = min(swaps, key=table.routed_perplexity, default=None)
+        best = min(filter(usable, _swaps(group, count)), key=table.routed_perplexity, default=None)
         if best is None or table.routed_perplexity(best) >= current - 1e-12:
             break
         group = best
+    limit = table.routed_perplexity(group) * (1 + tolerance) + 1e-12
+    for _ in range(100):  # then 1-swaps that lower similarity within the tolerance
+        options = [
+            g
+            for g in _swaps(group, count)
+            if usable(g)
+            and table.routed_perplexity(g) <= limit
+            and _mean_similarity(g, sim) < _mean_similarity(group, sim) - 1e-12
+        ]
+        if not options:
+            break
+        group = min(options, key=lambda g: _mean_similarity(g, sim))
     return group, relaxed
 
 
@@ -103,15 +138,22 @@ def best_covering_group(
     n: int,
     sim: np.ndarray | None = None,
     cap: float | None = None,
+    tolerance: float = 0.0,
     exhaustive_limit: int = EXHAUSTIVE_LIMIT,
 ) -> tuple[list[int], str, bool]:
-    """The N-group with the lowest routed reasoning perplexity, its search and whether
-    near-duplicates (pairs above `cap`) had to share it because no group avoided them."""
+    """The N-group to mix, its search, and whether near-duplicates (pairs above `cap`) had to
+    share it because no group avoided them.
+
+    The group has the lowest routed reasoning perplexity, or, with `tolerance` > 0 and a
+    similarity matrix, is the least similar group within that relative slack of the lowest.
+    """
     count = len(table.nll)
     if not 1 <= n <= count:
         raise ValueError(f"need 1 <= n <= {count} candidates, got n={n}")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     if math.comb(count, n) <= exhaustive_limit:
-        group, relaxed = _exhaustive(table, n, sim, cap)
+        group, relaxed = _exhaustive(table, n, sim, cap, tolerance)
         return group, f"exhaustive over C({count},{n})={math.comb(count, n)} groups", relaxed
-    group, relaxed = _greedy(table, n, sim, cap)
+    group, relaxed = _greedy(table, n, sim, cap, tolerance)
     return group, f"greedy with 1-swap refinement over C({count},{n}) groups", relaxed

@@ -37,6 +37,7 @@ class GroupingConfig:
     diversity: bool = True  # False: plain top-N by quality (an ablation)
     # "diversity": the paper's rule; "coverage": lowest routed RPPL among the candidates
     objective: str = "diversity"
+    coverage_tolerance: float = 0.02  # coverage: relative slack on routed RPPL for diversity
     drop_below_base: bool = True
     max_pair_similarity: float | None = 0.9  # near-duplicates never share a group if avoidable
     exhaustive_limit: int = 200_000  # largest C(M, N) enumerated; greedy beyond
@@ -247,7 +248,7 @@ def choose_group(
             raise ValueError("the coverage objective needs per-token NLLs of the candidates")
         table = TokenTable([token_nll[c] for c in top])
         cap = config.max_pair_similarity if sim is not None else None
-        group, search, relaxed = best_covering_group(table, n, sim, cap)
+        group, search, relaxed = best_covering_group(table, n, sim, cap, config.coverage_tolerance)
         routed = table.routed_perplexity(group)
         if relaxed:
             warnings.append(
@@ -255,8 +256,9 @@ def choose_group(
                 "near-duplicates had to share the group"
             )
         summary = (
-            f"lowest routed reasoning perplexity {routed:.4g} (each rationale token scored by "
-            f"the member that predicts it best; {search}); best single member "
+            f"routed reasoning perplexity {routed:.4g} (each rationale token scored by the "
+            f"member that predicts it best), the least similar group within "
+            f"{config.coverage_tolerance:.0%} of the lowest ({search}); best single member "
             f"{min(table.routed_perplexity([i]) for i in group):.4g}"
         )
     elif not config.diversity or n == 1:
@@ -303,7 +305,7 @@ def choose_group(
         if twin:
             why = twin
         elif routed is not None:
-            why = "a group without it has a lower routed reasoning perplexity"
+            why = "a group without it covers the K-shot as well or better, or is more diverse"
         elif not config.diversity or n == 1:
             why = "not among the top N"
         elif _best_mean_with(i, q, n) < best_quality - config.tolerance - EPS:

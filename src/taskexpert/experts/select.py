@@ -51,6 +51,9 @@ class ExpertSelectionConfig(BaseModel):
     group_objective: Literal["diversity", "coverage"] = Field(
         "diversity", description="paper's diverse near-best group, or lowest routed RPPL"
     )
+    coverage_tolerance: float = Field(
+        0.02, ge=0, description="coverage: relative routed-RPPL slack for a more diverse group"
+    )
     similarity: Literal["delta", "factors"] = "delta"
     drop_below_base: bool = True
     max_pair_similarity: float | None = Field(0.9, description="near-duplicate threshold")
@@ -80,6 +83,7 @@ class ExpertSelectionConfig(BaseModel):
             perplexity_weight=self.perplexity_weight,
             diversity=self.diversity,
             objective=self.group_objective,
+            coverage_tolerance=self.coverage_tolerance,
             drop_below_base=self.drop_below_base,
             max_pair_similarity=self.max_pair_similarity,
             exhaustive_limit=self.exhaustive_limit,
