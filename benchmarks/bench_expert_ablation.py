@@ -5,7 +5,8 @@ perplexity (PPL) as an indicator of real skill, and diversity keeps near-duplica
 the group. Every target's K-shot is scored once per adapter (EM, PPL, RPPL and the RPPL
 variants that try to expose the format-mimic guesser); the group rule then runs with each
 indicator (EM only, EM+PPL, EM+RPPL and its variants): plain top-N, with diversity (paper),
-and with the coverage objective (the group with the lowest routed RPPL among the candidates).
+and with the coverage objective (the group with the lowest routed RPPL among the candidates),
+the last two also with adapters whose perplexity is above the base model's dropped first.
 
 For each selection rule it reports how often the group holds the target's relevant experts,
 a blind guesser, the format-mimic guesser, or a near-duplicate pair. For each indicator alone
@@ -45,6 +46,9 @@ from taskexpert.experts.scoring import (
 from taskexpert.records import load_records
 
 # indicator name -> (perplexity measure or None, its weight)
+# group modes: plain top-N, the paper's diversity rule, the coverage objective, and both with
+# adapters whose perplexity is above the base model's dropped first ("<base")
+MODES = ("", "+diversity", "+coverage", "+diversity+ppl<base", "+coverage+ppl<base")
 INDICATORS = {
     "em": None,
     "em+ppl": "ppl",
@@ -232,13 +236,16 @@ def run(args) -> dict:
             perplexity = None
             if measure_name is not None:
                 perplexity = {n: measure(scores, n, measure_name) for n in names}
-            for mode in ("", "+diversity", "+coverage"):
+            for mode in MODES:
+                if measure_name is None and "<base" in mode:
+                    continue  # the perplexity filter needs a perplexity
                 rule = label + mode
                 grouping = GroupingConfig(
                     n=args.n,
-                    diversity=mode == "+diversity",
-                    objective="coverage" if mode == "+coverage" else "diversity",
+                    diversity="+diversity" in mode,
+                    objective="coverage" if "+coverage" in mode else "diversity",
                     tolerance=args.tolerance,
+                    drop_above_base_perplexity="<base" in mode,
                 )
                 choice = choose_group(
                     em,
@@ -247,6 +254,9 @@ def run(args) -> dict:
                     grouping,
                     scores[BASE_ROW].em,
                     token_nll={n: scores[n].rationale_token_nll for n in names},
+                    base_perplexity=None
+                    if measure_name is None
+                    else measure(scores, BASE_ROW, measure_name),
                 )
                 metrics = group_metrics(choice.chosen, target, adapters_truth)
                 metrics["has_guessers"] = bool(target["guessers"])

@@ -87,10 +87,26 @@ def test_group_shrinks_with_a_warning_and_fails_when_nothing_beats_the_base():
     em = {"a": 0.9, "b": 0.1, "c": 0.1}
     choice = choose_group(em, None, matrix(list(em), {}), GroupingConfig(n=2), base_em=0.5)
     assert choice.chosen == ["a"] and "instead of N=2" in choice.warnings[0]
-    with pytest.raises(TaskexpertError, match="no adapter reaches the base model"):
+    with pytest.raises(TaskexpertError, match="no adapter does better than the base model"):
         choose_group(em, None, matrix(list(em), {}), GroupingConfig(n=2), base_em=0.95)
     with pytest.raises(ValueError, match="n <= m"):
         choose_group(em, None, None, GroupingConfig(n=3, m=2))
+
+
+def test_adapters_that_reason_worse_than_the_base_can_be_dropped():
+    em = {"expert": 0.6, "guesser": 0.7, "other": 0.5}
+    rppl = {"expert": 1.1, "guesser": 80.0, "other": 1.9}
+    sim = matrix(list(em), {})
+    kept = choose_group(em, rppl, sim, GroupingConfig(n=2, m=3), base_em=0.5)
+    assert "guesser" in kept.chosen  # the paper's rule: EM rank carries it in
+    config = GroupingConfig(n=2, m=3, drop_above_base_perplexity=True)
+    choice = choose_group(em, rppl, sim, config, base_em=0.5, base_perplexity=2.0)
+    assert sorted(choice.chosen) == ["expert", "other"]
+    assert "above the base model's 2" in choice.decisions["guesser"]
+    with pytest.raises(ValueError, match="base model's perplexity"):
+        choose_group(em, rppl, sim, config, base_em=0.5)
+    with pytest.raises(TaskexpertError, match="nothing worth mixing"):
+        choose_group(em, rppl, sim, config, base_em=0.5, base_perplexity=1.0)
 
 
 def test_duplicates_share_a_group_only_when_unavoidable():

@@ -130,6 +130,19 @@ def test_lost_phase_file_reruns_that_phase_and_later_ones(micro_testbed, tmp_pat
     assert is_complete(root, "micro", 0)
 
 
+def test_a_build_by_an_older_recipe_is_not_reused(micro_testbed, tmp_path):
+    root = tmp_path / "tb"
+    shutil.copytree(micro_testbed.root, root)
+    for path in (root / ".complete", root / ".build" / "state.json"):
+        data = json.loads(path.read_text())
+        fingerprint = data.get("fingerprint", data)
+        fingerprint["recipe"] = "an-older-recipe"
+        path.write_text(json.dumps(data))
+    assert not is_complete(root, "micro", 0)
+    with pytest.raises(InputError, match="older testbed recipe.*--force"):
+        build_testbed(root, "micro", 0, progress=False)
+
+
 def test_bad_input(micro_testbed, tmp_path):
     with pytest.raises(InputError, match="unknown preset 'huge'"):
         build_testbed(tmp_path / "x", "huge")
@@ -150,7 +163,7 @@ def test_bad_input(micro_testbed, tmp_path):
 def test_data_files_are_deterministic_per_seed(tmp_path):
     import random
 
-    from taskexpert.testbed.build import pretraining_records
+    from taskexpert.testbed.build import base_pretraining_records
     from taskexpert.testbed.pool import build_pool
     from taskexpert.testbed.presets import get_preset
 
@@ -163,4 +176,4 @@ def test_data_files_are_deterministic_per_seed(tmp_path):
     (a, ta), (b, tb), (c, _) = pool(3), pool(3), pool(4)
     assert a == b and ta.to_dict() == tb.to_dict() and a != c
     preset = get_preset("micro")
-    assert pretraining_records(preset, 1) == pretraining_records(preset, 1)
+    assert base_pretraining_records(preset, 1) == base_pretraining_records(preset, 1)

@@ -53,9 +53,14 @@ def test_generator_checker_and_rationale_agree(name, level):
         assert not family.check(problem, wrong)
         if family.kind == "letter":
             assert record.choices and 3 <= len(record.choices) <= 5
-            # the label follows a last character no other option ends in (see README)
-            assert len({c[-1] for c in record.choices}) == len(record.choices)
-            assert record.rationale.endswith(f"({record.answer}).")
+            # the rationale walks the options in order and stops at the right one
+            index = "ABCDE".index(record.answer)
+            walked = " ".join(
+                f"{'ABCDE'[i]} {record.choices[i]} {'yes' if i == index else 'no'}."
+                for i in range(index + 1)
+            )
+            assert record.rationale.endswith(walked)
+            assert f"\n{record.answer} {record.choices[index]}" in record.instruction
 
 
 def test_every_family_has_several_templates_of_each_set():

@@ -127,6 +127,11 @@ def main(
     keep_below_base: bool = typer.Option(
         False, "--keep-below-base", help="Keep adapters whose EM is below the base model's."
     ),
+    drop_above_base_perplexity: bool = typer.Option(
+        False,
+        "--drop-above-base-perplexity",
+        help="Drop adapters whose (reasoning) perplexity is above the base model's.",
+    ),
     max_pair_similarity: float = typer.Option(
         0.9, "--max-pair-similarity", help="Near-duplicate threshold (1 turns the rule off)."
     ),
@@ -173,6 +178,7 @@ def main(
         group_objective=group_objective,
         coverage_tolerance=coverage_tolerance,
         drop_below_base=not keep_below_base,
+        drop_above_base_perplexity=drop_above_base_perplexity,
         max_pair_similarity=None if max_pair_similarity >= 1 else max_pair_similarity,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,

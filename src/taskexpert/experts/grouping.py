@@ -39,6 +39,9 @@ class GroupingConfig:
     objective: str = "diversity"
     coverage_tolerance: float = 0.02  # coverage: relative slack on routed RPPL for diversity
     drop_below_base: bool = True
+    # off by default (not in the paper): an adapter that predicts the K-shot rationales worse
+    # than the base model does is no reasoner, whatever its EM (the blind guesser's signature)
+    drop_above_base_perplexity: bool = False
     max_pair_similarity: float | None = 0.9  # near-duplicates never share a group if avoidable
     exhaustive_limit: int = 200_000  # largest C(M, N) enumerated; greedy beyond
 
@@ -195,6 +198,7 @@ def choose_group(
     config: GroupingConfig | None = None,
     base_em: float | None = None,
     token_nll: Mapping[str, Sequence[Sequence[float]]] | None = None,
+    base_perplexity: float | None = None,
 ) -> GroupChoice:
     """DESIGN.md's group rule over scored adapters (names in `em`; the base model excluded).
 
@@ -213,11 +217,21 @@ def choose_group(
                 decisions[name] = (
                     f"dropped: EM {em[name]:.3f} is below the base model's {base_em:.3f}"
                 )
+    if config.drop_above_base_perplexity and perplexity is not None:
+        if base_perplexity is None:
+            raise ValueError("drop_above_base_perplexity needs the base model's perplexity")
+        for name in names:
+            if name not in decisions and perplexity[name] > base_perplexity + EPS:
+                decisions[name] = (
+                    f"dropped: perplexity {perplexity[name]:.4g} is above the base model's "
+                    f"{base_perplexity:.4g} (predicts the rationales worse than no adapter)"
+                )
     survivors = [n for n in names if n not in decisions]
     if not survivors:
         raise TaskexpertError(
-            f"no adapter reaches the base model's exact match ({base_em:.3f}) on the K-shot; "
-            "there is nothing worth mixing (use a larger K-shot or disable the base filter)"
+            "no adapter does better than the base model on the K-shot (exact match "
+            f"{base_em if base_em is not None else float('nan'):.3f}); there is nothing worth "
+            "mixing (use a larger K-shot or disable the base filters)"
         )
     quality, ranks = rank_quality(
         {n: em[n] for n in survivors},

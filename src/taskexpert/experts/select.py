@@ -56,6 +56,9 @@ class ExpertSelectionConfig(BaseModel):
     )
     similarity: Literal["delta", "factors"] = "delta"
     drop_below_base: bool = True
+    drop_above_base_perplexity: bool = Field(
+        False, description="drop adapters whose (R)PPL is above the base model's"
+    )
     max_pair_similarity: float | None = Field(0.9, description="near-duplicate threshold")
     exhaustive_limit: int = Field(200_000, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -85,6 +88,7 @@ class ExpertSelectionConfig(BaseModel):
             objective=self.group_objective,
             coverage_tolerance=self.coverage_tolerance,
             drop_below_base=self.drop_below_base,
+            drop_above_base_perplexity=self.drop_above_base_perplexity,
             max_pair_similarity=self.max_pair_similarity,
             exhaustive_limit=self.exhaustive_limit,
         )
@@ -197,9 +201,12 @@ def select_experts(
     for score in scores.values():
         score.variants = {v: reasoning_score(score, v, base) for v in shown}
     if config.perplexity == "ppl":
-        perplexity = {n: scores[n].ppl for n in adapters}
+        perplexity = {n: scores[n].ppl for n in [*adapters, BASE_ROW]}
     else:
-        perplexity = {n: reasoning_score(scores[n], config.rppl_variant, base) for n in adapters}
+        perplexity = {
+            n: reasoning_score(scores[n], config.rppl_variant, base) for n in [*adapters, BASE_ROW]
+        }
+    base_perplexity = perplexity.pop(BASE_ROW)
     group = choose_group(
         {n: scores[n].em for n in adapters},
         perplexity,
@@ -207,6 +214,7 @@ def select_experts(
         grouping,
         base_em=base.em,
         token_nll={n: scores[n].rationale_token_nll for n in adapters},
+        base_perplexity=base_perplexity,
     )
     warnings = list(task.warnings)
     warnings += [f"adapter {n!r}: {w}" for n, ws in bank.warnings.items() for w in ws]

@@ -36,6 +36,7 @@ from taskexpert.testbed.families import (
     make_record,
 )
 from taskexpert.testbed.model import LORA_TARGET_MODULES
+from taskexpert.testbed.pretraining import pair_record, pairable_families
 from taskexpert.train import TrainConfig, TrainResult, train
 
 BASE_MODEL_NAME = "testbed/base"
@@ -179,13 +180,27 @@ def _biased(family: Family, problem: dict, rng: random.Random) -> dict:
     return {**problem, "choices": choices}
 
 
-def adapter_records(spec: AdapterSpec, n: int) -> list[Record]:
-    """The training set of one adapter (deterministic per spec.seed)."""
+def adapter_records(spec: AdapterSpec, n: int, pair_share: float = 0.0) -> list[Record]:
+    """The training set of one adapter (deterministic per spec.seed).
+
+    With `pair_share`, that share of a reasoning adapter's records puts its skill (bank
+    wording) into a two-task prompt beside another family's task (pretraining wording, which
+    the base already solves): real adapters see their skill inside longer prompts too, and
+    without this an expert could not even copy its operand when a second task followed it.
+    """
     rng = random.Random(spec.seed)
     families = [FAMILIES[name] for name in spec.families]
+    pairable = pairable_families()
     records, previous = [], []
     for i in range(n):
         family = families[i % len(families)]
+        if spec.data == "rationale" and family.name in pairable and rng.random() < pair_share:
+            other = FAMILIES[rng.choice([f for f in pairable if f != family.name])]
+            first, second = (family, other) if rng.random() < 0.5 else (other, family)
+            records.append(
+                pair_record(first, second, rng, 1.0, f"{spec.name}-{i}", bank_wording=family)
+            )
+            continue
         problem = family.draw(rng, "full", "train")
         if spec.data == "biased":
             problem = _biased(family, problem, rng)
@@ -252,9 +267,10 @@ def train_adapter(
     *,
     n_records: int,
     config: TrainConfig,
+    pair_share: float = 0.0,
 ) -> TrainResult:
     """Build one bank adapter from its spec."""
-    records = adapter_records(spec, n_records)
+    records = adapter_records(spec, n_records, pair_share)
     if spec.kind == "foreign":
         short = config.model_copy(update={"max_steps": max(1, (config.max_steps or 10) // 5)})
         return train_lora(

@@ -10,6 +10,7 @@ missing (bank adapters already on disk are kept) and redoes every phase after it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -42,18 +43,34 @@ from taskexpert.testbed.layout import (
 from taskexpert.testbed.model import make_base_model, parameter_count
 from taskexpert.testbed.pool import build_pool
 from taskexpert.testbed.presets import Preset, get_preset
+from taskexpert.testbed.pretraining import pretraining_records
 from taskexpert.testbed.tasks import TARGETS
 from taskexpert.testbed.tokenizer import build_tokenizer, corpus_words
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # the layout and testbed.json schema
+# Bump when generated content changes without a preset change (families, pool, pretraining
+# mix, bank recipes), so that an older build is rebuilt rather than reused as if current.
+# 2: option-walk multiple choice, two-task records for the experts.
+RECIPE_VERSION = 2
 PHASES = ("tokenizer", "base", "data", "bank", "baselines", "truth")
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
 POOL_TRUTH_FILE = "pool_truth.json"
 
 
+def recipe_id(preset: Preset) -> str:
+    """What the build's content depends on besides the seed: the preset and the recipe."""
+    text = json.dumps({"recipe": RECIPE_VERSION, "preset": preset.model_dump(mode="json")})
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _fingerprint(preset: Preset, seed: int) -> dict:
-    return {"preset": preset.name, "seed": seed, "format": FORMAT_VERSION}
+    return {
+        "preset": preset.name,
+        "seed": seed,
+        "format": FORMAT_VERSION,
+        "recipe": recipe_id(preset),
+    }
 
 
 def _log(message: str, progress: bool) -> None:
@@ -183,10 +200,18 @@ def _prepare(root: Path, fingerprint: dict, force: bool) -> dict:
     if state is not None and state.get("fingerprint") != fingerprint:
         if not force:
             old = state.get("fingerprint", {})
+            same = (old.get("preset"), old.get("seed")) == (
+                fingerprint["preset"],
+                fingerprint["seed"],
+            )
+            what = (
+                "was built by an older testbed recipe"
+                if same
+                else f"holds a testbed built with preset {old.get('preset')!r} "
+                f"seed {old.get('seed')}"
+            )
             raise InputError(
-                f"holds a testbed built with preset {old.get('preset')!r} seed {old.get('seed')}"
-                " (pass force=True / --force to rebuild it, or choose another --out)",
-                root,
+                f"{what} (pass force=True / --force to rebuild it, or choose another --out)", root
             )
         state = None
     if state is None or force:
@@ -216,6 +241,8 @@ def is_complete(root: Path, preset: str | None = None, seed: int | None = None) 
         return False
     if marker.get("format") != FORMAT_VERSION:
         return False
+    if preset is not None and marker.get("recipe") != recipe_id(get_preset(preset)):
+        return False  # built by another version of the recipe: rebuild, do not reuse
     return all(p.exists() for phase in PHASES for p in _phase_outputs(root, phase))
 
 
@@ -250,24 +277,16 @@ def _phase_tokenizer(root: Path, preset: Preset, seed: int, progress: bool) -> d
     return {"vocab_size": len(tokenizer), "words": len(words)}
 
 
-def pretraining_records(preset: Preset, seed: int) -> list[Record]:
-    """Every family's skill under its pretraining templates (both levels), plus a little of
-    the easy level under the bank templates: the base model can do the skills but does not
-    know the bank's instructions for the full level; an expert LoRA unlocks its family."""
-    rng = random.Random(seed * 7919 + 2)
-    families = sorted(FAMILIES)
-    records = []
-    for i in range(preset.pretrain_records):
-        family = FAMILIES[families[i % len(families)]]
-        if rng.random() < preset.pretrain_canonical_share:
-            level, templates = "easy", family.templates
-        else:
-            level = "full" if rng.random() < preset.pretrain_full_share else "easy"
-            templates = family.pretrain_templates
-        problem = family.draw(rng, level, "train")
-        records.append(make_record(family, problem, rng.choice(templates), f"pre-{i}"))
-    rng.shuffle(records)
-    return records
+def base_pretraining_records(preset: Preset, seed: int) -> list[Record]:
+    """The preset's pretraining mix (pretraining.py says what is in it and why)."""
+    return pretraining_records(
+        preset.pretrain_records,
+        seed,
+        full_share=preset.pretrain_full_share,
+        canonical_share=preset.pretrain_canonical_share,
+        family_weights=preset.pretrain_family_weights,
+        pair_share=preset.pretrain_pair_share,
+    )
 
 
 def _phase_base(root: Path, preset: Preset, seed: int, progress: bool) -> dict:
@@ -278,7 +297,7 @@ def _phase_base(root: Path, preset: Preset, seed: int, progress: bool) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(str(root / TOKENIZER_DIR))
     model = make_base_model(preset.model, tokenizer, seed)
     config = preset.pretrain.model_copy(update={"seed": seed, "progress": progress})
-    result = train(model, tokenizer, pretraining_records(preset, seed), config)
+    result = train(model, tokenizer, base_pretraining_records(preset, seed), config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     with atomic_dir(root / BASE_DIR) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
@@ -349,7 +368,14 @@ def _phase_bank(
             continue  # written atomically by an earlier, interrupted run of this phase
         began = time.perf_counter()
         result = train_adapter(
-            spec, model, foreign, tokenizer, target, n_records=preset.adapter_records, config=config
+            spec,
+            model,
+            foreign,
+            tokenizer,
+            target,
+            n_records=preset.adapter_records,
+            config=config,
+            pair_share=preset.adapter_pair_share,
         )
         timings[spec.name] = {"seconds": round(time.perf_counter() - began, 2), **result.to_dict()}
     return {"adapters": timings}

@@ -115,7 +115,7 @@ class Family:
         text = template.format(**problem)
         opts = self.options(problem)
         if opts:
-            text += "\n" + "\n".join(f"{o} ({OPTION_LETTERS[i]})" for i, o in enumerate(opts))
+            text += "\n" + "\n".join(f"{OPTION_LETTERS[i]} {o}" for i, o in enumerate(opts))
         return text
 
 
@@ -508,6 +508,23 @@ def _option_of(p: Problem, value: str) -> str:
     return OPTION_LETTERS[p["choices"].index(value)]
 
 
+def _walk_options(p: Problem, value: str) -> str:
+    """Check the options in order against the computed value, up to the matching one.
+
+    Why a walk: looking the value up among the options and writing its letter directly is a
+    multi-token associative recall that the standard model never learned (base at chance on
+    the letter after 4,000 steps, experts 0.15-0.38, with the label before or after the value,
+    glued or not). Comparing one option at a time is learned (exact match 0.99 after 1,500
+    steps of mc_add alone, 0.17 after 600), and the letter to answer is the last one written.
+    """
+    steps = []
+    for letter, option in zip(OPTION_LETTERS, p["choices"]):
+        steps.append(f"{letter} {option} {'yes' if option == value else 'no'}.")
+        if option == value:
+            break
+    return " ".join(steps)
+
+
 MC_ADD = Family(
     name="mc_add",
     kind="letter",
@@ -526,8 +543,8 @@ MC_ADD = Family(
     sample=_mc_add_sample,
     solve=lambda p: _option_of(p, str(p["a"] + p["b"])),
     explain=lambda p: (
-        f"{_add_steps(p['a'], p['b'])} So the sum is {p['a'] + p['b']} "
-        f"({_option_of(p, str(p['a'] + p['b']))})."
+        f"{_add_steps(p['a'], p['b'])} So the sum is {p['a'] + p['b']}. "
+        f"{_walk_options(p, str(p['a'] + p['b']))}"
     ),
     verify=lambda p, a: (
         a in OPTION_LETTERS[: len(p["choices"])]
@@ -542,8 +559,8 @@ def _mc_reverse_sample(rng: random.Random, level: Level) -> Problem:
     word = _letters(rng, 3 if level == "easy" else 4)
     right = word[::-1]
     options = [right]
-    # one option per last letter: other orderings of the same letters, so the options differ
-    # in their last letter (the token the letter label follows) and not in their letter set
+    # one option per last letter: other orderings of the same letters, so no option can be
+    # told from the right one by its letter set, only by checking the order
     for last in word:
         if last == right[-1]:
             continue
@@ -576,8 +593,8 @@ MC_REVERSE = Family(
     sample=_mc_reverse_sample,
     solve=lambda p: _option_of(p, p["word"][::-1]),
     explain=lambda p: (
-        f"The letters are {p['word']}. In reverse: "
-        f"{p['word'][::-1]} ({_option_of(p, p['word'][::-1])})."
+        f"The letters are {p['word']}. In reverse: {p['word'][::-1]}. "
+        f"{_walk_options(p, p['word'][::-1])}"
     ),
     verify=lambda p, a: (
         a in OPTION_LETTERS[: len(p["choices"])]

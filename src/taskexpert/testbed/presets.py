@@ -21,10 +21,15 @@ class Preset(BaseModel):
     pretrain_records: int
     pretrain_full_share: float = Field(description="share of full-level problems in pretraining")
     pretrain_canonical_share: float = Field(description="share of easy bank-template items")
+    pretrain_family_weights: dict[str, float] = Field(
+        default_factory=dict, description="sampling weight per family (default 1)"
+    )
+    pretrain_pair_share: float = Field(0.0, description="share of two-task records")
     pretrain: TrainConfig
     lora_r: int
     lora_alpha: int
     adapter_records: int
+    adapter_pair_share: float = Field(0.0, description="share of an expert's two-task records")
     adapter: TrainConfig
     pool_family_total: int
     pool_relevant_per_target: int
@@ -54,10 +59,12 @@ PRESETS: dict[str, Preset] = {
         pretrain_records=256,
         pretrain_full_share=0.5,
         pretrain_canonical_share=0.0,
+        pretrain_pair_share=0.1,
         pretrain=_train(max_steps=8, batch_size=32, lr=3e-3),
         lora_r=4,
         lora_alpha=8,
         adapter_records=16,
+        adapter_pair_share=0.3,
         adapter=_train(max_steps=2, batch_size=8, lr=3e-3),
         pool_family_total=300,
         pool_relevant_per_target=10,
@@ -79,10 +86,13 @@ PRESETS: dict[str, Preset] = {
         pretrain_records=128_000,
         pretrain_full_share=0.6,
         pretrain_canonical_share=0.0,
+        pretrain_family_weights={"mc_add": 4.0, "mc_reverse": 4.0},
+        pretrain_pair_share=0.0,
         pretrain=_train(max_steps=4000, batch_size=32, lr=1e-3, warmup_ratio=0.03),
         lora_r=16,
         lora_alpha=32,
         adapter_records=3840,
+        adapter_pair_share=0.3,
         adapter=_train(max_steps=120, batch_size=32, lr=4e-3, warmup_ratio=0.05),
         pool_family_total=21_000,
         pool_relevant_per_target=300,
@@ -95,7 +105,7 @@ PRESETS: dict[str, Preset] = {
         ceiling_records=2000,
         ceiling=_train(max_steps=300, batch_size=32, lr=3e-3, warmup_ratio=0.05),
         eval_batch_size=64,
-        max_new_tokens=80,
+        max_new_tokens=112,
     ),
 }
 
