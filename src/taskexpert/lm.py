@@ -124,7 +124,13 @@ def mean_nll(
     max_length: int = 1024,
 ) -> list[float]:
     """Mean NLL per example of target given prompt; exp of it is the example's perplexity."""
-    per_token = target_token_nlls(model, tokenizer, prompts, targets, batch_size, max_length)
+    return per_example_means(
+        target_token_nlls(model, tokenizer, prompts, targets, batch_size, max_length)
+    )
+
+
+def per_example_means(per_token: Sequence[Sequence[float]]) -> list[float]:
+    """Each example's mean token NLL (0 for an example with no target token)."""
     return [sum(x) / max(len(x), 1) for x in per_token]
 
 

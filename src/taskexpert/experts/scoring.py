@@ -30,6 +30,7 @@ from taskexpert.lm import (
     ensure_pad_token,
     generate_greedy,
     mean_nll,
+    per_example_means,
     target_token_nlls,
     token_nll,
 )
@@ -262,7 +263,7 @@ def score_model(
         batch_size=config.batch_size,
         max_length=config.max_length,
     )
-    nlls = [sum(x) / max(len(x), 1) for x in per_token]
+    nlls = per_example_means(per_token)
     rationale_nll, answer_nll = nlls[: len(task)], nlls[len(task) :]
     mismatch_nll = content_nll = None
     if task.mismatch_targets is not None:

@@ -6,12 +6,10 @@ expert LoRA has something to unlock (see families.py). Two additions over an eve
 - Family weights: the multiple-choice families need more steps than the others to learn their
   option walk (families.py, `_walk_options`), so a preset can weight them up.
 - Pairs: a share of the records asks two skills at once ("<task one> Also: <task two>"), both
-  in pretraining wording, answered with both rationales and "X Y". Without them, every model
-  only ever saw an operand at the end of a one-task prompt: on the two-skill targets even the
-  relevant expert could not copy its own operand (per-token NLL 5-12 on the letters of the
-  word it reverses, as high as the base), so neither reasoning perplexity nor a mixture of the
-  right experts could see anything. Pairs teach the base where a second task starts; the
-  targets' wording and the bank's still stay out of pretraining.
+  in pretraining wording, answered with both rationales and "X Y". `pair_record` also builds
+  the experts' two-task records (bank.py, `adapter_pair_share`), which is where the standard
+  preset uses it: pairs in pretraining (builds 3 and 4 in the testbed README) made the base
+  follow the bank's wording on more families, so `standard` keeps `pretrain_pair_share` at 0.
 """
 
 from __future__ import annotations
