@@ -100,7 +100,9 @@ def test_router_stats_and_aux_loss(make_experts, tiny_llama, input_ids):
 
 
 def test_padding_does_not_change_the_router_stats(make_experts, tiny_llama, char_tokenizer):
-    moe = attach_mixture(tiny_llama, make_experts([2, 2, 2, 2]), MoeConfig(top_k=2))
+    moe = attach_mixture(
+        tiny_llama, make_experts([2, 2, 2, 2]), MoeConfig(top_k=2, load_balancing_coef=0.01)
+    )
     texts = ["Route me to the right expert.", "2 + 2 = 4."]
     ids = [char_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
@@ -111,13 +113,14 @@ def test_padding_does_not_change_the_router_stats(make_experts, tiny_llama, char
         mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
         with torch.no_grad():
             moe(input_ids=batch, attention_mask=mask)
-        return router_stats(moe)
+        return {**router_stats(moe), "aux": float(mixture_aux_loss(moe))}
 
     tight, padded = stats_with_padding(0), stats_with_padding(12)
     assert tight["tokens"] == padded["tokens"] == sum(map(len, ids))
     assert tight["padding_excluded"] and padded["padding_excluded"]
     assert padded["entropy"] == pytest.approx(tight["entropy"], abs=1e-6)
     assert padded["load"] == pytest.approx(tight["load"], abs=1e-6)
+    assert padded["aux"] == pytest.approx(tight["aux"], abs=1e-7)  # the loss ignores padding
     with torch.no_grad():  # the same padded batch with its padding counted: other numbers
         moe(torch.tensor([row + [0] * (40 - len(row)) for row in ids]))
     unmasked = router_stats(moe)

@@ -78,6 +78,9 @@ class MixtureOfLoraLinear(nn.Module):
         self._last_chosen: torch.Tensor | None = None
         self._last_shape: tuple[int, ...] = ()
         self.last_aux_loss: torch.Tensor | None = None
+        # The [batch, length] attention mask of the model's current forward, set by the model's
+        # pre-hook (moe/model.py): the load-balancing loss leaves padding out with it.
+        self.attention_mask: torch.Tensor | None = None
 
     @property
     def num_experts(self) -> int:
@@ -149,12 +152,20 @@ class MixtureOfLoraLinear(nn.Module):
         self._last_probs, self._last_chosen = probs.detach(), chosen.detach()
         self.last_aux_loss = None
         if self.load_balancing_coef > 0:
-            # Switch Transformer: N * sum_e (share of dispatches to e) * (mean router prob of e).
-            load = counts.float() / chosen.numel()
-            self.last_aux_loss = (
-                self.load_balancing_coef * self.num_experts * (load * probs.mean(dim=0)).sum()
-            )
+            self.last_aux_loss = self._balancing_loss(probs, chosen)
         return gates.to(flat.dtype), chosen, counts
+
+    def _balancing_loss(self, probs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor | None:
+        """Switch Transformer: N * sum_e (share of dispatches to e) * (mean router prob of e),
+        over real tokens only: padding would pull the balance toward whatever it routes to."""
+        keep = None if self.attention_mask is None else self.token_mask(self.attention_mask)
+        if keep is not None:
+            probs, chosen = probs[keep], chosen[keep]
+        if probs.shape[0] == 0:
+            return None
+        counts = torch.bincount(chosen.reshape(-1), minlength=self.num_experts)
+        load = counts.float() / chosen.numel()
+        return self.load_balancing_coef * self.num_experts * (load * probs.mean(dim=0)).sum()
 
     def _dense_mix(self, flat: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         """Every expert on every token, weighted by gates [T, N] (used when k = N)."""

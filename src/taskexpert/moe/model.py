@@ -143,12 +143,16 @@ def _check_adapters(model: nn.Module, adapters: Sequence[LoraAdapter]) -> list[s
 
 
 def _remember_attention_mask(model: nn.Module, args: tuple, kwargs: dict) -> None:
-    """Forward pre-hook: keep this forward's attention mask (None without one) for the stats.
+    """Forward pre-hook: keep this forward's attention mask (None without one) for the stats
+    and hand it to the mixture layers for their load-balancing loss.
 
     Hugging Face causal LMs take it as `attention_mask`, by keyword or second positionally.
     """
     mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-    setattr(model, MASK_ATTR, mask.detach() if isinstance(mask, torch.Tensor) else None)
+    mask = mask.detach() if isinstance(mask, torch.Tensor) else None
+    setattr(model, MASK_ATTR, mask)
+    for layer in mixture_layers(model).values():
+        layer.attention_mask = mask  # the load-balancing loss leaves padding out
 
 
 def install_mixture(model: nn.Module, config: MoeConfig, experts: Mapping[str, Experts]) -> None:
