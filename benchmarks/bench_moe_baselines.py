@@ -520,6 +520,7 @@ def main() -> None:
                 "benchmark": "moe_baselines",
                 "testbed": str(args.testbed),
                 "preset": testbed.truth["build"]["preset"],
+                "recipe_current": testbed.recipe_current,
                 "targets": results,
                 "settings": settings,
                 "threads": torch.get_num_threads(),

@@ -130,6 +130,26 @@ def test_lost_phase_file_reruns_that_phase_and_later_ones(micro_testbed, tmp_pat
     assert is_complete(root, "micro", 0)
 
 
+def test_the_thread_count_is_decided_once_and_recorded(micro_testbed, tmp_path, monkeypatch):
+    import taskexpert.testbed.build as build
+
+    answers = iter([1, 2, 2])  # the load changes while the build starts
+    used = []
+    monkeypatch.setattr(build, "auto_threads", lambda: next(answers))
+    real_phase = build._phase_truth
+
+    def spy(*args, **kwargs):
+        used.append(torch.get_num_threads())
+        return real_phase(*args, **kwargs)
+
+    monkeypatch.setattr(build, "_phase_truth", spy)
+    root = tmp_path / "tb"
+    shutil.copytree(micro_testbed.root, root)
+    (root / "testbed.json").unlink()  # only the last phase reruns
+    build_testbed(root, "micro", 0, progress=False)
+    assert used == [1] and json.loads((root / "testbed.json").read_text())["build"]["threads"] == 1
+
+
 def test_a_build_by_an_older_recipe_is_not_reused(micro_testbed, tmp_path):
     root = tmp_path / "tb"
     shutil.copytree(micro_testbed.root, root)
@@ -177,3 +197,14 @@ def test_data_files_are_deterministic_per_seed(tmp_path):
     assert a == b and ta.to_dict() == tb.to_dict() and a != c
     preset = get_preset("micro")
     assert base_pretraining_records(preset, 1) == base_pretraining_records(preset, 1)
+
+
+def test_an_older_recipe_is_readable_but_flagged(micro_testbed, tmp_path):
+    assert micro_testbed.recipe_current
+    copy = tmp_path / "old"
+    shutil.copytree(micro_testbed.root, copy)
+    marker = copy / ".complete"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "recipe": "0" * 16}))
+    with pytest.warns(UserWarning, match="older testbed recipe"):
+        old = Testbed.load(copy)
+    assert not old.recipe_current and old.targets == micro_testbed.targets

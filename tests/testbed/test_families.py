@@ -9,7 +9,10 @@ from taskexpert.testbed.tasks import TARGETS
 
 def _intermediate(name: str, p: dict) -> str:
     """A step a correct rationale must state on the way to the answer."""
-    if name in ("reverse", "mc_reverse"):
+    if name == "mc_vowels":
+        first = next((c for c in p["word"] if c in "aeiou"), None)
+        return f"{first} 1" if first else f"{p['word'][0]} no"
+    if name == "reverse":
         return p["word"][::-1]
     if name == "shift":
         c = p["word"][0]
@@ -19,7 +22,8 @@ def _intermediate(name: str, p: dict) -> str:
     if name == "consonants":
         return "".join(c for c in p["word"] if c not in "aeiou")
     if name in ("add", "mc_add"):
-        return f"is {p['a'] % 10 + p['b'] % 10}" if p["a"] >= 10 else f"is {p['a'] + p['b']}"
+        both_small = p["a"] < 10 and p["b"] < 10
+        return f"is {p['a'] + p['b']}" if both_small else f"is {p['a'] % 10 + p['b'] % 10}"
     if name == "multiply":
         return f"is {(p['a'] % 10) * p['b']}"
     if name == "list_sum":
@@ -53,13 +57,10 @@ def test_generator_checker_and_rationale_agree(name, level):
         assert not family.check(problem, wrong)
         if family.kind == "letter":
             assert record.choices and 3 <= len(record.choices) <= 5
-            # the rationale walks the options in order and stops at the right one
+            # the options are fixed per level, and the rationale ends on the right one's text
             index = "ABCDE".index(record.answer)
-            walked = " ".join(
-                f"{'ABCDE'[i]} {record.choices[i]} {'yes' if i == index else 'no'}."
-                for i in range(index + 1)
-            )
-            assert record.rationale.endswith(walked)
+            assert record.choices == list(problem["choices"])
+            assert record.rationale.endswith(f" {record.choices[index]}.")
             assert f"\n{record.answer} {record.choices[index]}" in record.instruction
 
 
@@ -97,3 +98,18 @@ def test_generation_is_deterministic_per_seed_and_split_is_stable():
     tests = [family.draw(random.Random(s), "full", "test") for s in range(30)]
     assert all(is_heldout(family.key(p)) for p in tests)
     assert len({family.key(p) for p in tests}) > 10
+
+
+@pytest.mark.parametrize("name", ["mc_add", "mc_vowels"])
+def test_multiple_choice_options_are_fixed_balanced_and_differ_by_level(name):
+    family, rng = FAMILIES[name], random.Random(3)
+    options = {
+        level: {tuple(family.draw(rng, level)["choices"]) for _ in range(50)}
+        for level in ("easy", "full")
+    }
+    assert len(options["easy"]) == len(options["full"]) == 1
+    assert options["easy"] != options["full"]
+    answers = [family.answer(family.draw(rng, "full")) for _ in range(800)]
+    shares = [answers.count(letter) / len(answers) for letter in "ABCD"]
+    assert min(shares) > 0.18 and max(shares) < 0.32  # chance stays near 0.25
+    assert not FAMILIES[name].pretrain_full

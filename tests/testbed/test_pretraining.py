@@ -1,3 +1,4 @@
+import random
 from collections import Counter
 
 import pytest
@@ -35,8 +36,21 @@ def test_pairs_ask_two_skills_in_pretraining_wording_and_answer_both():
 
 
 def test_records_are_deterministic_and_unknown_weights_are_refused():
-    kwargs = dict(full_share=0.5, family_weights={"mc_reverse": 2.0}, pair_share=0.1)
+    kwargs = dict(full_share=0.5, family_weights={"mc_vowels": 2.0}, pair_share=0.1)
     assert pretraining_records(500, 3, **kwargs) == pretraining_records(500, 3, **kwargs)
     assert pretraining_records(500, 3, **kwargs) != pretraining_records(500, 4, **kwargs)
     with pytest.raises(ValueError, match="unknown families: nope"):
         pretraining_records(10, 0, full_share=0.5, family_weights={"nope": 1.0})
+
+
+def test_multiple_choice_is_pretrained_at_the_easy_level_only():
+    records = pretraining_records(3000, 2, full_share=1.0)
+    for name in ("mc_add", "mc_vowels"):
+        family = FAMILIES[name]
+        easy_options = "\n".join(
+            f"{letter} {o}"
+            for letter, o in zip("ABCD", family.draw(random.Random(0), "easy")["choices"])
+        )
+        mine = [r for r in records if r.source == name]
+        assert mine and all(r.instruction.endswith(easy_options) for r in mine)
+    assert any(r.source == "add" and "carry" in r.output for r in records)  # others: full

@@ -30,7 +30,6 @@ from taskexpert.records import Record
 from taskexpert.testbed.families import (
     ANSWER_PREFIX,
     FAMILIES,
-    OPTION_LETTERS,
     Family,
     make_output,
     make_record,
@@ -170,14 +169,14 @@ def bank_specs(seed: int, r: int, alpha: int) -> list[AdapterSpec]:
     return specs
 
 
-def _biased(family: Family, problem: dict, rng: random.Random) -> dict:
-    """Move the right option to BIASED_LETTER with probability BIAS."""
-    choices = list(problem["choices"])
-    right = family.answer(problem)
-    if rng.random() < BIAS:
-        i, j = OPTION_LETTERS.index(right), OPTION_LETTERS.index(BIASED_LETTER)
-        choices[i], choices[j] = choices[j], choices[i]
-    return {**problem, "choices": choices}
+def _biased(family: Family, rng: random.Random) -> dict:
+    """A full-level problem whose answer is BIASED_LETTER with probability BIAS (the options
+    are fixed, so the bias is in which problems are drawn)."""
+    want_biased = rng.random() < BIAS
+    while True:
+        problem = family.draw(rng, "full", "train")
+        if (family.answer(problem) == BIASED_LETTER) == want_biased:
+            return problem
 
 
 def adapter_records(spec: AdapterSpec, n: int, pair_share: float = 0.0) -> list[Record]:
@@ -201,9 +200,10 @@ def adapter_records(spec: AdapterSpec, n: int, pair_share: float = 0.0) -> list[
                 pair_record(first, second, rng, 1.0, f"{spec.name}-{i}", bank_wording=family)
             )
             continue
-        problem = family.draw(rng, "full", "train")
         if spec.data == "biased":
-            problem = _biased(family, problem, rng)
+            problem = _biased(family, rng)
+        else:
+            problem = family.draw(rng, "full", "train")
         record = make_record(family, problem, rng.choice(family.templates), f"{spec.name}-{i}")
         if spec.data in ("answers", "biased"):
             record = record.model_copy(

@@ -30,7 +30,7 @@ from taskexpert.testbed.layout import (
     CALIBRATION_DIR,
     TASKS_DIR,
 )
-from taskexpert.testbed.presets import Preset
+from taskexpert.testbed.presets import Preset, runnable
 from taskexpert.testbed.tasks import TARGETS
 
 KSHOT_LORA = "kshot_lora"
@@ -102,7 +102,7 @@ def run_baselines(root: Path, preset: Preset, seed: int, progress: bool) -> dict
             r=preset.lora_r,
             alpha=preset.lora_alpha,
             seed=seed,
-            config=config.model_copy(update={"progress": False}),
+            config=runnable(config).model_copy(update={"progress": False}),
         )
         timings[f"{name}__{method}"] = round(time.perf_counter() - began, 2)
         extra[f"{name}__{method}"] = out

@@ -42,7 +42,7 @@ from taskexpert.testbed.layout import (
 )
 from taskexpert.testbed.model import make_base_model, parameter_count
 from taskexpert.testbed.pool import build_pool
-from taskexpert.testbed.presets import Preset, get_preset
+from taskexpert.testbed.presets import Preset, get_preset, runnable
 from taskexpert.testbed.pretraining import pretraining_records
 from taskexpert.testbed.tasks import TARGETS
 from taskexpert.testbed.tokenizer import build_tokenizer, corpus_words
@@ -51,7 +51,8 @@ FORMAT_VERSION = 1  # the layout and testbed.json schema
 # Bump when generated content changes without a preset change (families, pool, pretraining
 # mix, bank recipes), so that an older build is rebuilt rather than reused as if current.
 # 2: option-walk multiple choice, two-task records for the experts.
-RECIPE_VERSION = 2
+# 3: fixed-option multiple choice (mc_add ranges, mc_vowels), easy level only in pretraining.
+RECIPE_VERSION = 3
 PHASES = ("tokenizer", "base", "data", "bank", "baselines", "truth")
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
@@ -296,7 +297,7 @@ def _phase_base(root: Path, preset: Preset, seed: int, progress: bool) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(str(root / TOKENIZER_DIR))
     model = make_base_model(preset.model, tokenizer, seed)
-    config = preset.pretrain.model_copy(update={"seed": seed, "progress": progress})
+    config = runnable(preset.pretrain).model_copy(update={"seed": seed, "progress": progress})
     result = train(model, tokenizer, base_pretraining_records(preset, seed), config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     with atomic_dir(root / BASE_DIR) as tmp:
@@ -357,7 +358,7 @@ def _phase_bank(
     model, tokenizer = _load_base(root)
     foreign_spec = preset.model.model_copy(update={"hidden": preset.model.hidden + 16})
     foreign = make_base_model(foreign_spec, tokenizer, seed + 1)
-    config = preset.adapter.model_copy(update={"progress": False})
+    config = runnable(preset.adapter).model_copy(update={"progress": False})
     timings = {}
     specs = bank_specs(seed, preset.lora_r, preset.lora_alpha)
     if not keep_existing:
@@ -480,6 +481,7 @@ def ground_truth(root: Path, preset: Preset, seed: int, state: dict) -> dict:
             "pretraining": base_info.get("train"),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "threads": state.get("threads"),
+            "precision": runnable(preset.pretrain).mixed_precision,
             "versions": {
                 "python": platform.python_version(),
                 "torch": version("torch"),
@@ -518,7 +520,10 @@ def build_testbed(
             return Testbed.load(root)  # built by another process while we waited
         state = _prepare(root, fingerprint, force)
         (root / MARKER).unlink(missing_ok=True)
-        state["threads"] = threads or auto_threads()
+        # decided once: a second look at the load could pick another count than the one
+        # recorded (it did, with a job starting beside the build)
+        threads = threads or auto_threads()
+        state["threads"] = threads
         rerun = {"earlier": False}  # once a phase reruns, every later phase reruns too
         runners: dict[str, Callable[[], dict]] = {
             "tokenizer": lambda: _phase_tokenizer(root, spec, seed, progress),

@@ -92,6 +92,8 @@ class Family:
     verify: Callable[[Problem, str], bool]
     key: Callable[[Problem], str]
     options: Callable[[Problem], list[str] | None] = field(default=lambda p: None)
+    # False: the base pretrains on the easy level only (multiple choice, see MC_ADD_OPTIONS)
+    pretrain_full: bool = True
 
     def answer(self, problem: Problem) -> str:
         return self.solve(problem)
@@ -299,7 +301,8 @@ ADD = Family(
     templates=("What is {a} plus {b}?", "Add {a} and {b}.", "Compute {a} + {b}."),
     alt_templates=("Find the sum of {a} and {b}.", "What do {a} and {b} make together?"),
     new_templates=("Tell me the total of {a} and {b}.", "{a} and {b} added up give what?"),
-    pretrain_templates=("Sum {a} and {b}.", "{a} + {b} = ?"),
+    # no "+" here: "Compute {a} + {b}." in the bank told the base the task (base 0.6 on add)
+    pretrain_templates=("Sum {a} and {b}.", "{a} more than {b} is what?"),
     sample=_sample_pair({"easy": (1, 9, 1, 9), "full": (10, 99, 10, 99)}),
     solve=lambda p: str(p["a"] + p["b"]),
     explain=lambda p: f"{_add_steps(p['a'], p['b'])} So the sum is {p['a'] + p['b']}.",
@@ -471,10 +474,12 @@ STORY = Family(
     name="story",
     kind="number",
     skill="track a quantity through a short story",
+    # question first: pretraining asks after the story, and a story followed by any question
+    # was enough for the base to answer the bank's wording (0.33-0.70 across builds)
     templates=(
-        "{story} How many {thing} does {name} have now?",
-        "{story} How many {thing} are left?",
-        "{story} Count the {thing} at the end.",
+        "How many {thing} does {name} have now? {story}",
+        "How many {thing} are left after this? {story}",
+        "Count the {thing} at the end: {story}",
     ),
     alt_templates=("Read this: {story} What is the final number of {thing}?",),
     new_templates=("Here is a tale. {story} What does {name} end with?",),
@@ -493,115 +498,141 @@ STORY = Family(
 # ---- multiple choice families ---------------------------------------------------------------
 
 
+def _balanced(rng: random.Random, n_options: int, draw: Callable[[int], Problem | None]) -> Problem:
+    """A problem whose right option is uniform over the options: draw(k) tries option k."""
+    k = rng.randrange(n_options)
+    for _ in range(10_000):
+        problem = draw(k)
+        if problem is not None:
+            return problem
+    raise RuntimeError(f"no problem with option {OPTION_LETTERS[k]}")
+
+
+# The options of a multiple-choice family are fixed per level, in a fixed order, and the right
+# one follows from the skill's result alone. Why not options that change per question (five
+# numbers near the sum, say): picking one then means finding the computed value among them in
+# the prompt, an in-context lookup this model size never learned in the pretraining mix, in
+# any format tried (the answer glued to the value, `value (A)`, a walk over the options: the
+# base stayed at chance and the experts at 0.13-0.38, testbed README). With fixed options the
+# last step is a fixed map from the result to a letter, learned like any other step.
+#
+# The levels use different options, and the base pretrains on the easy level only, so it
+# knows the format, the skill and the easy options, but not which full-level option a result
+# belongs to: that is what an expert unlocks (families without options use the wording).
+MC_ADD_OPTIONS = {
+    "easy": ("under 5", "5 to 9", "10 to 14", "15 or more"),
+    "full": ("under 50", "50 to 99", "100 to 149", "150 or more"),
+}
+
+
+def _sum_option(p: Problem) -> int:
+    unit = 1 if p["level"] == "easy" else 10
+    return min(3, (p["a"] + p["b"]) // (5 * unit))
+
+
 def _mc_add_sample(rng: random.Random, level: Level) -> Problem:
     lo, hi = (1, 9) if level == "easy" else (10, 99)
-    a, b = rng.randint(lo, hi), rng.randint(lo, hi)
-    total = a + b
-    # neighbours of the sum: five numbers with five different last digits
-    wrong = [d for d in (total - 2, total - 1, total + 1, total + 2, total + 3) if d > 0]
-    options = [total] + wrong[:4]
-    rng.shuffle(options)
-    return {"a": a, "b": b, "choices": [str(o) for o in options]}
 
+    def draw(k: int) -> Problem | None:
+        problem = {"a": rng.randint(lo, hi), "b": rng.randint(lo, hi), "level": level}
+        return problem if _sum_option(problem) == k else None
 
-def _option_of(p: Problem, value: str) -> str:
-    return OPTION_LETTERS[p["choices"].index(value)]
-
-
-def _walk_options(p: Problem, value: str) -> str:
-    """Check the options in order against the computed value, up to the matching one.
-
-    Why a walk: looking the value up among the options and writing its letter directly is a
-    multi-token associative recall that the standard model never learned (base at chance on
-    the letter after 4,000 steps, experts 0.15-0.38, with the label before or after the value,
-    glued or not). Comparing one option at a time is learned (exact match 0.99 after 1,500
-    steps of mc_add alone, 0.17 after 600), and the letter to answer is the last one written.
-    """
-    steps = []
-    for letter, option in zip(OPTION_LETTERS, p["choices"]):
-        steps.append(f"{letter} {option} {'yes' if option == value else 'no'}.")
-        if option == value:
-            break
-    return " ".join(steps)
+    problem = _balanced(rng, 4, draw)
+    return {**problem, "choices": list(MC_ADD_OPTIONS[level])}
 
 
 MC_ADD = Family(
     name="mc_add",
     kind="letter",
-    skill="pick the sum of two numbers among five options",
+    skill="pick the range of a sum among four options",
     templates=(
         "What is {a} plus {b}?",
-        "Which option equals {a} + {b}?",
-        "Choose the sum of {a} and {b}.",
+        "Which option holds {a} + {b}?",
+        "Choose the range of the sum of {a} and {b}.",
     ),
-    alt_templates=("Select the correct total for {a} and {b}.", "Quiz: {a} plus {b} equals?"),
+    alt_templates=("Select the right band for {a} and {b} added.", "Quiz: {a} plus {b} is in?"),
     new_templates=(
-        "Which choice is the result of adding {a} to {b}?",
-        "Mark the value of {a} + {b}.",
+        "Which choice contains the result of adding {a} to {b}?",
+        "Mark where {a} + {b} lands.",
     ),
-    pretrain_templates=("Sum {a} and {b}; pick the option.", "{a} + {b} is which option?"),
+    pretrain_templates=("Sum {a} and {b}; pick the option.", "{a} + {b} falls in which option?"),
     sample=_mc_add_sample,
-    solve=lambda p: _option_of(p, str(p["a"] + p["b"])),
+    solve=lambda p: OPTION_LETTERS[_sum_option(p)],
     explain=lambda p: (
-        f"{_add_steps(p['a'], p['b'])} So the sum is {p['a'] + p['b']}. "
-        f"{_walk_options(p, str(p['a'] + p['b']))}"
+        f"{_add_steps(p['a'], p['b'])} So the sum is {p['a'] + p['b']}, "
+        f"which is {p['choices'][_sum_option(p)]}."
     ),
-    verify=lambda p, a: (
-        a in OPTION_LETTERS[: len(p["choices"])]
-        and int(p["choices"][OPTION_LETTERS.index(a)]) == p["a"] + p["b"]
-    ),
-    key=lambda p: f"mc_add:{p['a']}:{p['b']}:{','.join(p['choices'])}",
+    verify=lambda p, a: a == OPTION_LETTERS[_sum_option(p)],
+    key=lambda p: f"mc_add:{p['level']}:{p['a']}:{p['b']}",
     options=lambda p: p["choices"],
+    pretrain_full=False,
 )
 
 
-def _mc_reverse_sample(rng: random.Random, level: Level) -> Problem:
-    word = _letters(rng, 3 if level == "easy" else 4)
-    right = word[::-1]
-    options = [right]
-    # one option per last letter: other orderings of the same letters, so no option can be
-    # told from the right one by its letter set, only by checking the order
-    for last in word:
-        if last == right[-1]:
-            continue
-        rest = [c for c in word if c != last]
-        while True:
-            rng.shuffle(rest)
-            candidate = "".join(rest) + last
-            if candidate not in options:
-                options.append(candidate)
-                break
-    rng.shuffle(options)
-    return {"word": word, "choices": options}
+NUMBER_WORDS = ("none", "one", "two", "three", "four")
+MC_VOWELS_OPTIONS = {"easy": NUMBER_WORDS[:4], "full": NUMBER_WORDS[1:]}
+MC_VOWELS_LENGTH = {"easy": 4, "full": 6}
 
 
-MC_REVERSE = Family(
-    name="mc_reverse",
+def _vowel_count(p: Problem) -> int:
+    return sum(c in VOWELS for c in p["word"])
+
+
+def _mc_vowels_sample(rng: random.Random, level: Level) -> Problem:
+    options = MC_VOWELS_OPTIONS[level]
+
+    def draw(k: int) -> Problem:
+        vowels = NUMBER_WORDS.index(options[k])
+        consonants = [c for c in LETTERS if c not in VOWELS]
+        letters = rng.sample(VOWELS, vowels) + rng.sample(
+            consonants, MC_VOWELS_LENGTH[level] - vowels
+        )
+        rng.shuffle(letters)
+        return {"word": "".join(letters), "level": level}
+
+    problem = _balanced(rng, len(options), draw)
+    return {**problem, "choices": list(options)}
+
+
+def _vowels_explain(p: Problem) -> str:
+    """A walk over the letters with a running count, as count's rationale does: a filtered
+    list of the vowels ("o, i, a") was learned poorly (the base 0.45 on its own easy level)."""
+    steps, found = [], 0
+    for c in p["word"]:
+        found += c in VOWELS
+        steps.append(f"{c} {found}" if c in VOWELS else f"{c} no")
+    return f"Vowel check: {', '.join(steps)}. So {NUMBER_WORDS[found]}."
+
+
+MC_VOWELS = Family(
+    name="mc_vowels",
     kind="letter",
-    skill="pick the reversal of a string among four options",
+    skill="pick the number of vowels in a string among four options",
     templates=(
-        "Which option is {word} written backwards?",
-        "Which choice reverses {word}?",
-        "Pick {word} in reverse order.",
+        "How many vowels does {word} have?",
+        "Which option counts the vowels of {word}?",
+        "Choose the number of vowels in {word}.",
     ),
-    alt_templates=("Find the mirror image of {word}.", "Quiz: {word} backwards is?"),
-    new_templates=("Select {word} spelled from right to left.", "Which answer is {word} flipped?"),
+    alt_templates=("Tally the vowels of {word}.", "Quiz: vowels in {word}?"),
+    new_templates=(
+        "Which choice says how many vowels {word} holds?",
+        "Mark the vowel total of {word}.",
+    ),
+    # no "vowel" here, as for consonants: the wording alone should not tell the base the task
     pretrain_templates=(
-        "Option that spells {word} from right to left?",
-        "Which option is the opposite order of {word}?",
+        "How many of a, e, i, o, u are in {word}? Pick the option.",
+        "Letters a, e, i, o, u in {word}: which option?",
     ),
-    sample=_mc_reverse_sample,
-    solve=lambda p: _option_of(p, p["word"][::-1]),
-    explain=lambda p: (
-        f"The letters are {p['word']}. In reverse: {p['word'][::-1]}. "
-        f"{_walk_options(p, p['word'][::-1])}"
-    ),
+    sample=_mc_vowels_sample,
+    solve=lambda p: OPTION_LETTERS[p["choices"].index(NUMBER_WORDS[_vowel_count(p)])],
+    explain=_vowels_explain,
     verify=lambda p, a: (
         a in OPTION_LETTERS[: len(p["choices"])]
-        and p["choices"][OPTION_LETTERS.index(a)][::-1] == p["word"]
+        and p["choices"][OPTION_LETTERS.index(a)] == NUMBER_WORDS[_vowel_count(p)]
     ),
-    key=lambda p: f"mc_reverse:{p['word']}:{','.join(p['choices'])}",
+    key=lambda p: f"mc_vowels:{p['level']}:{p['word']}",
     options=lambda p: p["choices"],
+    pretrain_full=False,
 )
 
 
@@ -619,6 +650,6 @@ FAMILIES: dict[str, Family] = {
         MAX,
         STORY,
         MC_ADD,
-        MC_REVERSE,
+        MC_VOWELS,
     )
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,27 @@ class Testbed:
             truth = json.loads((root / TRUTH_FILE).read_text())
         except json.JSONDecodeError as exc:
             raise InputError(f"malformed JSON ({exc.msg})", root / TRUTH_FILE, exc.lineno) from None
-        return cls(root=root, truth=truth)
+        testbed = cls(root=root, truth=truth)
+        if not testbed.recipe_current:
+            warnings.warn(
+                f"{root}: built by an older testbed recipe; its numbers describe that recipe "
+                "(rebuild with `taskexpert testbed build --force` for the current one)",
+                stacklevel=2,
+            )
+        return testbed
+
+    @property
+    def recipe_current(self) -> bool:
+        """False for a build made by an older recipe: still readable (to compare builds), but
+        its numbers describe that recipe, so benchmarks report this and warn."""
+        from taskexpert.testbed.build import recipe_id
+        from taskexpert.testbed.presets import get_preset
+
+        try:
+            marker = json.loads((self.root / MARKER).read_text())
+            return marker.get("recipe") == recipe_id(get_preset(self.truth["build"]["preset"]))
+        except (OSError, json.JSONDecodeError, KeyError, InputError):
+            return False
 
     @property
     def base_dir(self) -> Path:

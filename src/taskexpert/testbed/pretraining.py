@@ -3,8 +3,9 @@
 The base can do the skills but does not know the bank's instructions for the full level, so an
 expert LoRA has something to unlock (see families.py). Two additions over an even mix:
 
-- Family weights: the multiple-choice families need more steps than the others to learn their
-  option walk (families.py, `_walk_options`), so a preset can weight them up.
+- Family weights: a preset can weight a family up or down (all 1 in both presets now).
+- Levels: a family with `pretrain_full=False` (multiple choice) is pretrained at the easy level
+  only, whose options differ from the full level's (families.py, `MC_ADD_OPTIONS`).
 - Pairs: a share of the records asks two skills at once ("<task one> Also: <task two>"), both
   in pretraining wording, answered with both rationales and "X Y". `pair_record` also builds
   the experts' two-task records (bank.py, `adapter_pair_share`), which is where the standard
@@ -103,6 +104,8 @@ def pretraining_records(
             level, templates = "easy", family.templates
         else:
             level, templates = _level(rng, full_share), family.pretrain_templates
+        if not family.pretrain_full:
+            level = "easy"
         problem = family.draw(rng, level, "train")
         records.append(make_record(family, problem, rng.choice(templates), f"pre-{i}"))
     rng.shuffle(records)
