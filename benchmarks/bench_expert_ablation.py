@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from taskexpert.bank import load_bank
+from taskexpert.errors import TaskexpertError
 from taskexpert.experts.diversity import similarity_matrix
 from taskexpert.experts.grouping import GroupingConfig, choose_group
 from taskexpert.experts.scoring import (
@@ -48,7 +49,14 @@ from taskexpert.records import load_records
 # indicator name -> (perplexity measure or None, its weight)
 # group modes: plain top-N, the paper's diversity rule, the coverage objective, and both with
 # adapters whose perplexity is above the base model's dropped first ("<base")
-MODES = ("", "+diversity", "+coverage", "+diversity+ppl<base", "+coverage+ppl<base")
+MODES = (
+    "",
+    "+diversity",
+    "+coverage",
+    "+diversity+ppl<base",
+    "+coverage+ppl<base",
+    "+coverage+shrink+ppl<base",
+)
 INDICATORS = {
     "em": None,
     "em+ppl": "ppl",
@@ -137,6 +145,7 @@ def summarise(runs: list[dict]) -> dict:
     unforced = [r for r in with_guessers if not r["guesser_forced"]]
     with_duplicates = [r for r in runs if r["has_duplicates"]]
     return {
+        "targets_without_group": sum(r["no_group"] is not None for r in runs),
         "relevant_recall": round(statistics.mean(r["relevant_recall"] for r in runs), 4),
         "skill_coverage": round(statistics.mean(r["skill_coverage"] for r in runs), 4),
         "guesser_pick_rate_unforced": round(
@@ -246,19 +255,25 @@ def run(args) -> dict:
                     objective="coverage" if "+coverage" in mode else "diversity",
                     tolerance=args.tolerance,
                     drop_above_base_perplexity="<base" in mode,
+                    shrink="+shrink" in mode,
                 )
-                choice = choose_group(
-                    em,
-                    perplexity,
-                    similarity["delta"],
-                    grouping,
-                    scores[BASE_ROW].em,
-                    token_nll={n: scores[n].rationale_token_nll for n in names},
-                    base_perplexity=None
-                    if measure_name is None
-                    else measure(scores, BASE_ROW, measure_name),
-                )
-                metrics = group_metrics(choice.chosen, target, adapters_truth)
+                try:
+                    chosen = choose_group(
+                        em,
+                        perplexity,
+                        similarity["delta"],
+                        grouping,
+                        scores[BASE_ROW].em,
+                        token_nll={n: scores[n].rationale_token_nll for n in names},
+                        base_perplexity=None
+                        if measure_name is None
+                        else measure(scores, BASE_ROW, measure_name),
+                    ).chosen
+                    failure = None
+                except TaskexpertError as exc:  # the rule's filters left no adapter: no group
+                    chosen, failure = [], str(exc)
+                metrics = group_metrics(chosen, target, adapters_truth)
+                metrics["no_group"] = failure
                 metrics["has_guessers"] = bool(target["guessers"])
                 metrics["guesser_forced"] = forced
                 metrics["has_duplicates"] = any(
@@ -267,7 +282,8 @@ def run(args) -> dict:
                 )
                 per_rule.setdefault(rule, []).append(metrics)
                 target_runs[rule] = {
-                    k: metrics[k] for k in ("chosen", "guessers", "mimic", "skill_coverage")
+                    k: metrics[k]
+                    for k in ("chosen", "guessers", "mimic", "skill_coverage", "no_group")
                 }
         per_target[target_name] = {
             "kshot": len(task),
@@ -282,6 +298,7 @@ def run(args) -> dict:
         "benchmark": "expert_ablation",
         "testbed": str(args.testbed),
         "preset": truth["build"]["preset"],
+        "recipe_current": testbed.recipe_current,
         "n": args.n,
         "targets": targets,
         "rejected": bank.rejected,

@@ -147,3 +147,33 @@ def test_choose_group_with_the_coverage_objective_explains_itself():
         choose_group(em, rppl, None, config, base_em=0.0)
     with pytest.raises(ValueError, match="objective"):
         GroupingConfig(objective="magic").candidates()
+
+
+def test_shrink_leaves_out_members_the_router_would_hardly_use():
+    bank = two_skill_bank()
+    names = ["x", "y", "guesser", "generalist"]
+    table = TokenTable([bank[n] for n in names])
+    full, _, _ = best_covering_group(table, 4)
+    assert len(full) == 4  # without shrink, N is a quota: the guesser and generalist fill it
+    group, search, relaxed = best_covering_group(table, 4, tolerance=0.02, shrink=True)
+    assert sorted(names[i] for i in group) == ["x", "y"] and not relaxed
+    assert "within 2% of the best 4-group" in search
+    # one expert alone is far from the pair, so the group does not shrink below what it needs
+    assert table.routed_perplexity([names.index("x")]) > 1.02 * table.routed_perplexity(group)
+    # with exhaustive search off, the greedy path gives the same group
+    greedy, how, _ = best_covering_group(table, 4, tolerance=0.02, shrink=True, exhaustive_limit=1)
+    assert sorted(names[i] for i in greedy) == ["x", "y"] and "greedy" in how
+
+
+def test_choose_group_shrinks_only_when_asked():
+    bank = two_skill_bank()
+    em = {n: 0.5 for n in bank}
+    rppl = {n: 2.0 for n in bank}
+    token_nll = dict(bank)
+    base = dict(objective="coverage", n=4, m=5, coverage_tolerance=0.02)
+    kept = choose_group(em, rppl, None, GroupingConfig(**base), base_em=0.0, token_nll=token_nll)
+    shrunk = choose_group(
+        em, rppl, None, GroupingConfig(**base, shrink=True), base_em=0.0, token_nll=token_nll
+    )
+    assert len(kept.chosen) == 4
+    assert set(shrunk.chosen) in ({"x", "y"}, {"x2", "y"}) and "smallest group" in shrunk.reason

@@ -124,6 +124,12 @@ def main(
         help="With coverage: groups within this relative slack of the lowest routed "
         "perplexity qualify, and the least similar wins.",
     ),
+    shrink: bool = typer.Option(
+        False,
+        "--shrink",
+        help="With coverage: the smallest group within the slack of the best N-group, so a "
+        "member the router would hardly use is left out (N becomes a ceiling).",
+    ),
     keep_below_base: bool = typer.Option(
         False, "--keep-below-base", help="Keep adapters whose EM is below the base model's."
     ),
@@ -177,6 +183,7 @@ def main(
         diversity=not no_diversity,
         group_objective=group_objective,
         coverage_tolerance=coverage_tolerance,
+        shrink=shrink,
         drop_below_base=not keep_below_base,
         drop_above_base_perplexity=drop_above_base_perplexity,
         max_pair_similarity=None if max_pair_similarity >= 1 else max_pair_similarity,

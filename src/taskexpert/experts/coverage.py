@@ -17,7 +17,11 @@ err on different tokens, and the oracle router takes the better of the two on ea
 minimum put both reverse experts in one group on the testbed. A small relative tolerance
 (default 2%) then prefers the least similar group among those within it of the lowest value,
 as the paper's rule does with quality. Exhaustive over C(M, N) when that is small, greedy
-(always the member that lowers it most) with 1-swap refinement beyond.
+(always the member that lowers it most) with 1-swap refinement beyond. Optionally (`shrink`)
+the group is the smallest within that tolerance of the best N-group, so that N is a ceiling
+rather than a quota: when fewer than N adapters can reason about the task, filling the group
+carries in whatever passes the filters (on the testbed, the format-mimic beside the two
+multiple-choice experts).
 """
 
 from __future__ import annotations
@@ -133,6 +137,35 @@ def _greedy(table: TokenTable, n: int, sim, cap, tolerance) -> tuple[list[int], 
     return group, relaxed
 
 
+def _search(table: TokenTable, n: int, sim, cap, tolerance, exhaustive_limit: int):
+    count = len(table.nll)
+    if math.comb(count, n) <= exhaustive_limit:
+        group, relaxed = _exhaustive(table, n, sim, cap, tolerance)
+        return group, f"exhaustive over C({count},{n})={math.comb(count, n)} groups", relaxed
+    group, relaxed = _greedy(table, n, sim, cap, tolerance)
+    return group, f"greedy with 1-swap refinement over C({count},{n}) groups", relaxed
+
+
+def _smallest_within(table: TokenTable, n: int, limit: float, sim, cap, exhaustive_limit: int):
+    """The fewest members whose routed value is within `limit`: the least similar such group
+    of that size (exhaustive), or the greedy one; None if no smaller size reaches it."""
+    count = len(table.nll)
+    for k in range(1, n):
+        if math.comb(count, k) <= exhaustive_limit:
+            scored = [
+                (table.routed_perplexity(g), g) for g in itertools.combinations(range(count), k)
+            ]
+            near = [(v, g) for v, g in scored if v <= limit and _fits(g, sim, cap)]
+            if near:
+                best = min(near, key=lambda x: (_mean_similarity(x[1], sim), x[0], x[1]))
+                return list(best[1]), f"exhaustive over sizes 1-{k}"
+        else:
+            group, relaxed = _greedy(table, k, sim, cap, 0.0)
+            if not relaxed and table.routed_perplexity(group) <= limit:
+                return group, f"greedy over sizes 1-{k}"
+    return None
+
+
 def best_covering_group(
     table: TokenTable,
     n: int,
@@ -140,20 +173,27 @@ def best_covering_group(
     cap: float | None = None,
     tolerance: float = 0.0,
     exhaustive_limit: int = EXHAUSTIVE_LIMIT,
+    shrink: bool = False,
 ) -> tuple[list[int], str, bool]:
     """The N-group to mix, its search, and whether near-duplicates (pairs above `cap`) had to
     share it because no group avoided them.
 
     The group has the lowest routed reasoning perplexity, or, with `tolerance` > 0 and a
     similarity matrix, is the least similar group within that relative slack of the lowest.
+    With `shrink`, the group is the smallest one within the tolerance of the best N-group: a
+    member the oracle router would hardly use (a format-mimic beside the experts, say) is left
+    out rather than carried in to fill N.
     """
     count = len(table.nll)
     if not 1 <= n <= count:
         raise ValueError(f"need 1 <= n <= {count} candidates, got n={n}")
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
-    if math.comb(count, n) <= exhaustive_limit:
-        group, relaxed = _exhaustive(table, n, sim, cap, tolerance)
-        return group, f"exhaustive over C({count},{n})={math.comb(count, n)} groups", relaxed
-    group, relaxed = _greedy(table, n, sim, cap, tolerance)
-    return group, f"greedy with 1-swap refinement over C({count},{n}) groups", relaxed
+    group, search, relaxed = _search(table, n, sim, cap, tolerance, exhaustive_limit)
+    if shrink and n > 1:
+        limit = table.routed_perplexity(group) * (1 + tolerance) + 1e-12
+        smaller = _smallest_within(table, n, limit, sim, cap, exhaustive_limit)
+        if smaller is not None:
+            group, how = smaller
+            return group, f"{how}: within {tolerance:.0%} of the best {n}-group ({search})", False
+    return group, search, relaxed

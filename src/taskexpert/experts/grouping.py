@@ -38,6 +38,8 @@ class GroupingConfig:
     # "diversity": the paper's rule; "coverage": lowest routed RPPL among the candidates
     objective: str = "diversity"
     coverage_tolerance: float = 0.02  # coverage: relative slack on routed RPPL for diversity
+    # coverage: the smallest group within that slack of the best N-group (N becomes a ceiling)
+    shrink: bool = False
     drop_below_base: bool = True
     # off by default (not in the paper): an adapter that predicts the K-shot rationales worse
     # than the base model does is no reasoner, whatever its EM (the blind guesser's signature)
@@ -228,10 +230,13 @@ def choose_group(
                 )
     survivors = [n for n in names if n not in decisions]
     if not survivors:
+        below_em = sum("below the base model's" in why for why in decisions.values())
+        above_ppl = len(decisions) - below_em
         raise TaskexpertError(
-            "no adapter does better than the base model on the K-shot (exact match "
-            f"{base_em if base_em is not None else float('nan'):.3f}); there is nothing worth "
-            "mixing (use a larger K-shot or disable the base filters)"
+            f"every adapter was dropped by the base-model filters ({below_em} with exact match "
+            f"below the base model's {base_em if base_em is not None else float('nan'):.3f}, "
+            f"{above_ppl} with perplexity above its {base_perplexity or float('nan'):.4g}); "
+            "there is nothing worth mixing (use a larger K-shot or turn those filters off)"
         )
     quality, ranks = rank_quality(
         {n: em[n] for n in survivors},
@@ -262,17 +267,20 @@ def choose_group(
             raise ValueError("the coverage objective needs per-token NLLs of the candidates")
         table = TokenTable([token_nll[c] for c in top])
         cap = config.max_pair_similarity if sim is not None else None
-        group, search, relaxed = best_covering_group(table, n, sim, cap, config.coverage_tolerance)
+        group, search, relaxed = best_covering_group(
+            table, n, sim, cap, config.coverage_tolerance, shrink=config.shrink
+        )
         routed = table.routed_perplexity(group)
         if relaxed:
             warnings.append(
                 f"no group avoids every pair above similarity {cap}; "
                 "near-duplicates had to share the group"
             )
+        which = "the smallest group" if config.shrink else f"the least similar {n}-group"
         summary = (
             f"routed reasoning perplexity {routed:.4g} (each rationale token scored by the "
-            f"member that predicts it best), the least similar group within "
-            f"{config.coverage_tolerance:.0%} of the lowest ({search}); best single member "
+            f"member that predicts it best), {which} within {config.coverage_tolerance:.0%} of "
+            f"the lowest ({search}); best single member "
             f"{min(table.routed_perplexity([i]) for i in group):.4g}"
         )
     elif not config.diversity or n == 1:

@@ -54,6 +54,9 @@ class ExpertSelectionConfig(BaseModel):
     coverage_tolerance: float = Field(
         0.02, ge=0, description="coverage: relative routed-RPPL slack for a more diverse group"
     )
+    shrink: bool = Field(
+        False, description="coverage: the smallest group within the slack (N is a ceiling)"
+    )
     similarity: Literal["delta", "factors"] = "delta"
     drop_below_base: bool = True
     drop_above_base_perplexity: bool = Field(
@@ -87,6 +90,7 @@ class ExpertSelectionConfig(BaseModel):
             diversity=self.diversity,
             objective=self.group_objective,
             coverage_tolerance=self.coverage_tolerance,
+            shrink=self.shrink,
             drop_below_base=self.drop_below_base,
             drop_above_base_perplexity=self.drop_above_base_perplexity,
             max_pair_similarity=self.max_pair_similarity,
