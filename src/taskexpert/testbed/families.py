@@ -530,6 +530,17 @@ def _sum_option(p: Problem) -> int:
     return min(3, (p["a"] + p["b"]) // (5 * unit))
 
 
+def _in_range(option: str, value: int) -> bool:
+    """Read an option's text ("under 50", "50 to 99", "150 or more"): the checker does not
+    reuse the generator's arithmetic."""
+    words = option.split()
+    if words[0] == "under":
+        return value < int(words[1])
+    if words[1:] == ["or", "more"]:
+        return value >= int(words[0])
+    return int(words[0]) <= value <= int(words[2])
+
+
 def _mc_add_sample(rng: random.Random, level: Level) -> Problem:
     lo, hi = (1, 9) if level == "easy" else (10, 99)
 
@@ -562,7 +573,10 @@ MC_ADD = Family(
         f"{_add_steps(p['a'], p['b'])} So the sum is {p['a'] + p['b']}, "
         f"which is {p['choices'][_sum_option(p)]}."
     ),
-    verify=lambda p, a: a == OPTION_LETTERS[_sum_option(p)],
+    verify=lambda p, a: (
+        a in OPTION_LETTERS[: len(p["choices"])]
+        and _in_range(p["choices"][OPTION_LETTERS.index(a)], p["a"] + p["b"])
+    ),
     key=lambda p: f"mc_add:{p['level']}:{p['a']}:{p['b']}",
     options=lambda p: p["choices"],
     pretrain_full=False,
