@@ -177,3 +177,20 @@ def test_choose_group_shrinks_only_when_asked():
     )
     assert len(kept.chosen) == 4
     assert set(shrunk.chosen) in ({"x", "y"}, {"x2", "y"}) and "smallest group" in shrunk.reason
+
+
+def test_shrink_measures_its_slack_from_the_lowest_n_group_not_the_chosen_one():
+    # [a, b] is the lowest pair (1.00); [a, c] is within 2% (1.015) and less similar, so it is
+    # the chosen pair; a alone (1.03) is within 2% of the chosen pair but not of the lowest
+    a = [[0.0, 0.0, 3 * math.log(1.03)]]
+    b = [[9.0, 9.0, 0.0]]
+    c = [[9.0, 9.0, 3 * math.log(1.015)]]
+    table = TokenTable([a, b, c])
+    sim = np.array([[1.0, 0.8, 0.0], [0.8, 1.0, 0.5], [0.0, 0.5, 1.0]])
+    assert table.routed_perplexity([0, 1]) == pytest.approx(1.0)
+    group, _, _ = best_covering_group(table, 2, sim, tolerance=0.02)
+    assert sorted(group) == [0, 2]
+    shrunk, _, _ = best_covering_group(table, 2, sim, tolerance=0.02, shrink=True)
+    assert sorted(shrunk) == [0, 2]  # a alone is 3% above the lowest pair: no shrink
+    shrunk, _, _ = best_covering_group(table, 2, sim, tolerance=0.04, shrink=True)
+    assert shrunk == [0]

@@ -78,20 +78,27 @@ def _mean_similarity(group: Sequence[int], sim: np.ndarray | None) -> float:
     return float(np.mean([sim[a, b] for a, b in itertools.combinations(group, 2)]))
 
 
-def _most_diverse(scored, sim, tolerance: float):
-    """Among (value, group) pairs within `tolerance` (relative) of the best value, the group
-    with the lowest mean pairwise similarity; ties go to the lower value."""
-    best = min(v for v, _ in scored)
-    near = [(v, g) for v, g in scored if v <= best * (1 + tolerance) + 1e-12]
-    return min(near, key=lambda x: (_mean_similarity(x[1], sim), x[0], x[1]))[1]
+def _limit(best: float, tolerance: float) -> float:
+    return best * (1 + tolerance) + 1e-12
 
 
-def _exhaustive(table: TokenTable, n: int, sim, cap, tolerance) -> tuple[list[int], bool]:
+def _least_similar_within(scored, sim, limit: float):
+    """Among (value, group) pairs with value <= limit, the group with the lowest mean pairwise
+    similarity; ties go to the lower value. None when no pair qualifies."""
+    near = [(v, g) for v, g in scored if v <= limit]
+    if not near:
+        return None
+    return list(min(near, key=lambda x: (_mean_similarity(x[1], sim), x[0], x[1]))[1])
+
+
+def _exhaustive(table: TokenTable, n: int, sim, cap, tolerance):
+    """(group, relaxed, lowest value of a size-n group) over every size-n group."""
     scored = [
         (table.routed_perplexity(g), g) for g in itertools.combinations(range(len(table.nll)), n)
     ]
     clean = [(v, g) for v, g in scored if _fits(g, sim, cap)]
-    return list(_most_diverse(clean or scored, sim, tolerance)), not clean
+    best = min(v for v, _ in clean or scored)
+    return _least_similar_within(clean or scored, sim, _limit(best, tolerance)), not clean, best
 
 
 def _swaps(group: list[int], count: int) -> list[list[int]]:
@@ -103,7 +110,8 @@ def _swaps(group: list[int], count: int) -> list[list[int]]:
     ]
 
 
-def _greedy(table: TokenTable, n: int, sim, cap, tolerance) -> tuple[list[int], bool]:
+def _greedy(table: TokenTable, n: int, sim, cap, tolerance):
+    """(group, relaxed, its value before the similarity swaps): greedy, then 1-swaps."""
     count = len(table.nll)
     group: list[int] = []
     relaxed = False
@@ -122,7 +130,8 @@ def _greedy(table: TokenTable, n: int, sim, cap, tolerance) -> tuple[list[int], 
         if best is None or table.routed_perplexity(best) >= current - 1e-12:
             break
         group = best
-    limit = table.routed_perplexity(group) * (1 + tolerance) + 1e-12
+    best = table.routed_perplexity(group)
+    limit = _limit(best, tolerance)
     for _ in range(100):  # then 1-swaps that lower similarity within the tolerance
         options = [
             g
@@ -134,16 +143,17 @@ def _greedy(table: TokenTable, n: int, sim, cap, tolerance) -> tuple[list[int], 
         if not options:
             break
         group = min(options, key=lambda g: _mean_similarity(g, sim))
-    return group, relaxed
+    return group, relaxed, best
 
 
 def _search(table: TokenTable, n: int, sim, cap, tolerance, exhaustive_limit: int):
+    """(group, how it was searched, relaxed, lowest value found for size n)."""
     count = len(table.nll)
     if math.comb(count, n) <= exhaustive_limit:
-        group, relaxed = _exhaustive(table, n, sim, cap, tolerance)
-        return group, f"exhaustive over C({count},{n})={math.comb(count, n)} groups", relaxed
-    group, relaxed = _greedy(table, n, sim, cap, tolerance)
-    return group, f"greedy with 1-swap refinement over C({count},{n}) groups", relaxed
+        group, relaxed, best = _exhaustive(table, n, sim, cap, tolerance)
+        return group, f"exhaustive over C({count},{n})={math.comb(count, n)} groups", relaxed, best
+    group, relaxed, best = _greedy(table, n, sim, cap, tolerance)
+    return group, f"greedy with 1-swap refinement over C({count},{n}) groups", relaxed, best
 
 
 def _smallest_within(table: TokenTable, n: int, limit: float, sim, cap, exhaustive_limit: int):
@@ -153,15 +163,16 @@ def _smallest_within(table: TokenTable, n: int, limit: float, sim, cap, exhausti
     for k in range(1, n):
         if math.comb(count, k) <= exhaustive_limit:
             scored = [
-                (table.routed_perplexity(g), g) for g in itertools.combinations(range(count), k)
+                (table.routed_perplexity(g), g)
+                for g in itertools.combinations(range(count), k)
+                if _fits(g, sim, cap)
             ]
-            near = [(v, g) for v, g in scored if v <= limit and _fits(g, sim, cap)]
-            if near:
-                best = min(near, key=lambda x: (_mean_similarity(x[1], sim), x[0], x[1]))
-                return list(best[1]), f"exhaustive over sizes 1-{k}"
+            group = _least_similar_within(scored, sim, limit)
+            if group is not None:
+                return group, f"exhaustive over sizes 1-{k}"
         else:
-            group, relaxed = _greedy(table, k, sim, cap, 0.0)
-            if not relaxed and table.routed_perplexity(group) <= limit:
+            group, relaxed, value = _greedy(table, k, sim, cap, 0.0)
+            if not relaxed and value <= limit:
                 return group, f"greedy over sizes 1-{k}"
     return None
 
@@ -189,10 +200,10 @@ def best_covering_group(
         raise ValueError(f"need 1 <= n <= {count} candidates, got n={n}")
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
-    group, search, relaxed = _search(table, n, sim, cap, tolerance, exhaustive_limit)
+    group, search, relaxed, best = _search(table, n, sim, cap, tolerance, exhaustive_limit)
     if shrink and n > 1:
-        limit = table.routed_perplexity(group) * (1 + tolerance) + 1e-12
-        smaller = _smallest_within(table, n, limit, sim, cap, exhaustive_limit)
+        # relative to the lowest N-group value, not to the (more diverse) group chosen
+        smaller = _smallest_within(table, n, _limit(best, tolerance), sim, cap, exhaustive_limit)
         if smaller is not None:
             group, how = smaller
             return group, f"{how}: within {tolerance:.0%} of the best {n}-group ({search})", False
