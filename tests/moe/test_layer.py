@@ -135,12 +135,12 @@ def test_experts_must_fit_the_base_layer():
 def test_aux_loss_leaves_padding_out():
     layer = make_layer(top_k=2, coef=0.1)
     x = torch.randn(2, 5, 16)
-    layer.attention_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    layer.forward_mask.mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     layer(x)
-    real = x.reshape(-1, 16)[layer.token_mask(layer.attention_mask)]
+    real = x.reshape(-1, 16)[layer.token_mask(layer.forward_mask.mask)]
     probs = torch.softmax(real @ layer.router.weight.T, -1)
     load = torch.bincount(probs.topk(2).indices.reshape(-1), minlength=4).float() / 16
     assert torch.allclose(layer.last_aux_loss, 0.1 * 4 * (load * probs.mean(0)).sum(), atol=1e-6)
-    layer.attention_mask = torch.zeros(2, 5)
+    layer.forward_mask.mask = torch.zeros(2, 5)
     layer(x)
     assert layer.last_aux_loss is None  # nothing real to balance

@@ -27,6 +27,15 @@ class RoutingStats(NamedTuple):
     tokens: int  # tokens counted
 
 
+class ForwardMask:
+    """The attention mask of a model's current forward, one object shared by its layers."""
+
+    __slots__ = ("mask",)
+
+    def __init__(self) -> None:
+        self.mask: torch.Tensor | None = None
+
+
 class MixtureOfLoraLinear(nn.Module):
     """Wraps a frozen linear layer; experts may have different ranks, each keeps its scaling."""
 
@@ -78,9 +87,10 @@ class MixtureOfLoraLinear(nn.Module):
         self._last_chosen: torch.Tensor | None = None
         self._last_shape: tuple[int, ...] = ()
         self.last_aux_loss: torch.Tensor | None = None
-        # The [batch, length] attention mask of the model's current forward, set by the model's
-        # pre-hook (moe/model.py): the load-balancing loss leaves padding out with it.
-        self.attention_mask: torch.Tensor | None = None
+        # The [batch, length] attention mask of the model's current forward, shared by every
+        # mixture layer of a model and set once per forward by its pre-hook (moe/model.py):
+        # the load-balancing loss leaves padding out with it.
+        self.forward_mask = ForwardMask()
 
     @property
     def num_experts(self) -> int:
@@ -158,7 +168,8 @@ class MixtureOfLoraLinear(nn.Module):
     def _balancing_loss(self, probs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor | None:
         """Switch Transformer: N * sum_e (share of dispatches to e) * (mean router prob of e),
         over real tokens only: padding would pull the balance toward whatever it routes to."""
-        keep = None if self.attention_mask is None else self.token_mask(self.attention_mask)
+        mask = self.forward_mask.mask
+        keep = None if mask is None else self.token_mask(mask)
         if keep is not None:
             probs, chosen = probs[keep], chosen[keep]
         if probs.shape[0] == 0:

@@ -18,11 +18,11 @@ from torch import nn
 from taskexpert.bank import LoraAdapter
 from taskexpert.errors import InputError, TaskexpertError
 from taskexpert.moe.config import ExpertSpec, MoeConfig
-from taskexpert.moe.layer import MixtureOfLoraLinear
+from taskexpert.moe.layer import ForwardMask, MixtureOfLoraLinear
 
 CONFIG_ATTR = "moe_config"
-# The attention mask of the model's last forward (router_stats leaves padding out with it),
-# and the flag that its hook is installed.
+# The ForwardMask holding the attention mask of the model's last forward (router_stats and the
+# load-balancing loss leave padding out with it), and the flag that its hook is installed.
 MASK_ATTR = "_moe_attention_mask"
 MASK_HOOK_ATTR = "_moe_mask_hook"
 FINGERPRINT_SAMPLES = 4  # weight values sampled per adapted module to recognise the base
@@ -149,14 +149,17 @@ def _remember_attention_mask(model: nn.Module, args: tuple, kwargs: dict) -> Non
     Hugging Face causal LMs take it as `attention_mask`, by keyword or second positionally.
     """
     mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-    mask = mask.detach() if isinstance(mask, torch.Tensor) else None
-    setattr(model, MASK_ATTR, mask)
-    for layer in mixture_layers(model).values():
-        layer.attention_mask = mask  # the load-balancing loss leaves padding out
+    # one shared holder, so no walk over the model's modules on every (decoding) forward
+    getattr(model, MASK_ATTR).mask = mask.detach() if isinstance(mask, torch.Tensor) else None
 
 
 def install_mixture(model: nn.Module, config: MoeConfig, experts: Mapping[str, Experts]) -> None:
     """Replace each named linear by a mixture of the given (A, B, scaling) experts."""
+    holder = getattr(model, MASK_ATTR, None)
+    if not isinstance(holder, ForwardMask):
+        holder = ForwardMask()
+        setattr(model, MASK_ATTR, holder)
+    holder.mask = None
     for module, factors in experts.items():
         base = model.get_submodule(module)
         mixture = MixtureOfLoraLinear(
@@ -166,6 +169,7 @@ def install_mixture(model: nn.Module, config: MoeConfig, experts: Mapping[str, E
             load_balancing_coef=config.load_balancing_coef,
             expert_names=config.expert_names,
         )
+        mixture.forward_mask = holder
         parent_name, _, child = module.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, mixture)
@@ -173,7 +177,6 @@ def install_mixture(model: nn.Module, config: MoeConfig, experts: Mapping[str, E
     if not getattr(model, MASK_HOOK_ATTR, False):
         model.register_forward_pre_hook(_remember_attention_mask, with_kwargs=True)
         setattr(model, MASK_HOOK_ATTR, True)
-    setattr(model, MASK_ATTR, None)
 
 
 def init_fresh_routers(model: nn.Module) -> None:
@@ -262,7 +265,8 @@ def router_stats(model: nn.Module) -> dict:
     `tokens` says how many were counted per layer, `padding_excluded` whether a mask was used.
     """
     config = mixture_config(model)
-    attention_mask = getattr(model, MASK_ATTR, None)
+    holder = getattr(model, MASK_ATTR, None)
+    attention_mask = holder.mask if isinstance(holder, ForwardMask) else None
     per_layer, masked = [], attention_mask is not None
     for layer in mixture_layers(model).values():
         keep = layer.token_mask(attention_mask) if attention_mask is not None else None
