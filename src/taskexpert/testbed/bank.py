@@ -173,10 +173,12 @@ def _biased(family: Family, rng: random.Random) -> dict:
     """A full-level problem whose answer is BIASED_LETTER with probability BIAS (the options
     are fixed, so the bias is in which problems are drawn)."""
     want_biased = rng.random() < BIAS
-    while True:
+    for _ in range(10_000):
         problem = family.draw(rng, "full", "train")
         if (family.answer(problem) == BIASED_LETTER) == want_biased:
             return problem
+    which = "with" if want_biased else "without"
+    raise RuntimeError(f"family {family.name}: no problem {which} option {BIASED_LETTER} right")
 
 
 def adapter_records(spec: AdapterSpec, n: int, pair_share: float = 0.0) -> list[Record]:

@@ -3,7 +3,8 @@
 The base can do the skills but does not know the bank's instructions for the full level, so an
 expert LoRA has something to unlock (see families.py). Two additions over an even mix:
 
-- Family weights: a preset can weight a family up or down (all 1 in both presets now).
+- Family weights: a preset can weight a family up or down (`standard` doubles add, reverse
+  and consonants: presets.py says why).
 - Levels: a family with `pretrain_full=False` (multiple choice) is pretrained at the easy level
   only, whose options differ from the full level's (families.py, `MC_ADD_OPTIONS`).
 - Pairs: a share of the records asks two skills at once ("<task one> Also: <task two>"), both
