@@ -23,16 +23,11 @@ from tqdm.auto import tqdm
 from taskexpert.bank import Bank, LoraAdapter
 from taskexpert.errors import InputError
 from taskexpert.lm import (
-    IGNORE_INDEX,
-    batches_by_length,
-    collate,
-    encode_pair,
     ensure_pad_token,
     generate_greedy,
     mean_nll,
     per_example_means,
     target_token_nlls,
-    token_nll,
 )
 from taskexpert.prompts import (
     AnswerKind,
@@ -46,7 +41,7 @@ from taskexpert.records import Record
 BASE_ROW = "(base model)"
 MAX_NLL = 700.0  # exp() of more overflows a float; such an example is hopeless anyway
 RPPL_VARIANTS = ("paper", "relative", "contrast", "content")
-PASS_VARIANTS = ("contrast", "content")  # the variants that need an extra forward pass
+PASS_VARIANTS = ("contrast", "content")  # the variants that need extra per-K-shot work
 
 
 @dataclass
@@ -58,8 +53,9 @@ class ScoringConfig:
     max_new_tokens_cap: int = 512
     max_length: int = 1024
     use_chat_template: bool | None = None  # None: use the tokenizer's chat template if it has one
-    # Extra per-example passes for the RPPL variants beyond the paper ("contrast", "content");
-    # see reasoning_score. Each costs one more forward pass over the K-shot, no generation.
+    # RPPL variants beyond the paper (see reasoning_score): "contrast" costs one more forward
+    # pass over the K-shot (mismatched rationales); "content" only a template mask, computed
+    # once, over the per-token NLLs the main pass already has.
     variants: tuple[str, ...] = ()
     template_min_block: int = 2  # tokens a shared run needs to count as template ("content")
 
@@ -276,7 +272,7 @@ def score_model(
             max_length=config.max_length,
         )
     if task.content_masks is not None:
-        content_nll = masked_mean_nll(model, tokenizer, task, config)
+        content_nll = content_mean_nll(per_token[: len(task)], task.content_masks)
     return AdapterScore(
         name=name,
         em=sum(correct) / len(correct),
@@ -293,23 +289,15 @@ def score_model(
     )
 
 
-@torch.no_grad()
-def masked_mean_nll(model, tokenizer, task: KShotTask, config: ScoringConfig) -> list[float | None]:
-    """Mean NLL of each reasoning target over its content tokens only (None: no content)."""
-    pad_id = ensure_pad_token(tokenizer)
-    pairs = []
-    for prompt, target, mask in zip(task.prompts, task.reasoning_targets, task.content_masks):
-        pair = encode_pair(tokenizer, prompt, target, config.max_length)
-        positions = [k for k, label in enumerate(pair.labels) if label != IGNORE_INDEX]
-        for k, keep in zip(positions, mask):
-            if not keep:
-                pair.labels[k] = IGNORE_INDEX
-        pairs.append(pair)
-    result: list[float | None] = [None] * len(pairs)
-    for index in batches_by_length([len(p.input_ids) for p in pairs], config.batch_size):
-        summed, counts = token_nll(model, collate([pairs[i] for i in index], pad_id))
-        for i, total, count in zip(index, summed.tolist(), counts.tolist()):
-            result[i] = total / count if count else None
+def content_mean_nll(
+    token_nll: Sequence[Sequence[float]], masks: Sequence[Sequence[bool]]
+) -> list[float | None]:
+    """Mean NLL of each reasoning target over its content tokens only (None: no content),
+    from the per-token NLLs the main pass already has: no second forward pass."""
+    result: list[float | None] = []
+    for losses, mask in zip(token_nll, masks, strict=True):
+        kept = [x for x, keep in zip(losses, mask) if keep]
+        result.append(sum(kept) / len(kept) if kept else None)
     return result
 
 
