@@ -40,7 +40,12 @@ from taskexpert.testbed.layout import (
     TRUTH_FILE,
     Testbed,
 )
-from taskexpert.testbed.model import make_base_model, parameter_count
+from taskexpert.testbed.model import (
+    build_attention,
+    load_built_base,
+    make_base_model,
+    parameter_count,
+)
 from taskexpert.testbed.pool import build_pool
 from taskexpert.testbed.presets import Preset, get_preset, runnable
 from taskexpert.testbed.pretraining import pretraining_records
@@ -52,7 +57,8 @@ FORMAT_VERSION = 1  # the layout and testbed.json schema
 # mix, bank recipes), so that an older build is rebuilt rather than reused as if current.
 # 2: option-walk multiple choice, two-task records for the experts.
 # 3: fixed-option multiple choice (mc_add ranges, mc_vowels), easy level only in pretraining.
-RECIPE_VERSION = 3
+# 4: initials pretrained at the easy level only; training with eager attention on CPU.
+RECIPE_VERSION = 4
 PHASES = ("tokenizer", "base", "data", "bank", "baselines", "truth")
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
@@ -296,7 +302,7 @@ def _phase_base(root: Path, preset: Preset, seed: int, progress: bool) -> dict:
     from taskexpert.train import train
 
     tokenizer = AutoTokenizer.from_pretrained(str(root / TOKENIZER_DIR))
-    model = make_base_model(preset.model, tokenizer, seed)
+    model = make_base_model(preset.model, tokenizer, seed, attention=build_attention())
     config = runnable(preset.pretrain).model_copy(update={"seed": seed, "progress": progress})
     result = train(model, tokenizer, base_pretraining_records(preset, seed), config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -342,22 +348,14 @@ def _phase_data(root: Path, preset: Preset, seed: int, progress: bool) -> dict:
     return {"sizes": sizes}
 
 
-def _load_base(root: Path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(root / BASE_DIR))
-    model = AutoModelForCausalLM.from_pretrained(str(root / BASE_DIR))
-    return model.eval(), tokenizer
-
-
 def _phase_bank(
     root: Path, preset: Preset, seed: int, progress: bool, *, keep_existing: bool
 ) -> dict:
     from tqdm.auto import tqdm
 
-    model, tokenizer = _load_base(root)
+    model, tokenizer = load_built_base(root / BASE_DIR)
     foreign_spec = preset.model.model_copy(update={"hidden": preset.model.hidden + 16})
-    foreign = make_base_model(foreign_spec, tokenizer, seed + 1)
+    foreign = make_base_model(foreign_spec, tokenizer, seed + 1, attention=build_attention())
     config = runnable(preset.adapter).model_copy(update={"progress": False})
     timings = {}
     specs = bank_specs(seed, preset.lora_r, preset.lora_alpha)
@@ -482,6 +480,7 @@ def ground_truth(root: Path, preset: Preset, seed: int, state: dict) -> dict:
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "threads": state.get("threads"),
             "precision": runnable(preset.pretrain).mixed_precision,
+            "attention": build_attention(),
             "versions": {
                 "python": platform.python_version(),
                 "torch": version("torch"),

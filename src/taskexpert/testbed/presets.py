@@ -100,7 +100,9 @@ PRESETS: dict[str, Preset] = {
         lora_alpha=32,
         adapter_records=3840,
         adapter_pair_share=0.3,
-        adapter=_train(max_steps=120, batch_size=32, lr=4e-3, warmup_ratio=0.05),
+        # 180 (1.5 passes over the records): on build 12's base the reverse expert reached
+        # 0.60 of its calibration at 120 steps, 0.82 at 160 and 0.90 at 180
+        adapter=_train(max_steps=180, batch_size=32, lr=4e-3, warmup_ratio=0.05),
         pool_family_total=21_000,
         pool_relevant_per_target=300,
         pool_near_duplicate_share=0.04,
