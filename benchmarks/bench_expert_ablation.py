@@ -48,7 +48,8 @@ from taskexpert.records import load_records
 
 # indicator name -> (perplexity measure or None, its weight)
 # group modes: plain top-N, the paper's diversity rule, the coverage objective, and both with
-# adapters whose perplexity is above the base model's dropped first ("<base")
+# adapters whose perplexity is above the base model's dropped first ("<base"); "+grounded"
+# also drops adapters whose contrast score is over 5% above the base's (drop_ungrounded)
 MODES = (
     "",
     "+diversity",
@@ -56,6 +57,7 @@ MODES = (
     "+diversity+ppl<base",
     "+coverage+ppl<base",
     "+coverage+shrink+ppl<base",
+    "+coverage+ppl<base+grounded",
 )
 INDICATORS = {
     "em": None,
@@ -241,6 +243,7 @@ def run(args) -> dict:
         honest = [n for n in above_base if adapters_truth[n]["kind"] != "guesser"]
         forced = len(honest) < args.n  # too few non-guessers pass the EM filter to fill N
         target_runs = {}
+        contrast = {n: measure(scores, n, "contrast") for n in names}
         for label, measure_name in INDICATORS.items():
             perplexity = None
             if measure_name is not None:
@@ -256,6 +259,7 @@ def run(args) -> dict:
                     tolerance=args.tolerance,
                     drop_above_base_perplexity="<base" in mode,
                     shrink="+shrink" in mode,
+                    drop_ungrounded="+grounded" in mode,
                 )
                 try:
                     chosen = choose_group(
@@ -268,6 +272,8 @@ def run(args) -> dict:
                         base_perplexity=None
                         if measure_name is None
                         else measure(scores, BASE_ROW, measure_name),
+                        contrast=contrast,
+                        base_contrast=measure(scores, BASE_ROW, "contrast"),
                     ).chosen
                     failure = None
                 except TaskexpertError as exc:  # the rule's filters left no adapter: no group

@@ -111,6 +111,28 @@ def test_adapters_that_reason_worse_than_the_base_can_be_dropped():
         choose_group(em, rppl, sim, config, base_em=0.5, base_perplexity=1.0)
 
 
+def test_adapters_less_grounded_in_the_question_than_the_base_can_be_dropped():
+    """The format-mimic: reasoning perplexity as good as the expert's, but its rationale
+    likelihood hardly depends on which question was asked (contrast near 1)."""
+    em = {"expert": 0.8, "mimic": 0.6, "half": 0.0}
+    rppl = {"expert": 1.1, "mimic": 1.2, "half": 2.4}
+    contrast = {"expert": 0.5, "mimic": 1.0, "half": 0.83}  # "half": within 5% of the base
+    sim = matrix(list(em), {})
+    config = GroupingConfig(n=3, m=3)
+    assert "mimic" in choose_group(em, rppl, sim, config, base_em=0.0).chosen
+    config = GroupingConfig(n=3, m=3, drop_ungrounded=True)
+    choice = choose_group(em, rppl, sim, config, base_em=0.0, contrast=contrast, base_contrast=0.82)
+    assert sorted(choice.chosen) == ["expert", "half"]
+    assert "depend on the question less" in choice.decisions["mimic"]
+    strict = GroupingConfig(n=3, m=3, drop_ungrounded=True, grounding_tolerance=0.0)
+    choice = choose_group(em, rppl, sim, strict, base_em=0.0, contrast=contrast, base_contrast=0.82)
+    assert choice.chosen == ["expert"]
+    with pytest.raises(ValueError, match="contrast scores"):
+        choose_group(em, rppl, sim, config, base_em=0.0)
+    with pytest.raises(TaskexpertError, match="3 less grounded in the question than it"):
+        choose_group(em, rppl, sim, config, base_em=0.0, contrast=contrast, base_contrast=0.1)
+
+
 def test_duplicates_share_a_group_only_when_unavoidable():
     names = ["a", "a2", "b"]
     sim = matrix(names, {("a", "a2"): 0.97, ("a", "b"): 0.95, ("a2", "b"): 0.96})

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from taskexpert.bank import load_bank
 from taskexpert.cli import app
-from taskexpert.errors import InputError
+from taskexpert.errors import InputError, TaskexpertError
 from taskexpert.experts.scoring import BASE_ROW
 from taskexpert.experts.select import ExpertSelectionConfig, select_experts
 from taskexpert.records import write_records
@@ -111,6 +111,32 @@ def test_rppl_variant_drives_the_ranking_and_all_variants_can_be_reported(
     best = min(bank.names, key=lambda n: (rows[n]["rppl_contrast"], -rows[n]["em"]))
     assert {rows[n]["em"] for n in bank.names} == {0.0}  # random weights: RPPL decides
     assert selection.chosen == [best]
+
+
+def test_drop_ungrounded_scores_the_contrast_and_filters_by_it(
+    tmp_path, tiny_llama, char_tokenizer
+):
+    from taskexpert.experts.scoring import reasoning_score
+
+    bank = load_bank(make_lora_bank(tmp_path / "bank", tiny_llama), tiny_llama)
+    loose = ExpertSelectionConfig(
+        n=3, drop_below_base=False, drop_ungrounded=True, grounding_tolerance=1e9, **FAST
+    )
+    assert "contrast" in loose.scoring().variants  # scored even with the paper's RPPL
+    selection = select_experts(tiny_llama, char_tokenizer, bank, kshot(3), loose)
+    assert sorted(selection.chosen) == sorted(bank.names)
+    contrast = {n: reasoning_score(s, "contrast") for n, s in selection.scores.items()}
+    limit = contrast.pop(BASE_ROW)
+    grounded = {n for n, c in contrast.items() if c <= limit}
+    strict = loose.model_copy(update={"grounding_tolerance": 0.0})
+    if not grounded:
+        with pytest.raises(TaskexpertError, match="3 less grounded in the question than it"):
+            select_experts(tiny_llama, char_tokenizer, bank, kshot(3), strict)
+        return
+    selection = select_experts(tiny_llama, char_tokenizer, bank, kshot(3), strict)
+    assert set(selection.chosen) == grounded
+    for name in set(bank.names) - grounded:
+        assert "depend on the question less" in selection.group.decisions[name]
 
 
 def test_coverage_objective_picks_the_group_with_the_lowest_routed_rppl(

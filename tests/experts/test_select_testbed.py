@@ -48,10 +48,11 @@ def test_chosen_groups_match_the_standard_testbeds_ground_truth():
     """Issue 4 item 6: every target's group holds an expert of each skill it needs (the
     relevant expert itself or its seed-duplicate, the same family trained with another seed)
     and no blind guesser. Run with the rule that passes on the standard build: the paper's
-    reasoning perplexity, adapters that predict the K-shot rationales worse than the base
-    dropped, the coverage objective. (With --shrink the format-mimic joins mc_add_quiz's pair:
-    it predicts the rationale template well. The paper's default lets the answers-only guesser
-    in.) The benchmark bench_expert_ablation.py reports those and every other variant."""
+    reasoning perplexity, the coverage objective, and two filters: adapters that predict the
+    K-shot rationales worse than the base, and adapters whose rationales depend on the question
+    less than the base's (contrast), are dropped. Without the second filter the format-mimic
+    joins mc_add_quiz's group on build 13; the paper's default lets the guessers in. The
+    benchmark bench_expert_ablation.py reports those and every other variant."""
     from taskexpert.testbed.build import build_testbed
 
     testbed = build_testbed(STANDARD, "standard", 0, progress=False)
@@ -67,6 +68,7 @@ def test_chosen_groups_match_the_standard_testbeds_ground_truth():
             progress=False,
             group_objective="coverage",
             drop_above_base_perplexity=True,
+            drop_ungrounded=True,
         )
         for expert in info["relevant_experts"]:
             twins = {n for n, a in adapters.items() if a.get("duplicate_of") == expert}

@@ -138,6 +138,16 @@ def main(
         "--drop-above-base-perplexity",
         help="Drop adapters whose (reasoning) perplexity is above the base model's.",
     ),
+    drop_ungrounded: bool = typer.Option(
+        False,
+        "--drop-ungrounded",
+        help="Drop adapters whose rationales depend on the question less than the base "
+        "model's (contrast score above the base's by more than --grounding-tolerance): the "
+        "format-mimic, which plain reasoning perplexity misses.",
+    ),
+    grounding_tolerance: float = typer.Option(
+        0.05, "--grounding-tolerance", min=0.0, help="Relative slack of --drop-ungrounded."
+    ),
     max_pair_similarity: float = typer.Option(
         0.9, "--max-pair-similarity", help="Near-duplicate threshold (1 turns the rule off)."
     ),
@@ -186,6 +196,8 @@ def main(
         shrink=shrink,
         drop_below_base=not keep_below_base,
         drop_above_base_perplexity=drop_above_base_perplexity,
+        drop_ungrounded=drop_ungrounded,
+        grounding_tolerance=grounding_tolerance,
         max_pair_similarity=None if max_pair_similarity >= 1 else max_pair_similarity,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,

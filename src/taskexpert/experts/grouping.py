@@ -44,6 +44,12 @@ class GroupingConfig:
     # off by default (not in the paper): an adapter that predicts the K-shot rationales worse
     # than the base model does is no reasoner, whatever its EM (the blind guesser's signature)
     drop_above_base_perplexity: bool = False
+    # off by default (not in the paper): an adapter whose rationale likelihood depends on the
+    # question less than the base model's does (contrast score, scoring.reasoning_score, above
+    # the base's by more than `grounding_tolerance`) writes the format, not the reasoning:
+    # the format-mimic's signature, which plain reasoning perplexity misses
+    drop_ungrounded: bool = False
+    grounding_tolerance: float = 0.05
     max_pair_similarity: float | None = 0.9  # near-duplicates never share a group if avoidable
     exhaustive_limit: int = 200_000  # largest C(M, N) enumerated; greedy beyond
 
@@ -201,12 +207,15 @@ def choose_group(
     base_em: float | None = None,
     token_nll: Mapping[str, Sequence[Sequence[float]]] | None = None,
     base_perplexity: float | None = None,
+    contrast: Mapping[str, float] | None = None,
+    base_contrast: float | None = None,
 ) -> GroupChoice:
     """DESIGN.md's group rule over scored adapters (names in `em`; the base model excluded).
 
     With `config.objective == "coverage"` the last step instead picks, among the top M, the
     group with the lowest routed reasoning perplexity (coverage.py); `token_nll` then gives
-    each adapter's per-token NLL on the K-shot rationales.
+    each adapter's per-token NLL on the K-shot rationales. `contrast` and `base_contrast` (the
+    contrast reasoning score) serve `config.drop_ungrounded`.
     """
     config = config or GroupingConfig()
     m = config.candidates()
@@ -228,14 +237,33 @@ def choose_group(
                     f"dropped: perplexity {perplexity[name]:.4g} is above the base model's "
                     f"{base_perplexity:.4g} (predicts the rationales worse than no adapter)"
                 )
+    if config.drop_ungrounded:
+        if contrast is None or base_contrast is None:
+            raise ValueError("drop_ungrounded needs the contrast scores of the adapters and base")
+        limit = base_contrast * (1 + config.grounding_tolerance)
+        for name in names:
+            if name not in decisions and contrast[name] > limit:
+                decisions[name] = (
+                    f"dropped: contrast {contrast[name]:.4g} is above the base model's "
+                    f"{base_contrast:.4g} by more than {config.grounding_tolerance:.0%} (its "
+                    "rationales depend on the question less than the base's: format, not "
+                    "reasoning)"
+                )
     survivors = [n for n in names if n not in decisions]
     if not survivors:
-        below_em = sum("below the base model's" in why for why in decisions.values())
-        above_ppl = len(decisions) - below_em
+
+        def dropped_by(prefix: str) -> int:
+            return sum(why.startswith(f"dropped: {prefix} ") for why in decisions.values())
+
+        parts = []
+        if below_em := dropped_by("EM"):
+            parts.append(f"{below_em} with exact match below the base model's {base_em:.3f}")
+        if above_ppl := dropped_by("perplexity"):
+            parts.append(f"{above_ppl} with perplexity above its {base_perplexity:.4g}")
+        if ungrounded := dropped_by("contrast"):
+            parts.append(f"{ungrounded} less grounded in the question than it")
         raise TaskexpertError(
-            f"every adapter was dropped by the base-model filters ({below_em} with exact match "
-            f"below the base model's {base_em if base_em is not None else float('nan'):.3f}, "
-            f"{above_ppl} with perplexity above its {base_perplexity or float('nan'):.4g}); "
+            f"every adapter was dropped by the base-model filters ({', '.join(parts)}); "
             "there is nothing worth mixing (use a larger K-shot or turn those filters off)"
         )
     quality, ranks = rank_quality(

@@ -62,6 +62,12 @@ class ExpertSelectionConfig(BaseModel):
     drop_above_base_perplexity: bool = Field(
         False, description="drop adapters whose (R)PPL is above the base model's"
     )
+    drop_ungrounded: bool = Field(
+        False,
+        description="drop adapters whose contrast score is above the base model's by more than "
+        "grounding_tolerance (rationales that ignore the question: the format-mimic)",
+    )
+    grounding_tolerance: float = Field(0.05, ge=0, description="relative slack of that filter")
     max_pair_similarity: float | None = Field(0.9, description="near-duplicate threshold")
     exhaustive_limit: int = Field(200_000, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -72,6 +78,8 @@ class ExpertSelectionConfig(BaseModel):
 
     def scoring(self) -> ScoringConfig:
         wanted = set(RPPL_VARIANTS) if self.report_variants else {self.rppl_variant}
+        if self.drop_ungrounded:
+            wanted.add("contrast")
         return ScoringConfig(
             variants=tuple(v for v in PASS_VARIANTS if v in wanted),
             batch_size=self.batch_size,
@@ -93,6 +101,8 @@ class ExpertSelectionConfig(BaseModel):
             shrink=self.shrink,
             drop_below_base=self.drop_below_base,
             drop_above_base_perplexity=self.drop_above_base_perplexity,
+            drop_ungrounded=self.drop_ungrounded,
+            grounding_tolerance=self.grounding_tolerance,
             max_pair_similarity=self.max_pair_similarity,
             exhaustive_limit=self.exhaustive_limit,
         )
@@ -211,6 +221,9 @@ def select_experts(
             n: reasoning_score(scores[n], config.rppl_variant, base) for n in [*adapters, BASE_ROW]
         }
     base_perplexity = perplexity.pop(BASE_ROW)
+    contrast = None
+    if config.drop_ungrounded:
+        contrast = {n: reasoning_score(scores[n], "contrast") for n in [*adapters, BASE_ROW]}
     group = choose_group(
         {n: scores[n].em for n in adapters},
         perplexity,
@@ -219,6 +232,8 @@ def select_experts(
         base_em=base.em,
         token_nll={n: scores[n].rationale_token_nll for n in adapters},
         base_perplexity=base_perplexity,
+        contrast=contrast,
+        base_contrast=None if contrast is None else contrast.pop(BASE_ROW),
     )
     warnings = list(task.warnings)
     warnings += [f"adapter {n!r}: {w}" for n, ws in bank.warnings.items() for w in ws]
