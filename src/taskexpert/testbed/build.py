@@ -127,8 +127,8 @@ def _idle_cores(window: float = 0.5) -> float | None:
 def auto_threads() -> int:
     """Every core on a quiet machine, one on a busy one.
 
-    Measured here on the standard model: two threads train 1.9x faster than one on a quiet
-    2-core machine, but about 3x slower than one while other jobs hold the cores.
+    Measured here on the standard model: two threads train 1.3-1.5x faster than one on a
+    quiet 2-core machine, but about 3x slower than one while other jobs hold the cores.
     """
     cores = os.cpu_count() or 1
     idle = _idle_cores()
