@@ -208,3 +208,31 @@ def test_an_older_recipe_is_readable_but_flagged(micro_testbed, tmp_path):
     with pytest.warns(UserWarning, match="older testbed recipe"):
         old = Testbed.load(copy)
     assert not old.recipe_current and old.targets == micro_testbed.targets
+
+
+def _bank_hashes(root) -> dict[str, str]:
+    import hashlib
+
+    files = sorted((root / "bank").glob("*/adapter_model.safetensors"))
+    return {f.parent.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def test_worker_processes_train_the_same_bank_as_one_process(micro_testbed, tmp_path):
+    """An adapter depends on its spec alone, not on which process trained it or when."""
+    from taskexpert.testbed.build import _phase_bank, _threads, bank_workers
+    from taskexpert.testbed.presets import get_preset
+
+    root = tmp_path / "tb"
+    shutil.copytree(micro_testbed.root, root)
+    preset = get_preset("micro")
+    with _threads(1):  # what each worker runs with
+        serial = _phase_bank(root, preset, 0, False, keep_existing=False, workers=1)
+    expected = _bank_hashes(root)
+    assert len(expected) == len(serial["adapters"]) == len(micro_testbed.truth["adapters"])
+    (root / "bank" / "expert_add" / "adapter_model.safetensors").unlink()
+    resumed = _phase_bank(root, preset, 0, False, keep_existing=True, workers=2)
+    assert set(resumed["adapters"]) == {"expert_add"} and resumed["workers"] == 2
+    parallel = _phase_bank(root, preset, 0, False, keep_existing=False, workers=2)
+    assert set(parallel["adapters"]) == set(serial["adapters"])
+    assert _bank_hashes(root) == expected
+    assert bank_workers(3) in (1, 3)  # one process on a GPU

@@ -348,36 +348,100 @@ def _phase_data(root: Path, preset: Preset, seed: int, progress: bool) -> dict:
     return {"sizes": sizes}
 
 
+def _train_one_adapter(root: Path, preset_name: str, seed: int, name: str) -> dict:
+    """Train and save one bank adapter; the unit of work of the bank phase, in or out of
+    process. Loads what it needs from disk, so a worker process shares nothing."""
+    from transformers import AutoTokenizer
+
+    preset = get_preset(preset_name)
+    spec = _specs_by_name(seed, preset)[name]
+    model, _ = load_built_base(root / BASE_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(str(root / BASE_DIR))
+    foreign = None
+    if spec.kind == "foreign":
+        foreign_spec = preset.model.model_copy(update={"hidden": preset.model.hidden + 16})
+        foreign = make_base_model(foreign_spec, tokenizer, seed + 1, attention=build_attention())
+    began = time.perf_counter()
+    result = train_adapter(
+        spec,
+        model,
+        foreign,
+        tokenizer,
+        root / BANK_DIR / spec.name,
+        n_records=preset.adapter_records,
+        config=runnable(preset.adapter).model_copy(update={"progress": False}),
+        pair_share=preset.adapter_pair_share,
+    )
+    return {"seconds": round(time.perf_counter() - began, 2), **result.to_dict()}
+
+
+def _worker_init() -> None:
+    import torch
+    from transformers.utils import logging
+
+    torch.set_num_threads(1)
+    logging.disable_progress_bar()  # a weight-loading bar per adapter is noise
+
+
+def bank_workers(threads: int) -> int:
+    """Processes that train the bank side by side, one torch thread each.
+
+    Measured on the standard model: two one-thread processes train LoRAs 1.25x faster than one
+    two-thread process (0.080 against 0.100 s per step), since a model this small leaves a
+    second thread half idle. On a GPU, one process.
+    """
+    import torch
+
+    return 1 if torch.cuda.is_available() else max(1, threads)
+
+
 def _phase_bank(
-    root: Path, preset: Preset, seed: int, progress: bool, *, keep_existing: bool
+    root: Path, preset: Preset, seed: int, progress: bool, *, keep_existing: bool, workers: int
 ) -> dict:
     from tqdm.auto import tqdm
 
-    model, tokenizer = load_built_base(root / BASE_DIR)
-    foreign_spec = preset.model.model_copy(update={"hidden": preset.model.hidden + 16})
-    foreign = make_base_model(foreign_spec, tokenizer, seed + 1, attention=build_attention())
-    config = runnable(preset.adapter).model_copy(update={"progress": False})
-    timings = {}
-    specs = bank_specs(seed, preset.lora_r, preset.lora_alpha)
     if not keep_existing:
         shutil.rmtree(root / BANK_DIR, ignore_errors=True)
-    for spec in tqdm(specs, desc="bank", disable=not progress):
-        target = root / BANK_DIR / spec.name
-        if (target / "adapter_model.safetensors").is_file():
-            continue  # written atomically by an earlier, interrupted run of this phase
-        began = time.perf_counter()
-        result = train_adapter(
-            spec,
-            model,
-            foreign,
-            tokenizer,
-            target,
-            n_records=preset.adapter_records,
-            config=config,
-            pair_share=preset.adapter_pair_share,
-        )
-        timings[spec.name] = {"seconds": round(time.perf_counter() - began, 2), **result.to_dict()}
-    return {"adapters": timings}
+    # an adapter on disk was written atomically by an earlier, interrupted run of this phase
+    todo = [
+        s.name
+        for s in bank_specs(seed, preset.lora_r, preset.lora_alpha)
+        if not (root / BANK_DIR / s.name / "adapter_model.safetensors").is_file()
+    ]
+    timings: dict[str, dict] = {}
+    bar = tqdm(total=len(todo), desc="bank", disable=not progress)
+    if workers <= 1:
+        from transformers.utils import logging
+
+        shown = logging.is_progress_bar_enabled()
+        logging.disable_progress_bar()  # a weight-loading bar per adapter is noise
+        try:
+            for name in todo:
+                timings[name] = _train_one_adapter(root, preset.name, seed, name)
+                bar.update(1)
+        finally:
+            if shown:
+                logging.enable_progress_bar()
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+            futures = {
+                pool.submit(_train_one_adapter, root, preset.name, seed, name): name
+                for name in todo
+            }
+            try:
+                for future in as_completed(futures):
+                    timings[futures[future]] = future.result()
+                    bar.update(1)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    bar.close()
+    return {"adapters": timings, "workers": workers}
 
 
 def _phase_baselines(root: Path, preset: Preset, seed: int, progress: bool) -> dict:
@@ -479,6 +543,7 @@ def ground_truth(root: Path, preset: Preset, seed: int, state: dict) -> dict:
             "pretraining": base_info.get("train"),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "threads": state.get("threads"),
+            "bank_workers": state["phases"].get("bank", {}).get("workers"),
             "precision": runnable(preset.pretrain).mixed_precision,
             "attention": build_attention(),
             "versions": {
@@ -529,7 +594,12 @@ def build_testbed(
             "base": lambda: _phase_base(root, spec, seed, progress),
             "data": lambda: _phase_data(root, spec, seed, progress),
             "bank": lambda: _phase_bank(
-                root, spec, seed, progress, keep_existing=not rerun["earlier"]
+                root,
+                spec,
+                seed,
+                progress,
+                keep_existing=not rerun["earlier"],
+                workers=bank_workers(threads) if spec.parallel_bank else 1,
             ),
             "baselines": lambda: _phase_baselines(root, spec, seed, progress),
             "truth": lambda: _phase_truth(root, spec, seed, state),
