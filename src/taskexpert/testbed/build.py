@@ -10,6 +10,7 @@ missing (bank adapters already on disk are kept) and redoes every phase after it
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -348,15 +349,24 @@ def _phase_data(root: Path, preset: Preset, seed: int, progress: bool) -> dict:
     return {"sizes": sizes}
 
 
+@functools.lru_cache(maxsize=1)
+def _cached_base(directory: str, stamp: tuple[int, int]):
+    """The built base, loaded once per process for as long as its file is unchanged (`stamp`:
+    mtime and size); train_lora trains a copy, so the cached model stays as built."""
+    return load_built_base(Path(directory))
+
+
+def _built_base(directory: Path):
+    stat = (directory / "model.safetensors").stat()
+    return _cached_base(str(directory), (stat.st_mtime_ns, stat.st_size))
+
+
 def _train_one_adapter(root: Path, preset_name: str, seed: int, name: str) -> dict:
     """Train and save one bank adapter; the unit of work of the bank phase, in or out of
     process. Loads what it needs from disk, so a worker process shares nothing."""
-    from transformers import AutoTokenizer
-
     preset = get_preset(preset_name)
     spec = _specs_by_name(seed, preset)[name]
-    model, _ = load_built_base(root / BASE_DIR)
-    tokenizer = AutoTokenizer.from_pretrained(str(root / BASE_DIR))
+    model, tokenizer = _built_base(root / BASE_DIR)
     foreign = None
     if spec.kind == "foreign":
         foreign_spec = preset.model.model_copy(update={"hidden": preset.model.hidden + 16})
