@@ -18,27 +18,10 @@ import time
 from common import standard_testbed
 
 from taskexpert.evaluate import evaluate_exact_match
-from taskexpert.records import Record
-from taskexpert.testbed.baselines import _with_adapter
-from taskexpert.testbed.families import FAMILIES, make_record
+from taskexpert.testbed.baselines import merged_adapter
+from taskexpert.testbed.families import FAMILIES, held_out_records
 from taskexpert.testbed.layout import BANK_DIR, BASE_DIR
 from taskexpert.testbed.model import load_built_base
-
-
-def held_out(name: str, n: int, rng: random.Random) -> list[Record]:
-    """Up to n distinct held-out full-level problems of a family (bounded draws)."""
-    family, records, seen = FAMILIES[name], [], set()
-    for _ in range(200 * n):
-        if len(records) == n:
-            break
-        problem = family.draw(rng, "full", "test")
-        record = make_record(
-            family, problem, rng.choice(family.templates), f"{name}-{len(records)}"
-        )
-        if record.instruction not in seen:
-            seen.add(record.instruction)
-            records.append(record)
-    return records
 
 
 def main() -> None:
@@ -57,8 +40,8 @@ def main() -> None:
     opts = {"batch_size": args.batch_size, "max_new_tokens": 112}
     families = {}
     for name in FAMILIES:
-        records = held_out(name, args.problems, rng)
-        expert = _with_adapter(base, testbed / BANK_DIR / f"expert_{name}")
+        records = held_out_records(FAMILIES[name], args.problems, rng, name)
+        expert = merged_adapter(base, testbed / BANK_DIR / f"expert_{name}")
         families[name] = {
             "problems": len(records),
             "base": round(evaluate_exact_match(base, tokenizer, records, **opts)["exact_match"], 3),

@@ -219,7 +219,7 @@ def _bank_hashes(root) -> dict[str, str]:
 
 def test_worker_processes_train_the_same_bank_as_one_process(micro_testbed, tmp_path):
     """An adapter depends on its spec alone, not on which process trained it or when."""
-    from taskexpert.testbed.build import _phase_bank, _threads, bank_workers
+    from taskexpert.testbed.build import _phase_bank, _threads
     from taskexpert.testbed.presets import get_preset
 
     root = tmp_path / "tb"
@@ -235,4 +235,12 @@ def test_worker_processes_train_the_same_bank_as_one_process(micro_testbed, tmp_
     parallel = _phase_bank(root, preset, 0, False, keep_existing=False, workers=2)
     assert set(parallel["adapters"]) == set(serial["adapters"])
     assert _bank_hashes(root) == expected
-    assert bank_workers(3) in (1, 3)  # one process on a GPU
+
+
+def test_the_bank_runs_one_process_per_thread_on_cpu_and_one_on_a_gpu(monkeypatch):
+    from taskexpert.testbed.build import bank_workers
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert (bank_workers(3), bank_workers(0)) == (3, 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert bank_workers(3) == 1

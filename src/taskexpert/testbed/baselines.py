@@ -51,7 +51,7 @@ def reasoning_perplexity(model, tokenizer, records: list[Record], batch_size: in
     return sum(math.exp(min(v, 50.0)) for v in nll) / len(nll)
 
 
-def _with_adapter(base_model, adapter_dir: Path):
+def merged_adapter(base_model, adapter_dir: Path):
     """The base with the adapter merged in: same outputs, and decoding runs 1.3x faster here
     than through PEFT's separate low-rank matmuls."""
     from peft import PeftModel
@@ -121,7 +121,7 @@ def run_baselines(root: Path, preset: Preset, seed: int, progress: bool) -> dict
             model = base
         else:
             try:
-                model = _with_adapter(base, adapter_dir)
+                model = merged_adapter(base, adapter_dir)
             except Exception as exc:  # the foreign adapter: shapes do not fit, by design
                 errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                 for t in TARGETS:
@@ -145,7 +145,7 @@ def run_baselines(root: Path, preset: Preset, seed: int, progress: bool) -> dict
         timings[f"eval:{name}"] = round(time.perf_counter() - began, 2)
     for key, adapter_dir in extra.items():
         target, method = key.split("__")
-        table[target][method] = em(_with_adapter(base, adapter_dir), test[target])
+        table[target][method] = em(merged_adapter(base, adapter_dir), test[target])
     result = {
         "targets": table,
         "calibration": cal,

@@ -26,7 +26,7 @@ from taskexpert.errors import InputError
 from taskexpert.io import atomic_dir, write_json
 from taskexpert.records import Record, load_records, write_records
 from taskexpert.testbed.bank import AdapterSpec, bank_specs, train_adapter
-from taskexpert.testbed.families import FAMILIES, make_record
+from taskexpert.testbed.families import FAMILIES, held_out_records, make_record
 from taskexpert.testbed.layout import (
     BANK_DIR,
     BASE_DIR,
@@ -331,17 +331,7 @@ def _phase_data(root: Path, preset: Preset, seed: int, progress: bool) -> dict:
         write_records(root / TASKS_DIR / name / "test.jsonl", test)
         sizes[f"{name}.kshot"], sizes[f"{name}.test"] = len(kshot), len(test)
     for name, family in FAMILIES.items():
-        records, seen = [], set()
-        for _ in range(100 * preset.calibration):
-            if len(records) == preset.calibration:
-                break
-            problem = family.draw(rng, "full", "test")
-            record = make_record(
-                family, problem, rng.choice(family.templates), f"{name}-cal-{len(records):04d}"
-            )
-            if record.instruction not in seen:
-                seen.add(record.instruction)
-                records.append(record)
+        records = held_out_records(family, preset.calibration, rng, f"{name}-cal")
         if len(records) < preset.calibration:
             raise RuntimeError(f"family {name}: fewer than {preset.calibration} held-out problems")
         write_records(root / CALIBRATION_DIR / f"{name}.jsonl", records)

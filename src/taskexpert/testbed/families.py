@@ -143,6 +143,24 @@ def make_record(
     )
 
 
+def held_out_records(family: Family, n: int, rng: random.Random, prefix: str) -> list[Record]:
+    """Up to n distinct held-out full-level problems in the bank's wording (ids
+    `<prefix>-0000`, ...); fewer when the family has fewer (multiply has 42)."""
+    records: list[Record] = []
+    seen: set[str] = set()
+    for _ in range(100 * n):
+        if len(records) == n:
+            break
+        problem = family.draw(rng, "full", "test")
+        record = make_record(
+            family, problem, rng.choice(family.templates), f"{prefix}-{len(records):04d}"
+        )
+        if record.instruction not in seen:
+            seen.add(record.instruction)
+            records.append(record)
+    return records
+
+
 # ---- string families -------------------------------------------------------------------------
 
 
