@@ -28,7 +28,7 @@ def test_a_model_that_says_the_gold_answer_scores_one(char_tokenizer, tiny_llama
     monkeypatch.setattr("taskexpert.evaluate.generate_greedy", lambda *a, **k: fake)
     result = evaluate_exact_match(tiny_llama, char_tokenizer, records)
     assert [p["correct"] for p in result["predictions"]] == [True, True, False]
-    assert result["exact_match"] == pytest.approx(2 / 3)
+    assert result["exact_match"] == pytest.approx(2 / 3, rel=1e-6)
     assert result["predictions"][2]["prediction"] == "9"
 
 

@@ -62,7 +62,8 @@ def test_batching_and_token_budget_do_not_change_rows(tiny_llama, char_tokenizer
     wide = CausalLMEmbedder(tiny_llama, char_tokenizer).embed(TEXTS, batch_size=64, progress=False)
     tight = CausalLMEmbedder(tiny_llama, char_tokenizer, max_batch_tokens=40)
     np.testing.assert_allclose(tight.embed(TEXTS, batch_size=64, progress=False), wide, atol=2e-5)
-    np.testing.assert_array_equal(wide[0], wide[4])  # duplicates embed identically
+    # duplicates embed alike; rows of one batched matmul may round differently (other tiles)
+    np.testing.assert_allclose(wide[0], wide[4], rtol=1e-6, atol=1e-6)
 
 
 def test_padded_batches_are_length_sorted_within_chunks_and_cover_every_row():

@@ -21,7 +21,7 @@ from taskexpert.moe import (
 from .conftest import save_random_lora, variant_of
 
 
-def test_one_expert_top1_equals_the_peft_lora_exactly(tiny_llama, tmp_path, input_ids):
+def test_one_expert_top1_equals_the_peft_lora(tiny_llama, tmp_path, input_ids):
     peft_model = save_random_lora(
         tiny_llama, tmp_path / "a", r=4, lora_alpha=12, target_modules=["q_proj", "v_proj"]
     )
@@ -31,7 +31,8 @@ def test_one_expert_top1_equals_the_peft_lora_exactly(tiny_llama, tmp_path, inpu
     with torch.no_grad():
         expected = peft_model(input_ids=input_ids).logits
         got = moe(input_ids=input_ids).logits
-    assert torch.equal(got, expected)
+    # the same sums in the same order; 1e-6 leaves room for another BLAS's kernel choice
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_experts_of_different_ranks_are_recorded_and_each_is_its_own_lora(
@@ -89,7 +90,7 @@ def test_router_stats_and_aux_loss(make_experts, tiny_llama, input_ids):
     moe(input_ids=input_ids)
     stats = router_stats(moe)
     assert stats["layers"] == 4 and set(stats["load"]) == {f"expert{i}" for i in range(4)}
-    assert sum(stats["load"].values()) == pytest.approx(1.0)
+    assert sum(stats["load"].values()) == pytest.approx(1.0, rel=1e-6)
     assert 0 < stats["entropy"] <= stats["max_entropy"]
     assert mixture_aux_loss(moe) is None  # off by default: nothing is computed
     for layer in mixture_layers(moe).values():

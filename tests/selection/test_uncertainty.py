@@ -66,7 +66,11 @@ def test_batched_scores_equal_the_one_at_a_time_reference(tiny_llama, batch_size
     for measure in MEASURES:
         assert got[measure].dtype == np.float32
         np.testing.assert_allclose(got[measure], expected[measure], rtol=1e-5, atol=1e-5)
-    assert got["least-confidence"][0] == got["least-confidence"][3]  # padding never counts
+    # padding never counts: the same sequence in another batch (other padding) scores the same,
+    # up to the float32 rounding that a different batch shape brings (~1e-7 relative)
+    np.testing.assert_allclose(
+        got["least-confidence"][0], got["least-confidence"][3], rtol=1e-6, atol=1e-6
+    )
 
 
 def test_only_the_requested_measure_is_computed(tiny_llama):
