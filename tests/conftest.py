@@ -6,9 +6,21 @@ depend on its tokenizer or sizes (the testbed and SmolLM2 exercise other ones).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from tiny_models import make_char_tokenizer, make_tiny_llama
 from transformers import PreTrainedTokenizerFast
+
+
+@pytest.fixture(autouse=True)
+def restore_environment():
+    """A verb run in-process with `--quiet` sets TASKEXPERT_QUIET (meant for its workers);
+    each test starts from the environment the session started with."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,16 @@ Verbs stay thin: they parse options, call the Python API and print a summary. He
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import sys
+from collections.abc import Callable
 
 import typer
 
 from taskexpert.errors import TaskexpertError
+from taskexpert.progress import configure_logging, set_quiet
 
 app = typer.Typer(
     help="Build task experts from a K-shot set, a LoRA bank and open instruction data.",
@@ -36,6 +40,37 @@ VERBS = {
 TESTBED_VERBS = {"build": "testbed_build"}
 
 
+def _set_quiet(value: bool) -> None:
+    if value:
+        set_quiet(True)
+        configure_logging()
+
+
+QUIET = typer.Option(
+    False,
+    "--quiet",
+    "-q",
+    is_eager=True,
+    callback=_set_quiet,
+    help="No progress bars or progress log lines (also: TASKEXPERT_QUIET=1).",
+)
+
+
+def with_quiet(verb: Callable) -> Callable:
+    """The verb with a `--quiet` option added: one switch for every verb, defined here once."""
+
+    @functools.wraps(verb)
+    def run(*args, quiet: bool = False, **kwargs):
+        return verb(*args, **kwargs)
+
+    signature = inspect.signature(verb, eval_str=True)
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    extra = inspect.Parameter("quiet", keyword, default=QUIET, annotation=bool)
+    run.__signature__ = signature.replace(parameters=[*signature.parameters.values(), extra])
+    run.__annotations__ = {**verb.__annotations__, "quiet": bool}
+    return run
+
+
 def _register(target: typer.Typer, verbs: dict[str, str]) -> None:
     for verb, module_name in verbs.items():
         try:
@@ -44,7 +79,8 @@ def _register(target: typer.Typer, verbs: dict[str, str]) -> None:
             if exc.name == f"taskexpert.commands.{module_name}":
                 continue
             raise
-        target.command(verb, help=(module.main.__doc__ or "").strip())(module.main)
+        doc = (module.main.__doc__ or "").strip()
+        target.command(verb, help=doc)(with_quiet(module.main))
 
 
 _register(app, VERBS)
@@ -53,6 +89,7 @@ _register(testbed_app, TESTBED_VERBS)
 
 def main() -> None:
     """Console entry point: user-facing errors become one line on stderr and exit code 1."""
+    configure_logging()
     try:
         app()
     except TaskexpertError as exc:

@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from taskexpert.errors import InputError
 from taskexpert.io import atomic_dir, atomic_open
+from taskexpert.progress import progress as progress_bar
 from taskexpert.records import Record
 
 DEFAULT_MAX_SEQ_LENGTH = 256
@@ -176,12 +176,11 @@ class SentenceEncoder:
     ) -> np.ndarray:
         """Embed in length-sorted batches; rows come back in input order, L2-normalised."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        bar = tqdm(
+        bar = progress_bar(
             total=len(texts),
             desc=f"embedding ({self.name})",
             unit="text",
-            leave=False,
-            disable=not progress or len(texts) <= batch_size,
+            enabled=progress and len(texts) > batch_size,
         )
         with bar:
             for idx in _length_sorted_batches(texts, batch_size):

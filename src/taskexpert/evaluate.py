@@ -23,6 +23,7 @@ from taskexpert.lm import (
     generate_greedy,
     token_nll,
 )
+from taskexpert.progress import progress as progress_bar
 from taskexpert.prompts import (
     ANSWER_PREFIX,
     AnswerKind,
@@ -59,8 +60,6 @@ def evaluate_exact_match(
     `kind` picks the answer extractor for every record; None infers it per record from the
     gold answer (`prompts.infer_answer_kind`). Each prediction keeps the raw generation too.
     """
-    from tqdm.auto import tqdm
-
     if not records:
         raise InputError("no records to evaluate")
     kinds = [kind or infer_answer_kind(r) for r in records]
@@ -70,8 +69,8 @@ def evaluate_exact_match(
     generated: list[str] = []
     # Blocks of several batches keep the progress bar moving without hurting length grouping.
     block = batch_size * 4
-    for start in tqdm(
-        range(0, len(prompts), block), desc="evaluate", disable=not progress, leave=False
+    for start in progress_bar(
+        range(0, len(prompts), block), desc="evaluate", unit="block", enabled=progress
     ):
         generated += generate_greedy(
             model,
@@ -178,7 +177,6 @@ def choice_logprobs(
 
     All (record, option) pairs are batched together by length; each is one forward pass.
     """
-    from tqdm.auto import tqdm
 
     pad_id = ensure_pad_token(tokenizer)
     pairs, owners = [], []
@@ -192,7 +190,7 @@ def choice_logprobs(
     ]
     model.eval()
     batches = list(batches_by_length([len(p.input_ids) for p in pairs], batch_size))
-    for idx in tqdm(batches, desc="score options", disable=not progress, leave=False):
+    for idx in progress_bar(batches, desc="score options", unit="batch", enabled=progress):
         summed, counts = token_nll(model, collate([pairs[i] for i in idx], pad_id))
         for i, s, c in zip(idx, summed.tolist(), counts.tolist(), strict=True):
             r, o = owners[i]

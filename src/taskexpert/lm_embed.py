@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from taskexpert.errors import InputError
+from taskexpert.progress import progress as progress_bar
 
 CHUNK_ROWS = 4096  # sequences sorted together; bounds the RAM held for token ids
 DEFAULT_BATCH_TOKENS = 16_384  # padded tokens per forward pass
@@ -208,7 +208,7 @@ def pooled_hidden_states(
     was_training = model.training
     model.eval()
     written = 0
-    bar = tqdm(total=total, desc=desc, unit="text", leave=False, disable=not progress)
+    bar = progress_bar(total=total, desc=desc, unit="text", enabled=progress)
     try:
         with torch.inference_mode(), bar:
             for rows, input_ids, attention in padded_batches(

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from taskexpert.errors import InputError
 from taskexpert.io import atomic_dir
 from taskexpert.lm import EncodedPair, collate, encode_pair, ensure_pad_token
+from taskexpert.progress import progress as progress_bar
 from taskexpert.prompts import format_prompt
 from taskexpert.records import Record
 
@@ -75,7 +76,7 @@ class TrainConfig(BaseModel):
     checkpoint_dir: Path | None = None
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps; 0: no checkpoints")
     resume: bool = Field(False, description="continue from checkpoint_dir when one is there")
-    progress: bool = Field(True, description="show a tqdm progress bar")
+    progress: bool = Field(True, description="a bar on a terminal, a few log lines elsewhere")
 
     @field_validator("lr_overrides")
     @classmethod
@@ -334,7 +335,6 @@ def train(
 ) -> TrainResult:
     """Fine-tune `model` in place on `records`, loss on `output` tokens only (see module doc)."""
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     config = config or TrainConfig()
@@ -368,12 +368,12 @@ def train(
     model.train()
     bf16 = config.mixed_precision == "bf16"
     tokens, began = 0, time.perf_counter()
-    bar = tqdm(
+    bar = progress_bar(
         total=n_steps,
         initial=start,
         desc="train",
-        disable=not config.progress or not accelerator.is_local_main_process,
-        leave=False,
+        unit="step",
+        enabled=config.progress and accelerator.is_local_main_process,
     )
     step = start
     try:

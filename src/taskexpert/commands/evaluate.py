@@ -156,7 +156,6 @@ def main(
     trust_remote_code: bool = options.TRUST_REMOTE_CODE,
     device: str = options.DEVICE,
     dtype: str = options.DTYPE,
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Exact match with the task's extractor, plus multiple choice where records have choices."""
     report = run_evaluate(
@@ -174,7 +173,6 @@ def main(
         trust_remote_code=trust_remote_code,
         device=device,
         dtype=dtype,
-        progress=not quiet,
     )
     line = f"exact match {report['exact_match']:.4f} ({report['correct']}/{report['n']})"
     if "multiple_choice_accuracy" in report:

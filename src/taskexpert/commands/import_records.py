@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from tqdm import tqdm
 
 from taskexpert.importers import FORMATS, import_dataset, parse_mapping
+from taskexpert.progress import progress as progress_bar
 from taskexpert.records import Record, write_records
 
 
@@ -43,7 +43,7 @@ def main(
     per_source: Counter = Counter()
     empty: Counter = Counter()
     counted = _counted(records, per_source, empty)
-    progress = tqdm(counted, desc=f"import {fmt}", unit=" rec", leave=False, disable=None)
+    progress = progress_bar(counted, desc=f"import {fmt}", unit="rec")
     written = write_records(out, progress)
     mix = ", ".join(f"{name} {n}" for name, n in sorted(per_source.items())) or "none"
     note = f"; {empty.total()} with an empty output" if empty.total() else ""

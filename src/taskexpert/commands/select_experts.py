@@ -166,7 +166,6 @@ def main(
     gpus_per_worker: float = typer.Option(
         0, "--gpus-per-worker", help="GPUs each Ray actor requests (with --workers)."
     ),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Score a LoRA bank on a K-shot set and choose N diverse, competent experts (Stage 1)."""
     selection = run_select_experts(
@@ -201,7 +200,6 @@ def main(
         max_pair_similarity=None if max_pair_similarity >= 1 else max_pair_similarity,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
-        progress=not quiet,
     )
     typer.echo(selection.table())
     for warning in selection.warnings:

@@ -15,7 +15,6 @@ def main(
     threads: int = typer.Option(
         0, "--threads", help="torch threads (0: every core if the machine is quiet, else 1)"
     ),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Build the offline testbed (cached per preset and seed; resumes a half-built one)."""
     import time
@@ -25,7 +24,7 @@ def main(
 
     began = time.perf_counter()
     testbed = build_testbed(
-        out, preset, seed, force=force, progress=not quiet, threads=threads or None
+        out, preset, seed, force=force, threads=threads or None
     )
     build = testbed.truth["build"]
     typer.echo(format_table(testbed.truth))

@@ -128,7 +128,6 @@ def main(
     trust_remote_code: bool = options.TRUST_REMOTE_CODE,
     device: str = options.DEVICE,
     dtype: str = options.DTYPE,
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train the chosen LoRA experts and per-token routers on K-shot + selected data (Stage 3)."""
     summary = run_train_moe(
@@ -155,7 +154,6 @@ def main(
         max_length=max_length,
         seed=seed,
         checkpoint_every=checkpoint_every,
-        progress=not quiet,
     )
     train = summary["train"]
     names = ", ".join(e["name"] for e in summary["experts"])

@@ -17,8 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from taskexpert.bank import SAFETENSORS_FILE, Bank, LoraAdapter, load_adapter
 from taskexpert.errors import InputError, TaskexpertError
 from taskexpert.experts.scoring import (
@@ -28,6 +26,7 @@ from taskexpert.experts.scoring import (
     ScoringConfig,
     score_bank,
 )
+from taskexpert.progress import progress as progress_bar
 
 INSTALL_HINT = "pip install 'taskexpert[ray]'"
 # () -> (model, tokenizer); runs once inside each worker, so it must be picklable by reference
@@ -201,7 +200,12 @@ def score_bank_distributed(
         )
         task_ref = ray.put(task)
         pool = ActorPool([actor.remote(load, task_ref, config, threads) for _ in range(workers)])
-        bar = tqdm(total=len(items) + include_base, desc="scoring adapters", disable=not progress)
+        bar = progress_bar(
+            total=len(items) + include_base,
+            desc="scoring adapters",
+            unit="adapter",
+            enabled=progress,
+        )
         try:
             for scores in pool.map_unordered(lambda a, job: a.score.remote(*job), jobs):
                 results.update(scores)

@@ -17,9 +17,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from taskexpert.bank import LoraAdapter, LoraModule
+from taskexpert.progress import progress as progress_bar
 
 SimilarityMethod = Literal["delta", "factors"]
 METHODS: tuple[str, ...] = ("delta", "factors")
@@ -147,8 +147,8 @@ def similarity_matrix(
             shape = (module.A.shape[1], module.B.shape[0])
             by_layer.setdefault((module_name, shape), []).append(i)
     score = _module_delta_cosines if method == "delta" else _module_factor_cosines
-    for (module_name, _), owners in tqdm(
-        sorted(by_layer.items()), desc="similarity", disable=not progress, leave=False
+    for (module_name, _), owners in progress_bar(
+        sorted(by_layer.items()), desc="similarity", unit="module", enabled=progress
     ):
         cos = score([items[i].modules[module_name] for i in owners])
         grid = np.ix_(owners, owners)

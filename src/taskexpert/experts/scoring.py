@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from taskexpert.bank import Bank, LoraAdapter
 from taskexpert.errors import InputError
@@ -29,6 +28,7 @@ from taskexpert.lm import (
     per_example_means,
     target_token_nlls,
 )
+from taskexpert.progress import progress as progress_bar
 from taskexpert.prompts import (
     AnswerKind,
     format_prompt,
@@ -423,7 +423,9 @@ def score_bank(
     if include_base:
         scores[BASE_ROW] = score_model(base_model, tokenizer, task, config, BASE_ROW)
     with AdapterSwitcher(base_model) as switcher:
-        for name, adapter in tqdm(adapters.items(), desc="scoring adapters", disable=not progress):
+        for name, adapter in progress_bar(
+            adapters.items(), desc="scoring adapters", unit="adapter", enabled=progress
+        ):
             start = time.perf_counter()
             model = switcher.activate(adapter)
             score = score_model(model, tokenizer, task, config, name)

@@ -22,7 +22,6 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from taskexpert.errors import InputError
 from taskexpert.lm import (
@@ -35,6 +34,7 @@ from taskexpert.lm import (
     model_device,
 )
 from taskexpert.moe.model import mixture_config, mixture_layers, only_expert
+from taskexpert.progress import progress as progress_bar
 from taskexpert.prompts import format_prompt
 from taskexpert.records import Record
 
@@ -66,7 +66,7 @@ def assign_records_to_experts(
     targets = [r.output for r in records]
     losses = []
     with _eval_mode(model):
-        for name in tqdm(names, desc="K-shot NLL per expert", leave=False):
+        for name in progress_bar(names, desc="K-shot NLL per expert", unit="expert"):
             with only_expert(model, name):
                 losses.append(mean_nll(model, tokenizer, prompts, targets, batch_size, max_length))
     best = torch.tensor(losses).argmin(dim=0).tolist()
@@ -112,7 +112,8 @@ def expert_mean_inputs(
     handles = [layer.register_forward_pre_hook(recorder(m)) for m, layer in layers.items()]
     try:
         with _eval_mode(model):
-            for e, name in enumerate(tqdm(names, desc="K-shot hidden states", leave=False)):
+            steps = progress_bar(names, desc="K-shot hidden states", unit="expert")
+            for e, name in enumerate(steps):
                 pairs = [_encode(tokenizer, ex, max_length) for ex in examples.get(name, [])]
                 with only_expert(model, name):
                     for idx in batches_by_length([len(p.input_ids) for p in pairs], batch_size):

@@ -18,9 +18,9 @@ from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
-from tqdm import tqdm
 
 from taskexpert.errors import InputError
+from taskexpert.progress import progress as progress_bar
 
 METRICS = ("euclidean", "cosine")
 STORAGES = (None, "float32", "float16")
@@ -234,7 +234,7 @@ def _greedy(
         pick = int(np.random.default_rng(seed).integers(n))
     else:
         pick = int(np.random.default_rng(seed).choice(np.setdiff1d(np.arange(n), banned)))
-    with tqdm(total=k, desc="k-center", unit="pick", disable=not progress) as bar:
+    with progress_bar(total=k, desc="k-center", unit="pick", enabled=progress) as bar:
         while True:
             picks.append(pick)
             centres.append(pick)

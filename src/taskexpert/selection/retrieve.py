@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from taskexpert.embed import (
     Embedder,
@@ -35,6 +34,7 @@ from taskexpert.embed import (
     l2_normalize,
 )
 from taskexpert.errors import InputError
+from taskexpert.progress import progress as progress_bar
 from taskexpert.records import Record
 from taskexpert.selection.dedup import DEFAULT_THRESHOLD, NearDuplicateFilter
 from taskexpert.selection.vendi import vendi_score
@@ -170,7 +170,9 @@ def _score_pool(
     result = _PoolPass(np.zeros(0, np.float32), _TopCandidates(capacity), 0, Counter(), [])
     parts: list[np.ndarray] = []
     total = len(pool) if isinstance(pool, Sized) else None
-    bar = tqdm(total=total, desc=f"pool ({embedder.name})", unit="rec", disable=not progress)
+    bar = progress_bar(
+        total=total, desc=f"pool ({embedder.name})", unit="rec", enabled=progress
+    )
     n_pool = 0
     for chunk in _batched(iterator, chunk_size):
         texts = [r.text for r in chunk]

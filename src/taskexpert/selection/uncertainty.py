@@ -18,10 +18,10 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from taskexpert.errors import InputError
 from taskexpert.lm_embed import padded_batches
+from taskexpert.progress import progress as progress_bar
 
 MEASURES = ("least-confidence", "margin", "entropy")
 # Measures whose *highest* scores are picked first; the others are picked lowest first.
@@ -77,7 +77,7 @@ def uncertainty_scores(
     was_training = model.training
     model.eval()
     seen = 0
-    bar = tqdm(total=total, desc="uncertainty", unit="text", leave=False, disable=not progress)
+    bar = progress_bar(total=total, desc="uncertainty", unit="text", enabled=progress)
     try:
         with torch.inference_mode(), bar:
             for rows, input_ids, attention in padded_batches(

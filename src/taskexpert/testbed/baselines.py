@@ -18,6 +18,7 @@ from pathlib import Path
 from taskexpert.evaluate import evaluate_exact_match
 from taskexpert.io import write_json
 from taskexpert.lm import mean_nll
+from taskexpert.progress import progress as progress_bar
 from taskexpert.prompts import format_prompt, reasoning_target
 from taskexpert.records import Record, load_records
 from taskexpert.testbed.bank import bank_specs, train_lora
@@ -62,7 +63,6 @@ def merged_adapter(base_model, adapter_dir: Path):
 
 def run_baselines(root: Path, preset: Preset, seed: int, progress: bool) -> dict:
     """Train the K-shot and ceiling LoRAs, evaluate everything, write baselines.json."""
-    from tqdm.auto import tqdm
 
     base, tokenizer = load_built_base(root / BASE_DIR)
     kshot = {t: load_records(root / TASKS_DIR / t / "kshot.jsonl") for t in TARGETS}
@@ -93,7 +93,9 @@ def run_baselines(root: Path, preset: Preset, seed: int, progress: bool) -> dict
         if target.kind == "two_skill":
             data = target.make(rng, preset.ceiling_records, "train", f"{name}-ceiling")
             jobs.append((name, CEILING_LORA, data, preset.ceiling))
-    for name, method, records, config in tqdm(jobs, desc="baseline LoRAs", disable=not progress):
+    for name, method, records, config in progress_bar(
+        jobs, desc="baseline LoRAs", unit="LoRA", enabled=progress
+    ):
         out = root / BASELINES_DIR / f"{name}__{method}"
         began = time.perf_counter()
         train_lora(
@@ -115,7 +117,9 @@ def run_baselines(root: Path, preset: Preset, seed: int, progress: bool) -> dict
     errors: dict[str, str] = {}
     specs = bank_specs(seed, preset.lora_r, preset.lora_alpha)
     models = [(BASE, None)] + [(s.name, root / BANK_DIR / s.name) for s in specs]
-    for name, adapter_dir in tqdm(models, desc="evaluate bank", disable=not progress):
+    for name, adapter_dir in progress_bar(
+        models, desc="evaluate bank", unit="model", enabled=progress
+    ):
         began = time.perf_counter()
         if adapter_dir is None:
             model = base

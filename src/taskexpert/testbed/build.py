@@ -24,6 +24,8 @@ from pathlib import Path
 
 from taskexpert.errors import InputError
 from taskexpert.io import atomic_dir, write_json
+from taskexpert.progress import is_quiet, logger
+from taskexpert.progress import progress as progress_bar
 from taskexpert.records import Record, load_records, write_records
 from taskexpert.testbed.bank import AdapterSpec, bank_specs, train_adapter
 from taskexpert.testbed.families import FAMILIES, held_out_records, make_record
@@ -82,10 +84,8 @@ def _fingerprint(preset: Preset, seed: int) -> dict:
 
 
 def _log(message: str, progress: bool) -> None:
-    if progress:
-        import sys
-
-        print(message, file=sys.stderr, flush=True)
+    if progress and not is_quiet():
+        logger.info(message)
 
 
 @contextmanager
@@ -398,7 +398,6 @@ def bank_workers(threads: int) -> int:
 def _phase_bank(
     root: Path, preset: Preset, seed: int, progress: bool, *, keep_existing: bool, workers: int
 ) -> dict:
-    from tqdm.auto import tqdm
 
     if not keep_existing:
         shutil.rmtree(root / BANK_DIR, ignore_errors=True)
@@ -409,7 +408,7 @@ def _phase_bank(
         if not (root / BANK_DIR / s.name / "adapter_model.safetensors").is_file()
     ]
     timings: dict[str, dict] = {}
-    bar = tqdm(total=len(todo), desc="bank", disable=not progress)
+    bar = progress_bar(total=len(todo), desc="bank", unit="adapter", enabled=progress)
     if workers <= 1:
         from transformers.utils import logging
 
