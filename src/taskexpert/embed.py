@@ -1,4 +1,4 @@
-"""Text embedders and an on-disk embedding cache (DESIGN.md Stage 2 and "Scale-out").
+"""Text embedders and an on-disk embedding cache (docs/design.md Stage 2 and "Scale-out").
 
 Every embedder returns L2-normalised float32 rows, so cosine similarity is an inner product and
 FAISS `IndexFlatIP` searches it exactly. Two are built in:
@@ -444,5 +444,5 @@ def embed_records(
     batch_size: int | None = None,
     progress: bool = True,
 ) -> np.ndarray:
-    """Embeddings of the records' `text` (instruction + input + output), DESIGN.md Stage 2."""
+    """Embeddings of the records' `text` (instruction + input + output), docs/design.md Stage 2."""
     return embed_texts([r.text for r in records], embedder, cache, batch_size, progress)

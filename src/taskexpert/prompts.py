@@ -33,7 +33,8 @@ def format_prompt(record: Record, tokenizer=None, use_chat_template: bool | None
 
 
 def reasoning_target(record: Record) -> str:
-    """Rationale followed by the answer: what reasoning perplexity scores (DESIGN.md Stage 1)."""
+    """Rationale followed by the answer: what reasoning perplexity scores
+    (docs/design.md Stage 1)."""
     if record.rationale and record.answer is not None:
         return f"{record.rationale.strip()}\n{ANSWER_PREFIX}{record.answer}."
     return record.output

@@ -59,7 +59,8 @@ class Record(BaseModel):
 
     @property
     def text(self) -> str:
-        """instruction + input + output: what the sentence encoder embeds (DESIGN.md Stage 2)."""
+        """instruction + input + output: what the sentence encoder embeds
+        (docs/design.md Stage 2)."""
         return f"{self.prompt_text}\n{self.output}"
 
 

@@ -1,1 +1,1 @@
-"""Expert selection from a LoRA bank: scoring, diversity, group choice (DESIGN.md Stage 1)."""
+"""Expert selection from a LoRA bank: scoring, diversity, group choice (docs/design.md Stage 1)."""

@@ -1,6 +1,6 @@
 """Score a LoRA bank with Ray actors: one base model per worker, adapters streamed to it.
 
-The scale-out path of Stage 1 (DESIGN.md, "Scale-out"). Each actor loads the base model once
+The scale-out path of Stage 1 (docs/design.md, "Scale-out"). Each actor loads the base model once
 with the loader the single-process path uses (`taskexpert.models.load_base`), receives shards of
 adapter paths, reads one adapter at a time and scores it with `score_bank` itself. So the
 numbers are computed by the same code, the results are the same `AdapterScore` objects, and

@@ -1,4 +1,4 @@
-"""Bank-wide adapter similarity, computed once from the LoRA factors (DESIGN.md Stage 1).
+"""Bank-wide adapter similarity, computed once from the LoRA factors (docs/design.md Stage 1).
 
 The default compares what an adapter does, its update dW = s*B*A, not how it happens to be
 factored: <B1 A1, B2 A2>_F = tr((B1^T B2)(A2 A1^T)) needs only r x r products, so the out x in

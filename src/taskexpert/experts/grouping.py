@@ -1,6 +1,6 @@
 """Choose the expert group: good on the K-shot first, then as different from each other as possible.
 
-DESIGN.md Stage 1: adapters below the base model's exact match are dropped; the rest are
+docs/design.md Stage 1: adapters below the base model's exact match are dropped; the rest are
 ranked by EM rank plus (reasoning) perplexity rank; the top M stay candidates; among the
 N-groups whose mean quality is within a tolerance of the best N-group, the one with the lowest
 mean pairwise similarity wins, because experts that all learned the same thing add nothing to
@@ -27,7 +27,7 @@ OBJECTIVES = ("diversity", "coverage")
 
 @dataclass
 class GroupingConfig:
-    """Every knob of the group choice; the defaults are the paper's (N=4) or DESIGN.md's."""
+    """Every knob of the group choice; the defaults are the paper's (N=4) or docs/design.md's."""
 
     n: int = 4
     m: int | None = None  # candidates kept by quality; None: 2N
@@ -210,7 +210,7 @@ def choose_group(
     contrast: Mapping[str, float] | None = None,
     base_contrast: float | None = None,
 ) -> GroupChoice:
-    """DESIGN.md's group rule over scored adapters (names in `em`; the base model excluded).
+    """docs/design.md's group rule over scored adapters (names in `em`; the base model excluded).
 
     With `config.objective == "coverage"` the last step instead picks, among the top M, the
     group with the lowest routed reasoning perplexity (coverage.py); `token_nll` then gives

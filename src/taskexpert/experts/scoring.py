@@ -113,7 +113,7 @@ def prepare_kshot(
         with_rationale = bool(record.rationale and record.rationale.strip())
         has_rationale.append(with_rationale)
         # Without a rationale the "reasoning" target would be the output, which may or may not
-        # reason; DESIGN.md asks for the bare answer instead, so RPPL degrades to vanilla PPL.
+        # reason; docs/design.md asks for the bare answer instead, so RPPL degrades to vanilla PPL.
         reasoning.append(reasoning_target(record) if with_rationale else answer)
     warnings = []
     missing = [r.id for r, ok in zip(records, has_rationale) if not ok]

@@ -1,4 +1,4 @@
-"""Mixture of LoRA experts: config, layer, attach/save/load (DESIGN.md Stage 3).
+"""Mixture of LoRA experts: config, layer, attach/save/load (docs/design.md Stage 3).
 
 model = attach_mixture(base, [load_adapter(p) for p in paths], MoeConfig(top_k=2))
 init_routers_from_kshot(model, tokenizer, kshot_records)    # optional, else fresh routers

@@ -1,4 +1,4 @@
-"""A frozen nn.Linear plus N LoRA experts behind a per-token top-k router (DESIGN.md Stage 3).
+"""A frozen nn.Linear plus N LoRA experts behind a per-token top-k router (docs/design.md Stage 3).
 
 y = W0 x + sum over the k chosen experts of p_e * s_e * B_e A_e x, where p = softmax(W_g x)
 restricted to the top k and renormalised, and s_e is each expert's own alpha/r (the reference

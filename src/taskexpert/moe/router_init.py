@@ -1,6 +1,6 @@
 """Routers that start from K-shot hidden states per expert, instead of from noise.
 
-Recipe (DESIGN.md Stage 3, "routers start ... from K-shot hidden states per expert"):
+Recipe (docs/design.md Stage 3, "routers start ... from K-shot hidden states per expert"):
 1. Give each expert its examples. From a plain K-shot set, each record goes to the expert
    that fits it best (lowest response NLL with that expert alone), so the partition says
    which expert the target's examples resemble.

@@ -1,5 +1,5 @@
-"""Near-duplicate removal in rank order (DESIGN.md Stage 2): keep an item unless it is too close
-to one already kept, so of two near-duplicates the better-ranked (more similar) one survives.
+"""Near-duplicate removal in rank order (docs/design.md Stage 2): keep an item unless it is too
+close to one already kept, so of two near-duplicates the better-ranked (more similar) one survives.
 
 Kept items live in an incremental FAISS inner-product index; candidates arrive in blocks, are
 searched against it, then checked against each other inside the block (block x block). Memory is

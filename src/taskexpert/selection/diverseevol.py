@@ -1,4 +1,4 @@
-"""DiverseEvol (DESIGN.md Stage 4): the model grows its own training subset, round by round.
+"""DiverseEvol (docs/design.md Stage 4): the model grows its own training subset, round by round.
 
 Round 0 trains on `init` random pool items. Round r >= 1 first selects `per_round` new items
 with round r-1's model (K-center greedy on its hidden-state embeddings of the whole pool, or a
@@ -740,7 +740,7 @@ def run_diverseevol(config: DiverseEvolConfig, run_dir: str | Path) -> DiverseEv
 
 @contextlib.contextmanager
 def _torch_threads(count: int | None) -> Iterator[None]:
-    """On a shared CPU one thread can be many times faster than two (see DESIGN.md)."""
+    """On a shared CPU one thread can be many times faster than two (see docs/design.md)."""
     if count is None:
         yield
         return

@@ -1,4 +1,4 @@
-"""K-shot guided retrieval from an open pool (DESIGN.md Stage 2, paper A).
+"""K-shot guided retrieval from an open pool (docs/design.md Stage 2, paper A).
 
 Pool and K-shot texts are embedded and L2-normalised, each pool item is scored by cosine to the
 normalised K-shot centroid (`mode="centroid"`) or by its best cosine to any K-shot item
