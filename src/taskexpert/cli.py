@@ -22,8 +22,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-testbed_app = typer.Typer(help="The offline tiny model, LoRA bank, pool and target tasks.")
+testbed_app = typer.Typer(
+    help="The offline tiny model, LoRA bank, pool and target tasks.", rich_markup_mode=None
+)
 app.add_typer(testbed_app, name="testbed")
 
 # verb name -> module under taskexpert.commands; a module missing here is a verb not built yet.
