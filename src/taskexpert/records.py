@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from taskexpert.errors import InputError
 from taskexpert.io import atomic_open
+from taskexpert.textfile import check_encodable, decode_error, has_surrogate_escape, open_text
 
 REQUIRED_FIELDS = ("id", "instruction", "output")
 
@@ -39,7 +40,7 @@ class Record(BaseModel):
     @field_validator("id", mode="before")
     @classmethod
     def _id_as_string(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) else value
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @field_validator("instruction")
     @classmethod
@@ -77,16 +78,60 @@ def parse_record(obj: Any, path: str | Path | None = None, line: int | None = No
         raise InputError(reason, path, line, field) from None
 
 
+def _loads(text: str, path: Path, line: int) -> Any:
+    """One JSONL line decoded; every way it can be bad is an InputError naming the line."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"malformed JSON ({exc.msg}, column {exc.colno})", path, line) from None
+    except ValueError as exc:  # an integer past Python's 4300-digit limit
+        raise InputError(f"malformed JSON ({str(exc).split(':')[0]})", path, line) from None
+    except RecursionError:
+        raise InputError("malformed JSON (nested too deeply)", path, line) from None
+    if has_surrogate_escape(text):
+        check_encodable(obj, path, line)
+    return obj
+
+
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with open(path, encoding="utf-8") as handle:
+    with open_text(path) as handle:
         for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                yield number, json.loads(raw)
-            except json.JSONDecodeError as exc:
-                msg = f"malformed JSON ({exc.msg}, column {exc.colno})"
-                raise InputError(msg, path, number) from None
+            if raw.strip():
+                yield number, _loads(raw, path, number)
+
+
+def _iter_json_list(path: Path) -> Iterator[tuple[int, Any]]:
+    with open_text(path) as handle:
+        text = handle.read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"malformed JSON ({exc.msg})", path, exc.lineno) from None
+    except ValueError as exc:
+        raise InputError(f"malformed JSON ({str(exc).split(':')[0]})", path) from None
+    except RecursionError:
+        raise InputError("malformed JSON (nested too deeply)", path) from None
+    if not isinstance(data, list):
+        raise InputError("expected a JSON list of objects", path)
+    suspect = has_surrogate_escape(text)
+    for number, obj in enumerate(data, start=1):
+        if suspect:
+            check_encodable(obj, path, number)
+        yield number, obj
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    row = 0
+    try:
+        for batch in pq.ParquetFile(path).iter_batches():
+            for obj in batch.to_pylist():
+                row += 1
+                yield row, obj
+    except (pa.ArrowException, ValueError, OverflowError) as exc:  # corrupt, or not Parquet
+        raise InputError(f"not a readable Parquet file ({exc})", path) from None
 
 
 def iter_json_objects(path: str | Path) -> Iterator[tuple[int, Any]]:
@@ -95,44 +140,44 @@ def iter_json_objects(path: str | Path) -> Iterator[tuple[int, Any]]:
     if not path.is_file():
         raise InputError("file not found or not a regular file", path)
     suffix = path.suffix.lower()
+    readers = {".parquet": _iter_parquet, ".json": _iter_json_list}
     try:
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.ParquetFile(path)
-            row = 0
-            for batch in table.iter_batches():
-                for obj in batch.to_pylist():
-                    row += 1
-                    yield row, obj
-        elif suffix == ".json":
-            with open(path, encoding="utf-8") as handle:
-                try:
-                    data = json.load(handle)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"malformed JSON ({exc.msg})", path, exc.lineno) from None
-            if not isinstance(data, list):
-                raise InputError("expected a JSON list of objects", path)
-            yield from enumerate(data, start=1)
-        else:
-            yield from _iter_jsonl(path)
+        yield from readers.get(suffix, _iter_jsonl)(path)
     except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc.reason})", path) from None
+        raise decode_error(path, exc) from None
     except OSError as exc:
         raise InputError(f"cannot read ({exc.strerror or exc})", path) from None
 
 
+def _check_json_extras(record: Record, path: str | Path, line: int) -> None:
+    """Parquet cells can be dates, decimals or bytes, which a JSONL write-out cannot hold."""
+    for name, value in (record.model_extra or {}).items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            kind = type(value).__name__
+            raise InputError(f"{kind} is not JSON-serialisable", path, line, name) from None
+
+
+def _parsed(path: str | Path) -> Iterator[tuple[int, Record]]:
+    parquet = Path(path).suffix.lower() == ".parquet"
+    for number, obj in iter_json_objects(path):
+        record = parse_record(obj, path, number)
+        if parquet:
+            _check_json_extras(record, path, number)
+        yield number, record
+
+
 def read_records(path: str | Path) -> Iterator[Record]:
     """Stream validated records from a JSONL/JSON/Parquet file; the first bad one raises."""
-    for number, obj in iter_json_objects(path):
-        yield parse_record(obj, path, number)
+    for _, record in _parsed(path):
+        yield record
 
 
 def load_records(path: str | Path, *, allow_empty: bool = False) -> list[Record]:
     """All records of a file, with duplicate ids and (unless allowed) emptiness reported."""
     records, seen = [], {}
-    for number, obj in iter_json_objects(path):
-        record = parse_record(obj, path, number)
+    for number, record in _parsed(path):
         if record.id in seen:
             raise InputError(
                 f"duplicate id {record.id!r} (first on line {seen[record.id]})", path, number, "id"

@@ -26,6 +26,7 @@ from taskexpert.importers.pools import (
 )
 from taskexpert.importers.targets import import_gsm8k, import_llm_foundry, import_rocket_arc
 from taskexpert.records import Record
+from taskexpert.textfile import is_encodable
 
 __all__ = [
     "FORMATS",
@@ -97,10 +98,12 @@ def import_dataset(fmt: str, src: str | Path, **options: Any) -> Iterator[Record
     importer = _importer(fmt)
     options = {key: value for key, value in options.items() if value is not None}
     accepted = importer_options(fmt)
-    for key in options:
+    for key, value in options.items():
         if key not in accepted:
             takes = ", ".join(accepted) or "no options"
             raise InputError(f"format {fmt!r} takes {takes}, not {key!r}", field=key)
+        if not is_encodable(value):  # it would only fail when the records are written out
+            raise InputError(f"not valid Unicode: {value!r}", field=key)
     return _unique_ids(importer(Path(src), **options), Path(src))
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from taskexpert.errors import InputError
 from taskexpert.importers.readers import iter_delimited, iter_objects
 from taskexpert.records import Record, parse_record
+from taskexpert.textfile import check_encodable, is_encodable
 
 RECORD_FIELDS = ("id", "instruction", "input", "output", "answer", "rationale", "source", "choices")
 _REQUIRED = ("instruction", "output")
@@ -26,6 +27,8 @@ def parse_mapping(items: Iterable[str]) -> dict[str, str]:
     """['instruction=question', ...] -> {'instruction': 'question'} (the CLI's --map values)."""
     mapping: dict[str, str] = {}
     for item in items:
+        if not is_encodable(item):  # bytes in argv that are not UTF-8
+            raise InputError(f"not valid Unicode: {item!r}", field="--map")
         target, sep, column = item.partition("=")
         if not sep or not target.strip() or not column.strip():
             raise InputError(f"expected FIELD=COLUMN, got {item!r}", field="--map")
@@ -45,15 +48,17 @@ def _rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
 def _coerce(target: str, column: str, value: Any, path: Path, line: int) -> Any:
     """The cell as the record field expects it; None means 'absent'. Errors name the column."""
     if value is None and target in _REQUIRED:
-        raise InputError(f"{target}: null value", path, line, column)
+        # JSON null, or the cell a CSV row shorter than its header lacks
+        raise InputError(f"{target}: null or missing value", path, line, column)
     if value is None or value == "" and target not in _REQUIRED:
         return None
     if target == "choices":
         if isinstance(value, str) and value.lstrip().startswith("["):
             try:
                 value = json.loads(value)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # malformed, a huge integer, or too deep
                 raise InputError("choices: malformed JSON list", path, line, column) from None
+            check_encodable(value, path, line)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise InputError("choices: expected a list of strings", path, line, column)
         return value
@@ -62,6 +67,8 @@ def _coerce(target: str, column: str, value: Any, path: Path, line: int) -> Any:
     if target in RECORD_FIELDS and not isinstance(value, str):
         kind = type(value).__name__
         raise InputError(f"{target}: expected a string, got {kind}", path, line, column)
+    if target == "instruction" and not value.strip():  # else the record names 'instruction'
+        raise InputError("instruction: must not be empty", path, line, column)
     try:  # an extra field must survive the JSONL write-out
         json.dumps(value)
     except (TypeError, ValueError):

@@ -15,8 +15,10 @@ from taskexpert.importers.readers import (
     iter_objects,
     normalize_short_answer,
     optional_str,
+    require_id,
     require_list,
     require_str,
+    require_text,
     resolve_files,
 )
 from taskexpert.records import Record, parse_record
@@ -60,13 +62,11 @@ def import_t0(src: Path) -> Iterator[Record]:
     """Self-Instruct's T0/P3 sample (prompt, completion, dataset); source = 't0/<dataset>'."""
     for path in resolve_files(src, ["t0_*.jsonl"], single=True):
         for line, obj in iter_objects(path):
-            record_id = obj.get("id")
-            if record_id is None:
-                raise InputError("missing required field", path, line, "id")
+            record_id = require_id(obj, "id", path, line)
             completion = require_str(obj, "completion", path, line)
             fields = {
                 "id": f"t0-{record_id}",
-                "instruction": require_str(obj, "prompt", path, line).strip(),
+                "instruction": require_text(obj, "prompt", path, line).strip(),
                 "output": completion.strip().removesuffix(_GPT3_END).strip(),
                 "source": f"t0/{require_str(obj, 'dataset', path, line)}",
             }
@@ -77,19 +77,18 @@ def _import_task_instances(src: Path, pattern: str, source: str) -> Iterator[Rec
     """Self-Instruct task files (id, instruction, instances): one record per instance."""
     (path,) = resolve_files(src, [pattern], single=True)
     for line, obj in iter_objects(path):
-        task_id = obj.get("id")
-        if task_id is None:
-            raise InputError("missing required field", path, line, "id")
-        instruction = require_str(obj, "instruction", path, line).strip()
+        task_id = require_id(obj, "id", path, line)
+        instruction = require_text(obj, "instruction", path, line).strip()
         for number, instance in enumerate(require_list(obj, "instances", path, line)):
             field = f"instances.{number}"
             if not isinstance(instance, dict):
                 raise InputError("expected an object with input and output", path, line, field)
+            named = {f"{field}.{key}": value for key, value in instance.items()}
             fields = {
                 "id": f"{task_id}-{number}",
                 "instruction": instruction,
-                "input": optional_str(instance, "input", path, line).strip(),
-                "output": require_str(instance, "output", path, line).strip(),
+                "input": optional_str(named, f"{field}.input", path, line).strip(),
+                "output": require_str(named, f"{field}.output", path, line).strip(),
                 "source": source,
             }
             yield parse_record(fields, path, line)
@@ -111,7 +110,7 @@ def import_codealpaca(src: Path) -> Iterator[Record]:
     for index, (line, obj) in enumerate(iter_objects(path)):
         fields = {
             "id": f"codealpaca-{index:05d}",
-            "instruction": require_str(obj, "instruction", path, line).strip(),
+            "instruction": require_text(obj, "instruction", path, line).strip(),
             "input": optional_str(obj, "input", path, line).strip(),
             "output": require_str(obj, "output", path, line).strip(),
             "source": "codealpaca",

@@ -15,6 +15,10 @@ from typing import Any
 from taskexpert.errors import InputError
 from taskexpert.prompts import ANSWER_PREFIX, reasoning_target
 from taskexpert.records import Record, iter_json_objects, parse_record
+from taskexpert.textfile import decode_error, open_text
+
+# csv's default cell limit (128 KiB) rejects long passages and code; allow any cell that fits.
+_CELL_LIMIT = 2**31 - 1
 
 
 def iter_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -32,8 +36,10 @@ def iter_delimited(
     if not path.is_file():
         raise InputError("file not found or not a regular file", path)
     line = 0
+    if csv.field_size_limit() < _CELL_LIMIT:
+        csv.field_size_limit(_CELL_LIMIT)
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
+        with open_text(path, newline="") as handle:
             if header:
                 reader: Any = csv.DictReader(handle, delimiter=delimiter, quoting=quoting)
                 if reader.fieldnames is None:
@@ -48,7 +54,7 @@ def iter_delimited(
     except csv.Error as exc:
         raise InputError(f"malformed CSV ({exc})", path, line + 1) from None
     except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc.reason})", path) from None
+        raise decode_error(path, exc) from None
     except OSError as exc:
         raise InputError(f"cannot read ({exc.strerror or exc})", path) from None
 
@@ -61,6 +67,25 @@ def require_str(obj: Mapping[str, Any], key: str, path: Path, line: int) -> str:
     if not isinstance(value, str):
         raise InputError(f"expected a string, got {type(value).__name__}", path, line, key)
     return value
+
+
+def require_text(obj: Mapping[str, Any], key: str, path: Path, line: int) -> str:
+    """`require_str` that also rejects blank text, naming the dataset's field, not the record's."""
+    value = require_str(obj, key, path, line)
+    if not value.strip():
+        raise InputError("must not be empty", path, line, key)
+    return value
+
+
+def require_id(obj: Mapping[str, Any], key: str, path: Path, line: int) -> str:
+    """obj[key], a string or an integer, as a string: a list or object would make a garbled id."""
+    value = obj.get(key)
+    if value is None:
+        raise InputError("missing required field", path, line, key)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        kind = type(value).__name__
+        raise InputError(f"expected a string or integer, got {kind}", path, line, key)
+    return str(value)
 
 
 def optional_str(obj: Mapping[str, Any], key: str, path: Path, line: int) -> str:
@@ -132,9 +157,20 @@ def normalize_short_answer(answer: str) -> str:
     return value
 
 
+MAX_CHOICES = 26  # one letter each, A-Z
+
+
 def letter(index: int) -> str:
-    """Option letter for a 0-based index (A, B, ...)."""
+    """Option letter for a 0-based index (A, B, ... Z)."""
+    if not 0 <= index < MAX_CHOICES:
+        raise ValueError(f"no option letter for index {index}")
     return chr(ord("A") + index)
+
+
+def check_choice_count(count: int, path: Path, line: int, field: str) -> None:
+    """Lettered options stop at Z; more would get '[', '\\', ... as labels."""
+    if count > MAX_CHOICES:
+        raise InputError(f"at most {MAX_CHOICES} choices (A-Z), got {count}", path, line, field)
 
 
 def multiple_choice_instruction(question: str, choices: Sequence[str]) -> str:

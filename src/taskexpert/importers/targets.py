@@ -12,13 +12,16 @@ from pathlib import Path
 
 from taskexpert.errors import InputError
 from taskexpert.importers.readers import (
+    MAX_CHOICES,
     answer_record,
+    check_choice_count,
     iter_objects,
     letter,
     multiple_choice_instruction,
     optional_str,
     require_list,
     require_str,
+    require_text,
     split_file,
 )
 from taskexpert.records import Record
@@ -30,7 +33,7 @@ def import_gsm8k(src: Path, split: str | None = None) -> Iterator[Record]:
     """GSM8K: answer = the number after ####, rationale = the steps without <<calc>> notes."""
     path, split = split_file(src, split, default="train", pattern="{split}.jsonl")
     for index, (line, obj) in enumerate(iter_objects(path)):
-        question = require_str(obj, "question", path, line)
+        question = require_text(obj, "question", path, line)
         solution = require_str(obj, "answer", path, line)
         steps, marker, final = solution.rpartition("####")
         answer = final.strip().replace(",", "")
@@ -62,10 +65,12 @@ def import_llm_foundry(
     default = "validation" if name == "boolq" else "test"
     path, split = split_file(src, split, default=default, pattern=name + "_{split}.jsonl")
     for index, (line, obj) in enumerate(iter_objects(path)):
-        query = require_str(obj, "query", path, line)
+        query = require_text(obj, "query", path, line)
         choices = require_list(obj, "choices", path, line)
         if not all(isinstance(choice, str) for choice in choices):
             raise InputError("expected a list of strings", path, line, "choices")
+        if lettered:
+            check_choice_count(len(choices), path, line, "choices")
         gold = _gold(obj, choices, path, line)
         fields = {
             "id": f"{name}-{split}-{index:05d}",
@@ -83,6 +88,8 @@ def _parse_rocket_question(instruction: str) -> tuple[str, list[str], str]:
     first, *rest = body.split("\n")
     if not rest:
         raise ValueError("no option lines")
+    if len(rest) >= MAX_CHOICES:
+        raise ValueError(f"more than {MAX_CHOICES} option lines")
     scheme = "1" if rest[0].startswith("2. ") else "A"
     labels = [str(i + 1) if scheme == "1" else letter(i) for i in range(len(rest) + 1)]
     cut = first.rfind(f" {labels[0]}. ")
