@@ -19,6 +19,7 @@ from taskexpert.progress import LogProgress, NullProgress, progress
 def logs(caplog, monkeypatch):
     monkeypatch.delenv(progress_module.QUIET_ENV, raising=False)
     monkeypatch.setattr(progress_module, "on_terminal", lambda: False)
+    monkeypatch.setattr(progress_module, "QUICK_SECONDS", 0.0)
     caplog.set_level(logging.INFO, logger="taskexpert")
     return caplog
 
@@ -53,7 +54,7 @@ def test_resumed_steps_count_from_where_they_were(logs):
         for _ in range(4):
             bar.update()
     got = lines(logs)
-    assert got[0] == "train: started 10 step, resuming at 6"
+    assert got[0] == "train: started 10 step, resumed at 6"
     assert [line.split(" (")[0] for line in got[1:]] == [
         "train: 70%",
         "train: 80%",
@@ -61,6 +62,18 @@ def test_resumed_steps_count_from_where_they_were(logs):
         "train: done 10 step",
     ]
     assert got[-1].endswith("; loss 0.500")
+
+
+def test_a_quick_step_logs_nothing_and_a_failed_one_says_where_it_stopped(logs, monkeypatch):
+    monkeypatch.setattr(progress_module, "QUICK_SECONDS", 60.0)
+    for _ in progress(range(50), desc="quick"):
+        pass
+    assert lines(logs) == []
+    monkeypatch.setattr(progress_module, "QUICK_SECONDS", 0.0)
+    with pytest.raises(ValueError), progress(total=10, desc="import", unit="rec") as bar:
+        bar.update(3)
+        raise ValueError("bad line")
+    assert lines(logs)[-1].startswith("import: stopped at 3 rec (")
 
 
 def test_steps_inside_another_stay_silent(logs):
@@ -110,7 +123,9 @@ def test_a_logged_cli_run_writes_a_few_lines(tmp_path, quiet):
     np.save(tmp_path / "e.npy", x)
     args = ["kcenter", "--embeddings", tmp_path / "e.npy", "--k", "300"]
     args += ["--out", tmp_path / "p.json", *(["--quiet"] if quiet else [])]
-    code = "from taskexpert.cli import main; main()"
+    # a K-center this small is over in well under QUICK_SECONDS: log it all the same
+    code = "import taskexpert.progress as p; p.QUICK_SECONDS = 0; import taskexpert.cli; "
+    code += "taskexpert.cli.main()"
     env = {k: v for k, v in os.environ.items() if k != progress_module.QUIET_ENV}
     run = subprocess.run(
         [sys.executable, "-c", code, *map(str, args)],

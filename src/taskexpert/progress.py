@@ -1,7 +1,8 @@
 """Progress that suits where it is shown: a tqdm bar on a terminal, a few log lines elsewhere.
 
 A bar redrawn hundreds of times is noise in a log file or a CI job, so off a terminal each long
-step logs its start, about every 10% of its total, and its end with the rate. Steps nested in
+step logs its start, about every 10% of its total, and its end with the rate (a step over in
+under two seconds logs nothing). Steps nested in
 another (the embedding of each pool chunk inside the pool pass) stay silent in logs: the outer
 step already reports. `TASKEXPERT_QUIET=1` (the CLI's `--quiet`) silences both; being an
 environment variable, it reaches worker processes too.
@@ -19,6 +20,7 @@ from typing import Any
 QUIET_ENV = "TASKEXPERT_QUIET"
 logger = logging.getLogger("taskexpert")
 _open_log_steps = 0  # LogProgress steps running now; inner ones stay silent
+QUICK_SECONDS = 2.0  # a step over sooner logs nothing
 
 
 def is_quiet() -> bool:
@@ -56,8 +58,13 @@ class _Steps:
             for item in self.iterable or ():
                 yield item
                 self.update()
-        finally:
+        except GeneratorExit:  # the caller stopped early: not a failure
             self.close()
+            raise
+        except BaseException:
+            self.close(failed=True)
+            raise
+        self.close()
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -65,14 +72,14 @@ class _Steps:
     def set_postfix(self, **values: Any) -> None:
         """Ignored unless logging (see LogProgress)."""
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self.closed = True
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(failed=exc_type is not None)
 
 
 class NullProgress(_Steps):
@@ -80,7 +87,8 @@ class NullProgress(_Steps):
 
 
 class LogProgress(_Steps):
-    """Log lines for a step: start, each further ~10% of the total, end with the rate."""
+    """Log lines for a long step: its start, each further ~10% of the total, its end with the
+    rate. A step over within QUICK_SECONDS logs nothing: the verb's own output says enough."""
 
     def __init__(
         self,
@@ -95,32 +103,36 @@ class LogProgress(_Steps):
         self.desc, self.unit = desc or "work", unit.strip() or "it"
         self.silent = _open_log_steps > 0
         _open_log_steps += 1
-        self.start, self.start_n = time.perf_counter(), initial
-        self.next_tenth, self.postfix = 1, ""
-        if self.total:
-            self.next_tenth = int(10 * initial / self.total) + 1
-        size = f" {self.total} {self.unit}" if self.total is not None else ""
-        resumed = f", resuming at {initial}" if initial else ""
-        self._log(f"{self.desc}: started{size}{resumed}")
+        self.start, self.start_n, self.initial = time.perf_counter(), initial, initial
+        self.announced, self.next_tenth, self.postfix = False, 1, ""
 
-    def _log(self, message: str) -> None:
-        if not self.silent:
-            logger.info(message)
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.start
 
     def _rate(self) -> str:
-        elapsed = time.perf_counter() - self.start
-        done = self.n - self.start_n
-        rate = f"{done / elapsed:.3g} {self.unit}/s" if elapsed > 0 else "-"
+        elapsed = self._elapsed()
+        rate = f"{(self.n - self.start_n) / elapsed:.3g} {self.unit}/s" if elapsed > 0 else "-"
         return f"{elapsed:.1f} s, {rate}"
+
+    def _announce(self) -> bool:
+        """Log the start line once the step has run QUICK_SECONDS; True once it has."""
+        if not self.announced and not self.silent and self._elapsed() >= QUICK_SECONDS:
+            self.announced = True
+            size = f" {self.total} {self.unit}" if self.total is not None else ""
+            resumed = f", resumed at {self.initial}" if self.initial else ""
+            logger.info(f"{self.desc}: started{size}{resumed}")
+            if self.total:
+                self.next_tenth = int(10 * self.start_n / self.total) + 1
+        return self.announced
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        if not self.total or self.silent:
+        if not self.total or not self._announce():
             return
         tenth = int(10 * self.n / self.total)
         if tenth >= self.next_tenth and self.n < self.total:
             self.next_tenth = tenth + 1
-            self._log(
+            logger.info(
                 f"{self.desc}: {10 * tenth}% ({self.n}/{self.total} {self.unit}, {self._rate()})"
                 + self.postfix
             )
@@ -128,13 +140,15 @@ class LogProgress(_Steps):
     def set_postfix(self, **values: Any) -> None:
         self.postfix = "; " + ", ".join(f"{k} {v}" for k, v in values.items())
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         global _open_log_steps
         if self.closed:
             return
         self.closed = True
         _open_log_steps -= 1
-        self._log(f"{self.desc}: done {self.n} {self.unit} ({self._rate()}){self.postfix}")
+        if self._announce():
+            how = "stopped at" if failed else "done"
+            logger.info(f"{self.desc}: {how} {self.n} {self.unit} ({self._rate()}){self.postfix}")
 
 
 def progress(
