@@ -106,6 +106,19 @@ def test_cache_shards_are_memory_mapped_and_split(tmp_path):
     assert all(isinstance(shard, np.memmap) for shard in store.shards)
 
 
+def test_shard_size_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TASKEXPERT_CACHE_SHARD_ROWS", "7")
+    fake = CountingEmbedder()
+    embed_texts(TEXTS, fake, EmbeddingCache(tmp_path))
+    assert fake.calls == 5  # 30 texts in shards of 7
+    assert EmbeddingCache(tmp_path, shard_rows=100).shard_rows == 100  # an argument wins
+    monkeypatch.setenv("TASKEXPERT_CACHE_SHARD_ROWS", "lots")
+    with pytest.raises(InputError, match="TASKEXPERT_CACHE_SHARD_ROWS must be a positive"):
+        EmbeddingCache(tmp_path)
+    monkeypatch.setenv("TASKEXPERT_CACHE_SHARD_ROWS", "")
+    assert EmbeddingCache(tmp_path).shard_rows == 16_384
+
+
 def test_cache_ignores_half_written_shard(tmp_path):
     fake = CountingEmbedder()
     cache = EmbeddingCache(tmp_path)

@@ -297,18 +297,39 @@ def _is_model2vec_dir(path: Path) -> bool:
         return False
 
 
+DEFAULT_SHARD_ROWS = 16_384
+
+
+def default_shard_rows() -> int:
+    """Texts per cache shard, the most embedding work an interrupted run can lose:
+    `$TASKEXPERT_CACHE_SHARD_ROWS`, else 16384."""
+    value = os.environ.get("TASKEXPERT_CACHE_SHARD_ROWS")
+    if value is None or not value.strip():
+        return DEFAULT_SHARD_ROWS
+    try:
+        rows = int(value)
+    except ValueError:
+        rows = 0
+    if rows < 1:
+        raise InputError(
+            f"TASKEXPERT_CACHE_SHARD_ROWS must be a positive whole number, got {value!r}"
+        )
+    return rows
+
+
 class EmbeddingCache:
     """Embeddings on disk, one directory per embedder name, keyed by sha1 of the text.
 
     Each write adds one shard: `<id>.vec.npy` (float32 [n, d], memory-mapped when read) and then
     `<id>.keys.npy` (the n digests), both written atomically; a shard counts only once its keys
-    file exists, so an interrupted run loses at most the shard in flight. The index is a sorted
-    array of digests per run of shards (binary search, about 28 bytes per row), not a dict.
+    file exists, so an interrupted run loses at most the shard in flight (`shard_rows` texts,
+    default `$TASKEXPERT_CACHE_SHARD_ROWS` or 16384) and a rerun embeds only the rest. The index
+    is a sorted array of digests per run of shards (binary search, about 28 bytes per row).
     """
 
-    def __init__(self, root: str | Path | None = None, shard_rows: int = 16_384) -> None:
+    def __init__(self, root: str | Path | None = None, shard_rows: int | None = None) -> None:
         self.root = Path(root) if root is not None else cache_root() / "embeddings"
-        self.shard_rows = shard_rows
+        self.shard_rows = shard_rows if shard_rows is not None else default_shard_rows()
         self._stores: dict[str, _EncoderStore] = {}
         self.hits = 0
         self.misses = 0

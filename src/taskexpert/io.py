@@ -1,14 +1,23 @@
-"""Atomic writes: an artifact appears whole or not at all (temp file beside it, then rename)."""
+"""Atomic writes: an artifact appears whole or not at all (temp file beside it, then rename).
+
+Temp names are `.<name>.<random>.tmp` beside the final path (`is_temp_name`), so a process
+killed mid-write leaves at most a hidden `.tmp` entry, never a half-written file or directory
+under a final name. Replacing or removing a directory moves it to a temp name first.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+TEMP_SUFFIX = ".tmp"
 
 
 def _current_umask() -> int:
@@ -22,7 +31,7 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     """Open a temp file beside `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; artifacts are ordinary files
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
@@ -43,21 +52,53 @@ def write_json(path: str | Path, obj: Any) -> None:
         handle.write("\n")
 
 
+def is_temp_name(name: str) -> bool:
+    """True for the names atomic_open, atomic_dir and remove_tree use while they work."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def _aside(path: Path) -> Path:
+    """A fresh temp name beside `path` (not created)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old{TEMP_SUFFIX}")
+
+
+def remove_tree(path: str | Path) -> None:
+    """Delete a directory so that a kill never leaves it half-deleted under its own name: it is
+    renamed to a temp name first (one atomic step), then deleted."""
+    path = Path(path)
+    if not path.exists():
+        return
+    aside = _aside(path)
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Build a directory under a temp name and rename it into place on success."""
+    """Build a directory under a temp name and rename it into place on success.
+
+    A directory already at `path` is first renamed aside (and deleted afterwards), so `path`
+    only ever holds the old directory whole, nothing, or the new one whole; a kill between
+    the two renames leaves nothing, which readers treat like a run that never got that far.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent))
+    old = None
     try:
         yield tmp
         if path.exists():
-            import shutil
-
-            shutil.rmtree(path)
+            old = _aside(path)
+            os.replace(path, old)
         os.replace(tmp, path)
     except BaseException:
-        import shutil
-
+        if old is not None and not path.exists():
+            os.replace(old, path)  # the new one never landed: put the old one back
+            old = None
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -244,3 +244,52 @@ def test_the_bank_runs_one_process_per_thread_on_cpu_and_one_on_a_gpu(monkeypatc
     assert (bank_workers(3), bank_workers(0)) == (3, 1)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert bank_workers(3) == 1
+
+
+def test_a_build_killed_between_phases_or_writes_resumes_cleanly(micro_testbed, tmp_path):
+    """What a SIGKILL can leave: the write probe, temp files and directories of atomic
+    writes. The probe does not make the directory foreign; temp entries are cleared."""
+    from taskexpert.testbed.build import _fingerprint, _prepare
+    from taskexpert.testbed.presets import get_preset
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / ".lock").write_text("")
+    (fresh / ".write_probe").write_text("")  # killed between writing and removing it
+    (fresh / ".build.k1ll.old.tmp").mkdir()  # killed while an earlier start cleared the dir
+    state = _prepare(fresh, _fingerprint(get_preset("micro"), 0), force=False)
+    assert state["phases"] == {}
+
+    root = tmp_path / "tb"
+    shutil.copytree(micro_testbed.root, root)
+    (root / "testbed.json").unlink()  # killed in the last phase
+    leftovers = [root / ".base.k1ll.tmp", root / "bank" / ".expert_add.k1ll.old.tmp"]
+    for directory in leftovers:
+        directory.mkdir()
+        (directory / "model.safetensors").write_bytes(b"half")
+    (root / ".build" / ".state.json.k1ll.tmp").write_text('{"fingerprint": ')
+    build_testbed(root, "micro", 0, progress=False)
+    assert is_complete(root, "micro", 0)
+    assert not [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_adapters_of_an_older_base_go_when_an_earlier_phase_reruns(
+    micro_testbed, tmp_path, monkeypatch
+):
+    """Killed after the data phase reran but before the bank phase began, a build must not
+    resume with the bank trained before: it is cleared when the earlier phase starts."""
+    import taskexpert.testbed.build as build
+
+    root = tmp_path / "tb"
+    shutil.copytree(micro_testbed.root, root)
+    (root / "pool.jsonl").unlink()  # the data phase reruns
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "_phase_bank", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_testbed(root, "micro", 0, progress=False)
+    assert (root / "pool.jsonl").is_file() and not (root / "bank").exists()
+    state = json.loads((root / ".build" / "state.json").read_text())
+    assert list(state["phases"]) == ["tokenizer", "base", "data"]

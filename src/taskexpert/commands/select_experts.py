@@ -9,7 +9,7 @@ import typer
 
 from taskexpert.commands import options
 from taskexpert.errors import InputError
-from taskexpert.io import write_json
+from taskexpert.io import remove_tree, write_json
 
 
 def run_select_experts(
@@ -30,6 +30,8 @@ def run_select_experts(
     """Load everything (failing early on bad input), select, then write experts.json atomically.
 
     `workers` > 0 scores the bank on that many Ray actors, each loading the base itself.
+    Scores are kept in `score_dir(out)` while the bank is scored, so a killed run resumes
+    where it stopped when rerun; the directory goes once experts.json is written.
     """
     from pydantic import ValidationError
 
@@ -70,13 +72,20 @@ def run_select_experts(
     check_kshot(kshot, kshot_path)
     model, tokenizer = load()
     bank = load_bank(bank_source, model, strict=strict, allow_pickle=allow_pickle)
+    work = score_dir(out)
     selection = select_experts(
-        model, tokenizer, bank, kshot, selection_config, kshot_path, scorer=scorer
+        model, tokenizer, bank, kshot, selection_config, kshot_path, scorer=scorer, score_dir=work
     )
     result = selection.to_json()
     result["inputs"] = {"base": str(base), "bank": str(bank_source), "kshot": str(kshot_path)}
     write_json(out, result)
+    remove_tree(work)
     return selection
+
+
+def score_dir(out: Path) -> Path:
+    """Where an unfinished run keeps its scores: `.<out name>.partial` beside experts.json."""
+    return out.parent / f".{out.name}.partial"
 
 
 def main(

@@ -23,6 +23,7 @@ from taskexpert.experts.scoring import (
     BASE_ROW,
     AdapterScore,
     KShotTask,
+    OnScore,
     ScoringConfig,
     score_bank,
 )
@@ -173,8 +174,10 @@ def score_bank_distributed(
     ship_weights: bool = False,
     include_base: bool = True,
     progress: bool = True,
+    on_score: OnScore | None = None,
 ) -> dict[str, AdapterScore]:
-    """`score_bank`'s result (base row first, then bank order), computed by `workers` actors.
+    """`score_bank`'s result (base row first, then bank order), computed by `workers` actors;
+    `on_score(name, score)` is called in the driver as each chunk comes back.
 
     Adapters go out in chunks (default: about four per worker) to whichever actor is free, so
     a slow worker does not hold the others back; `seconds` per adapter is switch + scoring.
@@ -209,6 +212,9 @@ def score_bank_distributed(
         try:
             for scores in pool.map_unordered(lambda a, job: a.score.remote(*job), jobs):
                 results.update(scores)
+                if on_score is not None:
+                    for name, score in scores.items():
+                        on_score(name, score)
                 bar.update(len(scores))
         except ray.exceptions.RayError as exc:
             raise _unwrap(ray, exc) from None
@@ -242,6 +248,7 @@ class RayBankScorer:
         config: ScoringConfig | None = None,
         include_base: bool = True,
         progress: bool = True,
+        on_score: OnScore | None = None,
     ) -> dict[str, AdapterScore]:
         return score_bank_distributed(
             self.load,
@@ -255,4 +262,5 @@ class RayBankScorer:
             ship_weights=self.ship_weights,
             include_base=include_base,
             progress=progress,
+            on_score=on_score,
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -404,6 +404,9 @@ class AdapterSwitcher:
         self.base_model.train(self._training)
 
 
+OnScore = Callable[[str, "AdapterScore"], None]
+
+
 def score_bank(
     base_model,
     tokenizer,
@@ -412,8 +415,13 @@ def score_bank(
     config: ScoringConfig | None = None,
     include_base: bool = True,
     progress: bool = True,
+    on_score: OnScore | None = None,
 ) -> dict[str, AdapterScore]:
-    """Scores for the base model (reference row, first) and every adapter, in bank order."""
+    """Scores for the base model (reference row, first) and every adapter, in bank order.
+
+    `on_score(name, score)` is called as each model is scored (e.g. to persist it, so that a
+    killed run resumes: see score_store.py).
+    """
     config = config or ScoringConfig()
     ensure_pad_token(tokenizer)
     adapters = adapters.adapters if isinstance(adapters, Bank) else adapters
@@ -422,6 +430,8 @@ def score_bank(
     scores: dict[str, AdapterScore] = {}
     if include_base:
         scores[BASE_ROW] = score_model(base_model, tokenizer, task, config, BASE_ROW)
+        if on_score is not None:
+            on_score(BASE_ROW, scores[BASE_ROW])
     with AdapterSwitcher(base_model) as switcher:
         for name, adapter in progress_bar(
             adapters.items(), desc="scoring adapters", unit="adapter", enabled=progress
@@ -431,4 +441,6 @@ def score_bank(
             score = score_model(model, tokenizer, task, config, name)
             score.seconds = time.perf_counter() - start  # switching is part of the cost
             scores[name] = score
+            if on_score is not None:
+                on_score(name, score)
     return scores

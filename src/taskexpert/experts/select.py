@@ -176,6 +176,40 @@ def _num(value: float) -> str:
     return f"{value:.4g}" if value == value and value != float("inf") else "inf"
 
 
+def _score(
+    base_model,
+    tokenizer,
+    bank: Bank,
+    task,
+    config: ExpertSelectionConfig,
+    scorer: Callable[..., dict[str, AdapterScore]] | None,
+    score_dir: str | Path | None,
+) -> dict[str, AdapterScore]:
+    """score_bank (or `scorer`), skipping what `score_dir` already holds and adding to it."""
+    scorer = scorer or score_bank
+    if score_dir is None:
+        return scorer(base_model, tokenizer, bank, task, config.scoring(), progress=config.progress)
+    from taskexpert.experts.score_store import ScoreStore
+
+    store = ScoreStore(score_dir, base_model, tokenizer, task, config.scoring())
+    done = store.done(bank.adapters)
+    todo = {name: adapter for name, adapter in bank.adapters.items() if name not in done}
+    fresh: dict[str, AdapterScore] = {}
+    if todo or BASE_ROW not in done:
+        fresh = scorer(
+            base_model,
+            tokenizer,
+            todo,
+            task,
+            config.scoring(),
+            include_base=BASE_ROW not in done,
+            progress=config.progress,
+            on_score=lambda name, score: store.put(name, bank.adapters.get(name), score),
+        )
+    scores = done | fresh
+    return {name: scores[name] for name in [BASE_ROW, *bank.adapters]}
+
+
 def select_experts(
     base_model,
     tokenizer,
@@ -184,12 +218,15 @@ def select_experts(
     config: ExpertSelectionConfig | None = None,
     source: str | Path | None = None,
     scorer: Callable[..., dict[str, AdapterScore]] | None = None,
+    score_dir: str | Path | None = None,
 ) -> ExpertSelection:
     """Score every usable adapter (and the base model) on the K-shot and choose N experts.
 
     `kshot` is a list of records or a records file; `source` names the file in errors when
     the records were loaded elsewhere. `scorer` replaces `score_bank` (same call), e.g. with
-    `distributed.RayBankScorer` to score a large bank on Ray workers.
+    `distributed.RayBankScorer` to score a large bank on Ray workers. With `score_dir`, each
+    model's scores are kept there as soon as they exist and scores already there (from an
+    interrupted run with the same inputs) are reused; the scorer then also gets `on_score`.
     """
     config = config or ExpertSelectionConfig()
     if isinstance(kshot, str | Path):
@@ -205,9 +242,7 @@ def select_experts(
     grouping.candidates()  # raises on n > m before any expensive work
     task = prepare_kshot(kshot, tokenizer, config.scoring(), source)
     similarity = similarity_matrix(bank.adapters, config.similarity, progress=config.progress)
-    scores = (scorer or score_bank)(
-        base_model, tokenizer, bank, task, config.scoring(), progress=config.progress
-    )
+    scores = _score(base_model, tokenizer, bank, task, config, scorer, score_dir)
     adapters = [name for name in scores if name != BASE_ROW]
     base = scores[BASE_ROW]
     shown = RPPL_VARIANTS[1:] if config.report_variants else ()

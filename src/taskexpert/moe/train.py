@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from taskexpert.bank import LoraAdapter, bank_entries, load_adapter, validate_adapter
 from taskexpert.errors import InputError
-from taskexpert.io import atomic_dir, atomic_open, write_json
+from taskexpert.io import atomic_dir, atomic_open, remove_tree, write_json
 from taskexpert.moe.config import CONFIG_FILE, MoeConfig
 from taskexpert.records import Record
 
@@ -357,7 +357,7 @@ def train_mixture(
             work,
         )
     if not resume or previous is None:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)
     work.mkdir(parents=True, exist_ok=True)
     write_json(work / RUN_FILE, run)
     log = _TrainLog(work / TRAIN_LOG_FILE, keep_existing=resume)
@@ -398,5 +398,5 @@ def train_mixture(
         if (work / TRAIN_LOG_FILE).is_file():
             shutil.copyfile(work / TRAIN_LOG_FILE, tmp / TRAIN_LOG_FILE)
         write_json(tmp / SUMMARY_FILE, summary)
-    shutil.rmtree(work, ignore_errors=True)
+    remove_tree(work)
     return summary

@@ -46,7 +46,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from taskexpert.errors import InputError
-from taskexpert.io import atomic_dir, write_json
+from taskexpert.io import atomic_dir, is_temp_name, remove_tree, write_json
 from taskexpert.records import Record, load_records, write_records
 from taskexpert.train import TrainConfig
 
@@ -271,13 +271,22 @@ def _check_run(run_dir: Path, identity: dict) -> None:
             )
 
 
+def _clear_leftovers(directory: Path) -> None:
+    """Temp files and directories a killed run left in `directory` (we hold the run's lock)."""
+    for entry in directory.iterdir():
+        if is_temp_name(entry.name):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
 def _finished_rounds(run_dir: Path, pool: Sequence[Record], config: DiverseEvolConfig) -> list:
     """(summary, rows) of every trustworthy finished round, in order; see the module doc."""
     rounds_dir = run_dir / "rounds"
     if not rounds_dir.is_dir():
         return []
-    for leftover in rounds_dir.glob(".*.tmp"):  # a round killed while being built
-        shutil.rmtree(leftover, ignore_errors=True)
+    _clear_leftovers(rounds_dir)  # a round killed while being built
     present = {}
     for entry in rounds_dir.iterdir():
         if entry.is_dir() and re.fullmatch(r"\d+", entry.name):
@@ -294,7 +303,7 @@ def _finished_rounds(run_dir: Path, pool: Sequence[Record], config: DiverseEvolC
         if not (directory / MARKER).exists():
             log.warning("discarding %s: no completion marker (interrupted round)", directory)
             for later in sorted(i for i in present if i >= index):
-                shutil.rmtree(present[later])
+                remove_tree(present[later])
             break
         _check_marker(directory, index)
         summary = _read_json(directory / "summary.json")
@@ -646,7 +655,7 @@ class _Run:
             summary["seconds"] = round(time.perf_counter() - began, 3)
             write_json(tmp / "summary.json", summary)
             _write_marker(tmp, round_index)
-        shutil.rmtree(self.run_dir / "scratch", ignore_errors=True)
+        remove_tree(self.run_dir / "scratch")
         return summary, rows
 
     def round_dir(self, round_index: int) -> Path:
@@ -720,6 +729,7 @@ def run_diverseevol(config: DiverseEvolConfig, run_dir: str | Path) -> DiverseEv
     identity = _identity(config, file_sha256(config.pool), eval_sha)
     with _locked(run_dir), _torch_threads(config.threads):
         _check_run(run_dir, identity)
+        _clear_leftovers(run_dir)
         finished = _finished_rounds(run_dir, pool, config)
         result = DiverseEvolResult(run_dir, [s for s, _ in finished], len(finished))
         if len(finished) == config.rounds + 1:

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from taskexpert.errors import InputError
-from taskexpert.io import atomic_dir, write_json
+from taskexpert.io import atomic_dir, is_temp_name, remove_tree, write_json
 from taskexpert.progress import is_quiet, logger
 from taskexpert.progress import progress as progress_bar
 from taskexpert.records import Record, load_records, write_records
@@ -65,6 +65,7 @@ RECIPE_VERSION = 4
 PHASES = ("tokenizer", "base", "data", "bank", "baselines", "truth")
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
+PROBE_FILE = ".write_probe"
 POOL_TRUTH_FILE = "pool_truth.json"
 
 
@@ -189,7 +190,7 @@ def _phase_outputs(root: Path, phase: str) -> list[Path]:
 def _check_writable(root: Path) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".write_probe"
+        probe = root / PROBE_FILE
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
@@ -199,8 +200,12 @@ def _check_writable(root: Path) -> None:
 def _prepare(root: Path, fingerprint: dict, force: bool) -> dict:
     """The state to resume from; refuses to touch a directory that is not this build's."""
     state = _read_state(root)
-    ours = {LOCK_FILE}
-    has_content = root.is_dir() and any(p.name not in ours for p in root.iterdir())
+    # what a build killed before its state was saved may have left: the lock, the write
+    # probe, temp entries of atomic writes and removals
+    ours = {LOCK_FILE, PROBE_FILE}
+    has_content = root.is_dir() and any(
+        p.name not in ours and not is_temp_name(p.name) for p in root.iterdir()
+    )
     if state is None and has_content and not (root / STATE_DIR).is_dir():
         raise InputError(
             "directory is not empty and is not a testbed build; choose another --out", root
@@ -225,11 +230,24 @@ def _prepare(root: Path, fingerprint: dict, force: bool) -> dict:
     if state is None or force:
         for name in (MARKER, TRUTH_FILE, BASELINES_FILE, POOL_FILE):
             (root / name).unlink(missing_ok=True)
-        for name in (STATE_DIR, TOKENIZER_DIR, BASE_DIR, BANK_DIR, BASELINES_DIR, TASKS_DIR):
-            shutil.rmtree(root / name, ignore_errors=True)
-        shutil.rmtree(root / CALIBRATION_DIR, ignore_errors=True)
+        # the state directory goes last: a build killed in here is still recognised as ours
+        for name in (TOKENIZER_DIR, BASE_DIR, BANK_DIR, BASELINES_DIR, TASKS_DIR, CALIBRATION_DIR):
+            remove_tree(root / name)
+        remove_tree(root / STATE_DIR)
         state = {"fingerprint": fingerprint, "phases": {}}
     return state
+
+
+def _clear_leftovers(root: Path) -> None:
+    """Remove the temp files and directories of a killed build (we hold the lock, so no other
+    build is writing them); finished files never carry a temp name."""
+    for directory, dirs, files in os.walk(root):
+        for name in [d for d in dirs if is_temp_name(d)]:
+            dirs.remove(name)
+            shutil.rmtree(Path(directory) / name, ignore_errors=True)
+        for name in files:
+            if is_temp_name(name):
+                (Path(directory) / name).unlink(missing_ok=True)
 
 
 def _save_state(root: Path, state: dict) -> None:
@@ -400,7 +418,7 @@ def _phase_bank(
 ) -> dict:
 
     if not keep_existing:
-        shutil.rmtree(root / BANK_DIR, ignore_errors=True)
+        remove_tree(root / BANK_DIR)
     # an adapter on disk was written atomically by an earlier, interrupted run of this phase
     todo = [
         s.name
@@ -582,6 +600,7 @@ def build_testbed(
         if not force and is_complete(root, preset, seed):
             return Testbed.load(root)  # built by another process while we waited
         state = _prepare(root, fingerprint, force)
+        _clear_leftovers(root)
         (root / MARKER).unlink(missing_ok=True)
         # decided once: a second look at the load could pick another count than the one
         # recorded (it did, with a job starting beside the build)
@@ -613,6 +632,10 @@ def build_testbed(
                 for later in PHASES[PHASES.index(phase) :]:
                     state["phases"].pop(later, None)
                 _save_state(root, state)
+                if PHASES.index(phase) < PHASES.index("bank"):
+                    # adapters trained on the old base must go now, not when the bank phase
+                    # starts: a build killed in between would resume and keep them
+                    remove_tree(root / BANK_DIR)
                 _log(f"testbed: phase {phase} ...", progress)
                 began = time.perf_counter()
                 info = runners[phase]()
