@@ -45,9 +45,10 @@ def minilm():
 
 @pytest.fixture(scope="session")
 def micro_testbed(tmp_path_factory):
-    """The micro testbed (`taskexpert.testbed.Testbed`), built once per session and shared
-    with tests/testbed/conftest.py through the on-disk build cache."""
+    """The micro testbed (`taskexpert.testbed.Testbed`), built once per session on one thread:
+    the thread count changes float summation order, so pinning it makes the build's weights
+    the same in every session on a machine (tests/test_golden_micro.py relies on that)."""
     from taskexpert.testbed import build_testbed
 
     root = tmp_path_factory.getbasetemp() / "micro_testbed"
-    return build_testbed(root, "micro", 0, progress=False)
+    return build_testbed(root, "micro", 0, progress=False, threads=1)
