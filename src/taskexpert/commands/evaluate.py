@@ -61,14 +61,13 @@ def run_evaluate(
         gold_answer,
         gold_choice,
     )
-    from taskexpert.io import write_json
+    from taskexpert.io import check_output, write_json
     from taskexpert.models import load_base
     from taskexpert.prompts import infer_answer_kind
     from taskexpert.records import load_records
 
     out = Path(out)
-    if out.is_dir():
-        raise InputError("output path is a directory", out, field="out")
+    check_output(out)
     if out.resolve() == Path(test).resolve():
         raise InputError("output would overwrite the test file", out, field="out")
     if kind not in (None, "letter", "number", "yesno", "text"):

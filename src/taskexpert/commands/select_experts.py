@@ -9,7 +9,7 @@ import typer
 
 from taskexpert.commands import options
 from taskexpert.errors import InputError
-from taskexpert.io import write_json
+from taskexpert.io import check_output, write_json
 
 
 def run_select_experts(
@@ -40,8 +40,7 @@ def run_select_experts(
     from taskexpert.records import load_records
 
     out = Path(out)
-    if out.is_dir():
-        raise InputError("output path is a directory", out, field="out")
+    check_output(out)
     if out.resolve() == Path(kshot_path).resolve():
         raise InputError("output would overwrite the K-shot file", out, field="out")
     try:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from taskexpert.bank import LoraAdapter, bank_entries, load_adapter, validate_adapter
 from taskexpert.errors import InputError
-from taskexpert.io import atomic_dir, atomic_open, write_json
+from taskexpert.io import atomic_dir, atomic_open, check_output, write_json
 from taskexpert.moe.config import CONFIG_FILE, MoeConfig
 from taskexpert.records import Record
 
@@ -277,12 +277,14 @@ def work_dir(out: str | Path) -> Path:
 
 
 def check_output_dir(out: str | Path) -> None:
-    """The output is replaced whole at the end: never let that erase an unrelated directory."""
+    """The output is replaced whole at the end: never let that erase an unrelated directory
+    (and never train for an output that cannot be written)."""
     out = Path(out)
     if out.is_file():
         raise InputError("output exists and is a file", out, field="out")
     if out.is_dir() and any(out.iterdir()) and not (out / CONFIG_FILE).is_file():
         raise InputError("output exists and is not a mixture directory", out, field="out")
+    check_output(out, directory=True)
 
 
 def _data_digest(records: Sequence[Record]) -> str:
