@@ -93,6 +93,7 @@ def run_evaluate(
         device=device,
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
+        progress=progress,
     )
     model = attach_for_eval(model, adapter, moe, allow_pickle=allow_pickle)
     if max_new_tokens is None:

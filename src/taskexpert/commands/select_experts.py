@@ -56,6 +56,7 @@ def run_select_experts(
         device=device,
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
+        progress=selection_config.progress,
     )
     scorer = None
     if workers < 0:

@@ -62,6 +62,7 @@ def run_train_moe(
         device=device,
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
+        progress=train_config.progress,
     )
     adapters = load_experts(experts, model, bank=bank, allow_pickle=allow_pickle)
     model, counts = build_mixture(model, tokenizer, adapters, train_config, kshot_records)

@@ -420,7 +420,10 @@ class _Run:
         from taskexpert.models import load_base
 
         self.base, self.tokenizer = load_base(
-            self.config.base, dtype=self.config.dtype, device=self.config.device
+            self.config.base,
+            dtype=self.config.dtype,
+            device=self.config.device,
+            progress=self.config.progress,
         )
         ensure_pad_token(self.tokenizer)
         self.layer = resolve_layer(self.base, self.config.embed_layer)
