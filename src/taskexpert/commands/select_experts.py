@@ -67,7 +67,7 @@ def run_select_experts(
         import_ray()  # a missing optional dependency fails before any model loads
         scorer = RayBankScorer(load, workers=workers, num_gpus_per_worker=gpus_per_worker)
     kshot = load_records(kshot_path)
-    check_kshot(kshot, kshot_path)
+    check_kshot(kshot, kshot_path, contrast=selection_config.needs_contrast)
     model, tokenizer = load()
     bank = load_bank(bank_source, model, strict=strict, allow_pickle=allow_pickle)
     selection = select_experts(
