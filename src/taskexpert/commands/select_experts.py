@@ -33,7 +33,7 @@ def run_select_experts(
     """
     from pydantic import ValidationError
 
-    from taskexpert.bank import load_bank
+    from taskexpert.bank import bank_entries, load_bank
     from taskexpert.experts.distributed import base_loader
     from taskexpert.experts.scoring import check_kshot
     from taskexpert.experts.select import ExpertSelectionConfig, select_experts
@@ -68,6 +68,7 @@ def run_select_experts(
         scorer = RayBankScorer(load, workers=workers, num_gpus_per_worker=gpus_per_worker)
     kshot = load_records(kshot_path)
     check_kshot(kshot, kshot_path, contrast=selection_config.needs_contrast)
+    bank_entries(bank_source)  # a missing bank or a bad list file fails before the base loads
     model, tokenizer = load()
     bank = load_bank(bank_source, model, strict=strict, allow_pickle=allow_pickle)
     selection = select_experts(

@@ -136,9 +136,10 @@ def read_experts_file(path: str | Path) -> ExpertsFile:
     if twice:
         raise InputError(f"adapter {twice[0]!r} is chosen twice", path, field="chosen")
     inputs = data.get("inputs") if isinstance(data.get("inputs"), dict) else {}
+    key = "bank" if data.get("bank") else "inputs.bank"
     bank = data.get("bank") or inputs.get("bank")
     if bank is not None and not isinstance(bank, str):
-        raise InputError("expected a path", path, field="bank")
+        raise InputError("expected a path", path, field=key)
     return ExpertsFile(path, list(chosen), Path(bank) if bank else None)
 
 
@@ -182,6 +183,27 @@ def expert_paths(experts: ExpertsFile, bank: str | Path | None = None) -> list[t
     return found
 
 
+def read_experts(
+    experts_path: str | Path, bank: str | Path | None = None, allow_pickle: bool = False
+) -> list[LoraAdapter]:
+    """Read the chosen adapters once (no base model needed: bad files fail before it loads)."""
+    experts = read_experts_file(experts_path)
+    return [
+        load_adapter(path, name=name, allow_pickle=allow_pickle)
+        for name, path in expert_paths(experts, bank)
+    ]
+
+
+def check_experts_fit(adapters: Sequence[LoraAdapter], base_model) -> None:
+    """Every expert fits the base model; the error names the adapter and what does not fit."""
+    for adapter in adapters:
+        fatal = [p.message for p in validate_adapter(adapter, base_model) if p.fatal]
+        if fatal:
+            raise InputError(
+                f"expert {adapter.name!r} does not fit the base model: {fatal[0]}", adapter.path
+            )
+
+
 def load_experts(
     experts_path: str | Path,
     base_model,
@@ -189,14 +211,8 @@ def load_experts(
     allow_pickle: bool = False,
 ) -> list[LoraAdapter]:
     """Read the chosen adapters once and check each fits the base; errors name the adapter."""
-    experts = read_experts_file(experts_path)
-    adapters = []
-    for name, path in expert_paths(experts, bank):
-        adapter = load_adapter(path, name=name, allow_pickle=allow_pickle)
-        fatal = [p.message for p in validate_adapter(adapter, base_model) if p.fatal]
-        if fatal:
-            raise InputError(f"expert {name!r} does not fit the base model: {fatal[0]}", path)
-        adapters.append(adapter)
+    adapters = read_experts(experts_path, bank, allow_pickle)
+    check_experts_fit(adapters, base_model)
     return adapters
 
 
