@@ -328,6 +328,24 @@ class _TrainLog:
                 handle.write(json.dumps(item) + "\n")
 
 
+def _differences(previous: dict, run: dict) -> str:
+    """What a resumed run changed, by setting: 'lr 5e-05, now 0.001; experts'."""
+    changed = []
+    for key in sorted(set(previous) | set(run)):
+        old, new = previous.get(key), run.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += [
+                f"{name} {old.get(name)!r}, now {new.get(name)!r}"
+                for name in sorted(set(old) | set(new))
+                if old.get(name) != new.get(name)
+            ]
+        else:
+            changed.append(key)
+    return "; ".join(changed)
+
+
 def _rounded(value):
     return round(value, 6) if isinstance(value, float) else value
 
@@ -368,9 +386,8 @@ def train_mixture(
     }
     previous = json.loads((work / RUN_FILE).read_text()) if (work / RUN_FILE).is_file() else None
     if resume and previous is not None and previous != run:
-        changed = sorted(k for k in run if previous.get(k) != run[k])
         raise InputError(
-            f"the unfinished run there used other settings ({', '.join(changed)}); "
+            f"the unfinished run there used other settings ({_differences(previous, run)}); "
             "rerun without --resume to start over",
             work,
         )
