@@ -35,7 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from taskexpert.errors import InputError
-from taskexpert.io import atomic_dir, atomic_open
+from taskexpert.io import atomic_dir, atomic_open, check_output
 from taskexpert.records import Record
 
 DEFAULT_MAX_SEQ_LENGTH = 256
@@ -309,6 +309,7 @@ class EmbeddingCache:
 
     def __init__(self, root: str | Path | None = None, shard_rows: int = 16_384) -> None:
         self.root = Path(root) if root is not None else cache_root() / "embeddings"
+        check_output(self.root, field="cache", directory=True)  # before any embedding work
         self.shard_rows = shard_rows
         self._stores: dict[str, _EncoderStore] = {}
         self.hits = 0
