@@ -267,6 +267,8 @@ CASES = [
         lambda e: select_data(e, pool=e.w.bank), "bank", "not a regular file"),
     bad("select-data-out-is-dir", "select-data", "--out is an existing directory",
         lambda e: select_data(e, out=e.w.bank), "bank", "directory"),
+    bad("select-data-cache-under-file", "select-data", "--cache below a regular file",
+        lambda e: select_data(e, "--cache", e.blocker() / "cache"), "blocker/cache", NOT_DIR),
     # kcenter
     bad("kcenter-nan", "kcenter", "embeddings holding NaN",
         lambda e: kcenter(e, embeddings=e.npy("nan.npy", np.full((6, 4), np.nan, np.float32))),
