@@ -182,11 +182,12 @@ def validate_adapter(adapter: LoraAdapter, base_model: torch.nn.Module) -> list[
     base_name = getattr(getattr(base_model, "config", None), "_name_or_path", None) or getattr(
         base_model, "name_or_path", None
     )
-    if (
+    other_base = bool(
         adapter.base_model_name
         and base_name
         and (_short_name(adapter.base_model_name) != _short_name(base_name))
-    ):
+    )
+    if other_base:
         problems.append(
             Problem(
                 f"trained on base model {adapter.base_model_name!r}, loaded on {base_name!r}",
@@ -238,6 +239,9 @@ def validate_adapter(adapter: LoraAdapter, base_model: torch.nn.Module) -> list[
             )
         if not (torch.isfinite(module.A).all() and torch.isfinite(module.B).all()):
             problems.append(Problem(f"module {name}: weights contain NaN or inf"))
+    if other_base and any(p.fatal for p in problems):
+        # another base model's name *and* layers that do not fit: the name is the cause
+        problems[0] = Problem(problems[0].message)
     return problems
 
 

@@ -90,11 +90,43 @@ _register(app, VERBS)
 _register(testbed_app, TESTBED_VERBS)
 
 
+# typer ships its own copy of click (or uses click itself, in older versions): find the error
+# classes through an exported one, so either works.
+_CLICK_ERRORS = {c.__name__: c for c in typer.BadParameter.__mro__}
+ClickException = _CLICK_ERRORS["ClickException"]
+UsageError = _CLICK_ERRORS["UsageError"]
+
+
 def main() -> None:
-    """Console entry point: user-facing errors become one line on stderr and exit code 1."""
+    """Console entry point: every user-facing error is one `error:` line on stderr, no traceback.
+
+    Bad input (TaskexpertError) exits 1; a bad command line (unknown option, a value of the wrong
+    type) exits 2, as click does, but is reported on one line too instead of a framed panel.
+    """
     configure_logging()
     try:
-        app()
+        code = app(prog_name="taskexpert", standalone_mode=False)
     except TaskexpertError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help is the message (or was printed)
+            if exc.format_message().strip():
+                exc.show()
+            sys.exit(exc.exit_code)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        print(f"error: {_one_line(exc.format_message())}{hint}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except ClickException as exc:
+        print(f"error: {_one_line(exc.format_message())}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(1)
+    if isinstance(code, int) and code:  # an explicit exit code (130 after Ctrl-C, say)
+        sys.exit(code)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())

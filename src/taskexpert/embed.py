@@ -34,7 +34,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from taskexpert.errors import InputError
-from taskexpert.io import atomic_dir, atomic_open
+from taskexpert.io import atomic_dir, atomic_open, check_output
 from taskexpert.progress import progress as progress_bar
 from taskexpert.records import Record
 
@@ -329,6 +329,7 @@ class EmbeddingCache:
 
     def __init__(self, root: str | Path | None = None, shard_rows: int | None = None) -> None:
         self.root = Path(root) if root is not None else cache_root() / "embeddings"
+        check_output(self.root, field="cache", directory=True)  # before any embedding work
         self.shard_rows = shard_rows if shard_rows is not None else default_shard_rows()
         self._stores: dict[str, _EncoderStore] = {}
         self.hits = 0

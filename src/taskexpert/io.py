@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from taskexpert.errors import InputError
+
 TEMP_SUFFIX = ".tmp"
 
 
@@ -26,12 +28,43 @@ def _current_umask() -> int:
     return mask
 
 
+def check_output(path: str | Path, field: str | None = "out", directory: bool = False) -> None:
+    """Fail before any work when `path` could not be written: a file output that is a folder,
+    or a nearest existing folder above it that is a file (the usual way to hit this as root)
+    or is not writable. `directory`: the output is a folder (replaced or resumed by its verb)."""
+    path = Path(path)
+    if not directory and path.is_dir():
+        raise InputError("output path is a directory", path, None, field)
+    if directory and path.exists() and not path.is_dir():
+        raise InputError("output path exists and is not a directory", path, None, field)
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(
+            f"cannot create it: {ancestor} is a file, not a directory", path, None, field
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"cannot create it: {ancestor} is not writable", path, None, field)
+
+
+@contextlib.contextmanager
+def _creating(path: Path) -> Iterator[None]:
+    """OSErrors while making `path`'s folder or temp file are bad output paths, not crashes."""
+    try:
+        yield
+    except OSError as exc:
+        check_output(path, None)  # names the file in the way, if that is the reason
+        raise InputError(f"cannot write it ({exc.strerror or exc})", path) from None
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temp file beside `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    with _creating(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; artifacts are ordinary files
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
@@ -85,8 +118,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     the two renames leaves nothing, which readers treat like a run that never got that far.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent))
+    with _creating(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent))
     old = None
     try:
         yield tmp

@@ -6,8 +6,10 @@ nothing fetched from a hub (local directories, or the SmolLM2 GGUF shipped on Py
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from taskexpert.errors import InputError
@@ -39,6 +41,21 @@ def resolve_device(device: str = "auto") -> str:
     return "cpu"
 
 
+@contextlib.contextmanager
+def _transformers_bars(progress: bool) -> Iterator[None]:
+    """transformers' progress bars ("Loading weights") off for the block unless `progress`."""
+    from transformers.utils import logging as hf_logging
+
+    if progress or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def load_base(
     name_or_path: str | Path,
     *,
@@ -46,9 +63,12 @@ def load_base(
     device: str = "auto",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    progress: bool = True,
 ):
-    """(model, tokenizer) from a local HF directory or the alias 'smollm2'; model in eval mode."""
+    """(model, tokenizer) from a local HF directory or the alias 'smollm2'; model in eval mode.
+    `progress=False` silences transformers' own bars (a verb's --quiet)."""
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -62,14 +82,22 @@ def load_base(
             raise InputError(
                 "base model directory not found (models load only from disk)", location
             )
+        if not (Path(location) / "config.json").is_file():
+            raise InputError("not a model directory (no config.json)", location)
         kwargs["use_safetensors"] = None if allow_pickle else True
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=getattr(torch, dtype), **kwargs
-        )
+        with _transformers_bars(progress):
+            tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                location, dtype=getattr(torch, dtype), **kwargs
+            )
     except OSError as exc:
         hint = "" if allow_pickle else " (only safetensors weights load without --allow-pickle)"
         raise InputError(f"cannot load the base model: {exc}{hint}", location) from None
+    except SafetensorError as exc:
+        raise InputError(f"corrupt safetensors weights ({exc})", location) from None
+    except (ValueError, KeyError) as exc:  # an unknown model type, no usable tokenizer...
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"cannot load the base model: {reason}", location) from None
     model.to(resolve_device(device)).eval()
     return model, tokenizer

@@ -11,9 +11,14 @@ from taskexpert.errors import InputError
 
 
 def attach_for_eval(
-    model, adapter: Path | None = None, moe: Path | None = None, allow_pickle: bool = False
+    model,
+    adapter: Path | None = None,
+    moe: Path | None = None,
+    allow_pickle: bool = False,
+    loaded=None,
 ):
-    """The base alone, with a PEFT LoRA, or with a saved mixture; misfits are InputErrors."""
+    """The base alone, with a PEFT LoRA, or with a saved mixture; misfits are InputErrors.
+    `loaded`: the adapter's `LoraAdapter`, when it was read already."""
     if adapter is not None and moe is not None:
         raise InputError("give --adapter or --moe, not both", field="adapter")
     if adapter is not None:
@@ -21,11 +26,8 @@ def attach_for_eval(
 
         from taskexpert.bank import load_adapter, validate_adapter
 
-        fatal = [
-            p.message
-            for p in validate_adapter(load_adapter(adapter, allow_pickle=allow_pickle), model)
-            if p.fatal
-        ]
+        loaded = loaded or load_adapter(adapter, allow_pickle=allow_pickle)
+        fatal = [p.message for p in validate_adapter(loaded, model) if p.fatal]
         if fatal:
             raise InputError(f"the adapter does not fit the base model: {fatal[0]}", adapter)
         return PeftModel.from_pretrained(model, str(adapter)).eval()
@@ -55,20 +57,21 @@ def run_evaluate(
     progress: bool = True,
 ) -> dict:
     """Check inputs, load the model, evaluate, write eval.json atomically; returns its content."""
+    from taskexpert.bank import load_adapter
     from taskexpert.evaluate import (
         default_max_new_tokens,
         evaluate_model,
         gold_answer,
         gold_choice,
     )
-    from taskexpert.io import write_json
+    from taskexpert.io import check_output, write_json
     from taskexpert.models import load_base
+    from taskexpert.moe.config import MoeConfig
     from taskexpert.prompts import infer_answer_kind
     from taskexpert.records import load_records
 
     out = Path(out)
-    if out.is_dir():
-        raise InputError("output path is a directory", out, field="out")
+    check_output(out)
     if out.resolve() == Path(test).resolve():
         raise InputError("output would overwrite the test file", out, field="out")
     if kind not in (None, "letter", "number", "yesno", "text"):
@@ -88,14 +91,21 @@ def run_evaluate(
     for path, flag in ((adapter, "adapter"), (moe, "moe")):
         if path is not None and not Path(path).is_dir():
             raise InputError("not a directory", path, field=flag)
+    if adapter is not None and moe is not None:
+        raise InputError("give --adapter or --moe, not both", field="adapter")
+    # read what can be read without the base, so a bad adapter fails before the base loads
+    loaded = load_adapter(adapter, allow_pickle=allow_pickle) if adapter is not None else None
+    if moe is not None:
+        MoeConfig.load(moe)
     model, tokenizer = load_base(
         base,
         dtype=dtype,
         device=device,
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
+        progress=progress,
     )
-    model = attach_for_eval(model, adapter, moe, allow_pickle=allow_pickle)
+    model = attach_for_eval(model, adapter, moe, allow_pickle=allow_pickle, loaded=loaded)
     if max_new_tokens is None:
         max_new_tokens = default_max_new_tokens(tokenizer, records)
     try:

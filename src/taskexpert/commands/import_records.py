@@ -9,7 +9,9 @@ from typing import Annotated
 
 import typer
 
+from taskexpert.errors import InputError
 from taskexpert.importers import FORMATS, import_dataset, parse_mapping
+from taskexpert.io import check_output
 from taskexpert.progress import progress as progress_bar
 from taskexpert.records import Record, write_records
 
@@ -38,6 +40,9 @@ def main(
     ] = None,
 ) -> None:
     """Import a dataset into canonical JSONL records; bad input leaves no output file."""
+    check_output(out)
+    if Path(out).resolve() == Path(src).resolve():
+        raise InputError("output would overwrite the source file", out, field="out")
     mapping = parse_mapping(map_) if map_ else None
     records = import_dataset(fmt, src, split=split, mapping=mapping, source=source)
     per_source: Counter = Counter()

@@ -11,7 +11,7 @@ import numpy as np
 import typer
 
 from taskexpert.errors import InputError
-from taskexpert.io import write_json
+from taskexpert.io import check_output, write_json
 from taskexpert.selection.kcenter import METRICS, kcenter_greedy
 
 
@@ -59,6 +59,7 @@ def main(
     """K-center greedy (DiverseEvol's sampler) on an embedding matrix; picks in order to JSON."""
     if metric not in METRICS:
         raise typer.BadParameter(f"use one of {', '.join(METRICS)}", param_hint="--metric")
+    check_output(out)
     matrix = _load_embeddings(embeddings)
     chosen = _load_initial(initial) if initial is not None else []
     started = time.perf_counter()

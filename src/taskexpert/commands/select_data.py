@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from taskexpert.errors import InputError
-from taskexpert.io import write_json
+from taskexpert.io import check_output, write_json
 from taskexpert.records import Record, load_records, read_records, write_records
 
 
@@ -83,8 +83,7 @@ def run_select_data(
     inputs = {p.resolve() for p in [*pool_paths, kshot_path]}
     if out.resolve() in inputs or summary_path(out).resolve() in inputs:
         raise InputError("output would overwrite an input file", out, field="out")
-    if out.is_dir():
-        raise InputError("output path is a directory", out, field="out")
+    check_output(out)
     kshot = load_records(kshot_path)
     pool = PoolFiles(pool_paths)
     size = pool.validate()

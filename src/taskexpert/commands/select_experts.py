@@ -9,7 +9,7 @@ import typer
 
 from taskexpert.commands import options
 from taskexpert.errors import InputError
-from taskexpert.io import remove_tree, write_json
+from taskexpert.io import check_output, remove_tree, write_json
 
 
 def run_select_experts(
@@ -35,15 +35,14 @@ def run_select_experts(
     """
     from pydantic import ValidationError
 
-    from taskexpert.bank import load_bank
+    from taskexpert.bank import bank_entries, load_bank
     from taskexpert.experts.distributed import base_loader
     from taskexpert.experts.scoring import check_kshot
     from taskexpert.experts.select import ExpertSelectionConfig, select_experts
     from taskexpert.records import load_records
 
     out = Path(out)
-    if out.is_dir():
-        raise InputError("output path is a directory", out, field="out")
+    check_output(out)
     if out.resolve() == Path(kshot_path).resolve():
         raise InputError("output would overwrite the K-shot file", out, field="out")
     try:
@@ -59,6 +58,7 @@ def run_select_experts(
         device=device,
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
+        progress=selection_config.progress,
     )
     scorer = None
     if workers < 0:
@@ -69,7 +69,8 @@ def run_select_experts(
         import_ray()  # a missing optional dependency fails before any model loads
         scorer = RayBankScorer(load, workers=workers, num_gpus_per_worker=gpus_per_worker)
     kshot = load_records(kshot_path)
-    check_kshot(kshot, kshot_path)
+    check_kshot(kshot, kshot_path, contrast=selection_config.needs_contrast)
+    bank_entries(bank_source)  # a missing bank or a bad list file fails before the base loads
     model, tokenizer = load()
     bank = load_bank(bank_source, model, strict=strict, allow_pickle=allow_pickle)
     work = score_dir(out)

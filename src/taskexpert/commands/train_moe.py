@@ -33,8 +33,9 @@ def run_train_moe(
     from taskexpert.moe.train import (
         MoeTrainConfig,
         build_mixture,
+        check_experts_fit,
         check_output_dir,
-        load_experts,
+        read_experts,
         train_mixture,
         training_records,
     )
@@ -56,14 +57,16 @@ def run_train_moe(
     records, duplicates = training_records(kshot_records, data_records, kshot, data)
     if train_config.router_init == "kshot" and not kshot_records:
         raise InputError("--router-init kshot needs --kshot", field="router-init")
+    adapters = read_experts(experts, bank=bank, allow_pickle=allow_pickle)
     model, tokenizer = load_base(
         base,
         dtype=dtype,
         device=device,
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
+        progress=train_config.progress,
     )
-    adapters = load_experts(experts, model, bank=bank, allow_pickle=allow_pickle)
+    check_experts_fit(adapters, model)
     model, counts = build_mixture(model, tokenizer, adapters, train_config, kshot_records)
     info = {
         "inputs": {

@@ -80,8 +80,11 @@ class KShotTask:
         return len(self.ids)
 
 
-def check_kshot(records: Sequence[Record], source: str | Path | None = None) -> None:
-    """Fail before any model loads: a K-shot needs records, each with a gold answer."""
+def check_kshot(
+    records: Sequence[Record], source: str | Path | None = None, contrast: bool = False
+) -> None:
+    """Fail before any model loads: a K-shot needs records, each with a gold answer, and
+    (`contrast`: the contrast score decides) rationales to swap between items."""
     if not records:
         raise InputError("the K-shot set is empty", source)
     for number, record in enumerate(records, start=1):
@@ -92,6 +95,14 @@ def check_kshot(records: Sequence[Record], source: str | Path | None = None) -> 
                 number if source else None,
                 "answer",
             )
+    rationales = {r.rationale.strip() for r in records if r.rationale and r.rationale.strip()}
+    if contrast and len(rationales) < 2:
+        raise InputError(
+            "the contrast score (--rppl-variant contrast, --drop-ungrounded) needs rationales, "
+            f"at least two different ones; this K-shot has {len(rationales)}",
+            source,
+            field="rationale",
+        )
 
 
 def prepare_kshot(

@@ -24,6 +24,7 @@ from taskexpert.experts.scoring import (
     RPPL_VARIANTS,
     AdapterScore,
     ScoringConfig,
+    check_kshot,
     json_number,
     prepare_kshot,
     reasoning_score,
@@ -75,6 +76,13 @@ class ExpertSelectionConfig(BaseModel):
     max_length: int = Field(1024, ge=8)
     use_chat_template: bool | None = None
     progress: bool = True
+
+    @property
+    def needs_contrast(self) -> bool:
+        """Whether the choice depends on the contrast score (K-shot rationales needed)."""
+        return self.drop_ungrounded or (
+            self.perplexity == "rppl" and self.rppl_variant == "contrast"
+        )
 
     def scoring(self) -> ScoringConfig:
         wanted = set(RPPL_VARIANTS) if self.report_variants else {self.rppl_variant}
@@ -240,6 +248,7 @@ def select_experts(
         )
     grouping = config.grouping()
     grouping.candidates()  # raises on n > m before any expensive work
+    check_kshot(kshot, source, contrast=config.needs_contrast)
     task = prepare_kshot(kshot, tokenizer, config.scoring(), source)
     similarity = similarity_matrix(bank.adapters, config.similarity, progress=config.progress)
     scores = _score(base_model, tokenizer, bank, task, config, scorer, score_dir)

@@ -89,7 +89,10 @@ class MoeConfig(BaseModel):
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"unreadable mixture config ({exc})", path) from None
-        if isinstance(data, dict) and data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        version = data.get("format_version", FORMAT_VERSION) if isinstance(data, dict) else None
+        if version is not None and not isinstance(version, int):
+            raise InputError("expected an integer", path, field="format_version")
+        if isinstance(version, int) and version > FORMAT_VERSION:
             raise InputError(
                 f"written by a newer taskexpert (format {data['format_version']})",
                 path,

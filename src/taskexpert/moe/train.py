@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from taskexpert.bank import LoraAdapter, bank_entries, load_adapter, validate_adapter
 from taskexpert.errors import InputError
-from taskexpert.io import atomic_dir, atomic_open, remove_tree, write_json
+from taskexpert.io import atomic_dir, atomic_open, check_output, remove_tree, write_json
 from taskexpert.moe.config import CONFIG_FILE, MoeConfig
 from taskexpert.records import Record
 
@@ -136,9 +136,10 @@ def read_experts_file(path: str | Path) -> ExpertsFile:
     if twice:
         raise InputError(f"adapter {twice[0]!r} is chosen twice", path, field="chosen")
     inputs = data.get("inputs") if isinstance(data.get("inputs"), dict) else {}
+    key = "bank" if data.get("bank") else "inputs.bank"
     bank = data.get("bank") or inputs.get("bank")
     if bank is not None and not isinstance(bank, str):
-        raise InputError("expected a path", path, field="bank")
+        raise InputError("expected a path", path, field=key)
     return ExpertsFile(path, list(chosen), Path(bank) if bank else None)
 
 
@@ -182,6 +183,27 @@ def expert_paths(experts: ExpertsFile, bank: str | Path | None = None) -> list[t
     return found
 
 
+def read_experts(
+    experts_path: str | Path, bank: str | Path | None = None, allow_pickle: bool = False
+) -> list[LoraAdapter]:
+    """Read the chosen adapters once (no base model needed: bad files fail before it loads)."""
+    experts = read_experts_file(experts_path)
+    return [
+        load_adapter(path, name=name, allow_pickle=allow_pickle)
+        for name, path in expert_paths(experts, bank)
+    ]
+
+
+def check_experts_fit(adapters: Sequence[LoraAdapter], base_model) -> None:
+    """Every expert fits the base model; the error names the adapter and what does not fit."""
+    for adapter in adapters:
+        fatal = [p.message for p in validate_adapter(adapter, base_model) if p.fatal]
+        if fatal:
+            raise InputError(
+                f"expert {adapter.name!r} does not fit the base model: {fatal[0]}", adapter.path
+            )
+
+
 def load_experts(
     experts_path: str | Path,
     base_model,
@@ -189,14 +211,8 @@ def load_experts(
     allow_pickle: bool = False,
 ) -> list[LoraAdapter]:
     """Read the chosen adapters once and check each fits the base; errors name the adapter."""
-    experts = read_experts_file(experts_path)
-    adapters = []
-    for name, path in expert_paths(experts, bank):
-        adapter = load_adapter(path, name=name, allow_pickle=allow_pickle)
-        fatal = [p.message for p in validate_adapter(adapter, base_model) if p.fatal]
-        if fatal:
-            raise InputError(f"expert {name!r} does not fit the base model: {fatal[0]}", path)
-        adapters.append(adapter)
+    adapters = read_experts(experts_path, bank, allow_pickle)
+    check_experts_fit(adapters, base_model)
     return adapters
 
 
@@ -277,12 +293,14 @@ def work_dir(out: str | Path) -> Path:
 
 
 def check_output_dir(out: str | Path) -> None:
-    """The output is replaced whole at the end: never let that erase an unrelated directory."""
+    """The output is replaced whole at the end: never let that erase an unrelated directory
+    (and never train for an output that cannot be written)."""
     out = Path(out)
     if out.is_file():
         raise InputError("output exists and is a file", out, field="out")
     if out.is_dir() and any(out.iterdir()) and not (out / CONFIG_FILE).is_file():
         raise InputError("output exists and is not a mixture directory", out, field="out")
+    check_output(out, directory=True)
 
 
 def _data_digest(records: Sequence[Record]) -> str:
@@ -308,6 +326,24 @@ class _TrainLog:
         with atomic_open(self.path) as handle:
             for item in self.entries:
                 handle.write(json.dumps(item) + "\n")
+
+
+def _differences(previous: dict, run: dict) -> str:
+    """What a resumed run changed, by setting: 'lr 5e-05, now 0.001; experts'."""
+    changed = []
+    for key in sorted(set(previous) | set(run)):
+        old, new = previous.get(key), run.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += [
+                f"{name} {old.get(name)!r}, now {new.get(name)!r}"
+                for name in sorted(set(old) | set(new))
+                if old.get(name) != new.get(name)
+            ]
+        else:
+            changed.append(key)
+    return "; ".join(changed)
 
 
 def _rounded(value):
@@ -350,9 +386,8 @@ def train_mixture(
     }
     previous = json.loads((work / RUN_FILE).read_text()) if (work / RUN_FILE).is_file() else None
     if resume and previous is not None and previous != run:
-        changed = sorted(k for k in run if previous.get(k) != run[k])
         raise InputError(
-            f"the unfinished run there used other settings ({', '.join(changed)}); "
+            f"the unfinished run there used other settings ({_differences(previous, run)}); "
             "rerun without --resume to start over",
             work,
         )

@@ -46,7 +46,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from taskexpert.errors import InputError
-from taskexpert.io import atomic_dir, is_temp_name, remove_tree, write_json
+from taskexpert.io import atomic_dir, check_output, is_temp_name, remove_tree, write_json
 from taskexpert.records import Record, load_records, write_records
 from taskexpert.train import TrainConfig
 
@@ -429,7 +429,10 @@ class _Run:
         from taskexpert.models import load_base
 
         self.base, self.tokenizer = load_base(
-            self.config.base, dtype=self.config.dtype, device=self.config.device
+            self.config.base,
+            dtype=self.config.dtype,
+            device=self.config.device,
+            progress=self.config.progress,
         )
         ensure_pad_token(self.tokenizer)
         self.layer = resolve_layer(self.base, self.config.embed_layer)
@@ -720,6 +723,7 @@ def _check_pool(pool: Sequence[Record], path: Path) -> None:
 def run_diverseevol(config: DiverseEvolConfig, run_dir: str | Path) -> DiverseEvolResult:
     """Run (or resume) DiverseEvol into `run_dir`; returns every round's summary."""
     run_dir = Path(run_dir)
+    check_output(run_dir, directory=True)
     check_strategy(config.strategy)
     pool = load_records(config.pool)
     check_sizes(config, len(pool), config.pool)
@@ -727,7 +731,7 @@ def run_diverseevol(config: DiverseEvolConfig, run_dir: str | Path) -> DiverseEv
     eval_records = _load_eval(config.eval) if config.eval else None
     eval_sha = file_sha256(config.eval) if config.eval else None
     identity = _identity(config, file_sha256(config.pool), eval_sha)
-    with _locked(run_dir), _torch_threads(config.threads):
+    with _fresh_dir_removed_on_error(run_dir), _locked(run_dir), _torch_threads(config.threads):
         _check_run(run_dir, identity)
         _clear_leftovers(run_dir)
         finished = _finished_rounds(run_dir, pool, config)
@@ -746,6 +750,19 @@ def run_diverseevol(config: DiverseEvolConfig, run_dir: str | Path) -> DiverseEv
             result.rounds.append(summary)
             _write_curve(run_dir, result.rounds)
     return result
+
+
+@contextlib.contextmanager
+def _fresh_dir_removed_on_error(run_dir: Path) -> Iterator[None]:
+    """A run directory this call creates goes again if the run fails before it is recorded
+    (a bad --base, say): nothing in it is worth resuming yet, and nothing is left half-made."""
+    fresh = not run_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if fresh and not (run_dir / RUN_FILE).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager

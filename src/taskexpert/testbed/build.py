@@ -197,19 +197,24 @@ def _check_writable(root: Path) -> None:
         raise InputError(f"cannot write the testbed here ({exc.strerror or exc})", root) from None
 
 
-def _prepare(root: Path, fingerprint: dict, force: bool) -> dict:
-    """The state to resume from; refuses to touch a directory that is not this build's."""
-    state = _read_state(root)
+def _refuse_foreign(root: Path) -> None:
+    """Never build into, or leave a lock file in, a directory that holds something else."""
     # what a build killed before its state was saved may have left: the lock, the write
     # probe, temp entries of atomic writes and removals
     ours = {LOCK_FILE, PROBE_FILE}
     has_content = root.is_dir() and any(
         p.name not in ours and not is_temp_name(p.name) for p in root.iterdir()
     )
-    if state is None and has_content and not (root / STATE_DIR).is_dir():
+    if _read_state(root) is None and has_content and not (root / STATE_DIR).is_dir():
         raise InputError(
             "directory is not empty and is not a testbed build; choose another --out", root
         )
+
+
+def _prepare(root: Path, fingerprint: dict, force: bool) -> dict:
+    """The state to resume from; refuses to touch a directory that is not this build's."""
+    _refuse_foreign(root)
+    state = _read_state(root)
     if state is not None and state.get("fingerprint") != fingerprint:
         if not force:
             old = state.get("fingerprint", {})
@@ -595,6 +600,7 @@ def build_testbed(
     fingerprint = _fingerprint(spec, seed)
     if not force and is_complete(root, preset, seed):
         return Testbed.load(root)
+    _refuse_foreign(root)
     _check_writable(root)
     with _exclusive(root):
         if not force and is_complete(root, preset, seed):
