@@ -102,6 +102,10 @@ def test_validate_reports_modules_ranks_names_and_values(tiny_llama, tmp_path):
     adapter.config["base_model_name_or_path"] = "org/some-7b"
     tiny_llama.config._name_or_path = "/models/tiny-llama"
     problems = validate_adapter(adapter, tiny_llama)
+    assert [p.fatal for p in problems] == [True]  # shapes fit, the named base does not: refused
+    assert str(problems[0]).startswith("trained on base model 'org/some-7b'")
+    assert "--allow-other-base" in str(problems[0])
+    problems = validate_adapter(adapter, tiny_llama, allow_other_base=True)
     assert [p.fatal for p in problems] == [False]
     assert str(problems[0]).startswith("warning: trained on base model 'org/some-7b'")
     tiny_llama.config._name_or_path = "/elsewhere/Some-7B/"

@@ -176,8 +176,14 @@ def _declared_rank(config: dict, module: str) -> int | None:
     return int(_pattern_value(config.get("rank_pattern"), module, rank)) if rank else None
 
 
-def validate_adapter(adapter: LoraAdapter, base_model: torch.nn.Module) -> list[Problem]:
-    """Everything that would make the adapter fail or mislead on this base model, by module."""
+def validate_adapter(
+    adapter: LoraAdapter, base_model: torch.nn.Module, allow_other_base: bool = False
+) -> list[Problem]:
+    """Everything that would make the adapter fail or mislead on this base model, by module.
+
+    An adapter whose adapter_config.json names another base model is refused even when its
+    shapes fit (a fine-tune of the same architecture fits and still means nothing here);
+    `allow_other_base` makes that a warning, for a base saved under another name."""
     problems: list[Problem] = []
     base_name = getattr(getattr(base_model, "config", None), "_name_or_path", None) or getattr(
         base_model, "name_or_path", None
@@ -190,8 +196,9 @@ def validate_adapter(adapter: LoraAdapter, base_model: torch.nn.Module) -> list[
     if other_base:
         problems.append(
             Problem(
-                f"trained on base model {adapter.base_model_name!r}, loaded on {base_name!r}",
-                fatal=False,
+                f"trained on base model {adapter.base_model_name!r}, loaded on {base_name!r}"
+                + ("" if allow_other_base else " (--allow-other-base uses it all the same)"),
+                fatal=not allow_other_base,
             )
         )
     base_modules = dict(base_model.named_modules())
@@ -239,7 +246,7 @@ def validate_adapter(adapter: LoraAdapter, base_model: torch.nn.Module) -> list[
             )
         if not (torch.isfinite(module.A).all() and torch.isfinite(module.B).all()):
             problems.append(Problem(f"module {name}: weights contain NaN or inf"))
-    if other_base and any(p.fatal for p in problems):
+    if other_base and any(p.fatal for p in problems[1:]):
         # another base model's name *and* layers that do not fit: the name is the cause
         problems[0] = Problem(problems[0].message)
     return problems
@@ -310,6 +317,7 @@ def load_bank(
     base_model: torch.nn.Module | None = None,
     strict: bool = False,
     allow_pickle: bool = False,
+    allow_other_base: bool = False,
 ) -> Bank:
     """Load and validate every adapter once; unfit ones are rejected by name (raise if strict)."""
     source = Path(source)
@@ -323,7 +331,11 @@ def load_bank(
                 raise InputError(f"adapter {name!r}: {exc}", *where) from None
             bank.rejected[name] = str(exc)
             continue
-        problems = validate_adapter(adapter, base_model) if base_model is not None else []
+        problems = (
+            validate_adapter(adapter, base_model, allow_other_base)
+            if base_model is not None
+            else []
+        )
         errors = [p.message for p in problems if p.fatal]
         warnings = [p.message for p in problems if not p.fatal]
         if errors:

@@ -347,6 +347,12 @@ CASES = [
         lambda e: train_moe(e, experts=e.experts({
             "chosen": ["r8"], "bank": str(e.config(e.adapter("r8"), r=8).parent)})),
         "r8", "rank 4 in the weights but r=8"),
+    bad("train-moe-other-base-name", "train-moe", "an expert that fits but names another base",
+        lambda e: train_moe(e, experts=e.experts({
+            "chosen": ["named"],
+            "bank": str(e.config(e.adapter("named"), base_model_name_or_path="org/x-7b").parent),
+        })),
+        "named", "trained on base model 'org/x-7b'"),
     bad("train-moe-resume-other-settings", "train-moe", "--resume with another --lr",
         lambda e: resumed_moe(e, "--lr", "1e-3"), ".moe.partial", "other settings"),
     bad("train-moe-empty-output", "train-moe", "a data record with an empty output",
@@ -362,6 +368,10 @@ CASES = [
         lambda e: evaluate(e, "--adapter", e.config(e.adapter("foreign", "foreign"),
                                                    base_model_name_or_path="org/other-7b")),
         "foreign", "org/other-7b"),
+    bad("evaluate-other-base-name", "evaluate", "adapter that fits but names another base",
+        lambda e: evaluate(e, "--adapter", e.config(e.adapter("named"),
+                                                   base_model_name_or_path="org/other-7b")),
+        "named", "--allow-other-base"),
     bad("evaluate-rank-mismatch", "evaluate", "adapter with rank_pattern q_proj: 2, weights 4",
         lambda e: evaluate(e, "--adapter", e.config(e.adapter("odd"), rank_pattern={"q_proj": 2})),
         "odd", "rank 4 in the weights but r=2"),

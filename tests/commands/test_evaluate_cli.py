@@ -111,3 +111,20 @@ def test_bad_inputs_are_refused_before_anything_is_written(world, mixture, tmp_p
     refused(evaluate(world, out, test=empty), "no records")
     refused(evaluate(world, world.test), "overwrite")
     assert not out.exists()
+
+
+def test_an_adapter_naming_another_base_runs_only_when_allowed(world, tmp_path):
+    import shutil
+
+    named = tmp_path / "named"
+    shutil.copytree(world.bank / "e0", named)
+    config = json.loads((named / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "org/other-7b"
+    (named / "adapter_config.json").write_text(json.dumps(config))
+    out = tmp_path / "eval.json"
+    refused = evaluate(world, out, "--adapter", named)
+    assert isinstance(refused.exception, InputError) and not out.exists()
+    assert "trained on base model 'org/other-7b'" in str(refused.exception)
+    allowed = evaluate(world, out, "--adapter", named, "--allow-other-base")
+    assert allowed.exit_code == 0, allowed.output
+    assert json.loads(out.read_text())["n"] == 4

@@ -16,6 +16,7 @@ def attach_for_eval(
     moe: Path | None = None,
     allow_pickle: bool = False,
     loaded=None,
+    allow_other_base: bool = False,
 ):
     """The base alone, with a PEFT LoRA, or with a saved mixture; misfits are InputErrors.
     `loaded`: the adapter's `LoraAdapter`, when it was read already."""
@@ -27,7 +28,8 @@ def attach_for_eval(
         from taskexpert.bank import load_adapter, validate_adapter
 
         loaded = loaded or load_adapter(adapter, allow_pickle=allow_pickle)
-        fatal = [p.message for p in validate_adapter(loaded, model) if p.fatal]
+        problems = validate_adapter(loaded, model, allow_other_base)
+        fatal = [p.message for p in problems if p.fatal]
         if fatal:
             raise InputError(f"the adapter does not fit the base model: {fatal[0]}", adapter)
         return PeftModel.from_pretrained(model, str(adapter)).eval()
@@ -51,6 +53,7 @@ def run_evaluate(
     multiple_choice: bool = True,
     mc_style: str = "answer",
     allow_pickle: bool = False,
+    allow_other_base: bool = False,
     trust_remote_code: bool = False,
     device: str = "auto",
     dtype: str = "float32",
@@ -105,7 +108,9 @@ def run_evaluate(
         allow_pickle=allow_pickle,
         progress=progress,
     )
-    model = attach_for_eval(model, adapter, moe, allow_pickle=allow_pickle, loaded=loaded)
+    model = attach_for_eval(
+        model, adapter, moe, allow_pickle, loaded=loaded, allow_other_base=allow_other_base
+    )
     if max_new_tokens is None:
         max_new_tokens = default_max_new_tokens(tokenizer, records)
     try:
@@ -163,6 +168,7 @@ def main(
     ),
     no_mc: bool = typer.Option(False, "--no-mc", help="Skip multiple-choice scoring."),
     allow_pickle: bool = options.ALLOW_PICKLE,
+    allow_other_base: bool = options.ALLOW_OTHER_BASE,
     trust_remote_code: bool = options.TRUST_REMOTE_CODE,
     device: str = options.DEVICE,
     dtype: str = options.DTYPE,
@@ -180,6 +186,7 @@ def main(
         multiple_choice=not no_mc,
         mc_style=mc_style,
         allow_pickle=allow_pickle,
+        allow_other_base=allow_other_base,
         trust_remote_code=trust_remote_code,
         device=device,
         dtype=dtype,

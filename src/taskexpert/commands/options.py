@@ -12,3 +12,8 @@ TRUST_REMOTE_CODE = typer.Option(
 )
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, mps.")
 DTYPE = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.")
+ALLOW_OTHER_BASE = typer.Option(
+    False,
+    "--allow-other-base",
+    help="Use adapters whose adapter_config.json names another base model (refused otherwise).",
+)

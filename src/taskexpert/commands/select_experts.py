@@ -20,6 +20,7 @@ def run_select_experts(
     *,
     strict: bool = False,
     allow_pickle: bool = False,
+    allow_other_base: bool = False,
     trust_remote_code: bool = False,
     device: str = "auto",
     dtype: str = "float32",
@@ -72,7 +73,7 @@ def run_select_experts(
     check_kshot(kshot, kshot_path, contrast=selection_config.needs_contrast)
     bank_entries(bank_source)  # a missing bank or a bad list file fails before the base loads
     model, tokenizer = load()
-    bank = load_bank(bank_source, model, strict=strict, allow_pickle=allow_pickle)
+    bank = load_bank(bank_source, model, strict, allow_pickle, allow_other_base)
     work = score_dir(out)
     selection = select_experts(
         model, tokenizer, bank, kshot, selection_config, kshot_path, scorer=scorer, score_dir=work
@@ -167,6 +168,7 @@ def main(
     ),
     strict: bool = typer.Option(False, "--strict", help="Stop on the first unusable adapter."),
     allow_pickle: bool = options.ALLOW_PICKLE,
+    allow_other_base: bool = options.ALLOW_OTHER_BASE,
     trust_remote_code: bool = options.TRUST_REMOTE_CODE,
     device: str = options.DEVICE,
     dtype: str = options.DTYPE,
@@ -185,6 +187,7 @@ def main(
         out,
         strict=strict,
         allow_pickle=allow_pickle,
+        allow_other_base=allow_other_base,
         trust_remote_code=trust_remote_code,
         device=device,
         dtype=dtype,

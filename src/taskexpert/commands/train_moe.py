@@ -21,6 +21,7 @@ def run_train_moe(
     bank: Path | None = None,
     resume: bool = False,
     allow_pickle: bool = False,
+    allow_other_base: bool = False,
     trust_remote_code: bool = False,
     device: str = "auto",
     dtype: str = "float32",
@@ -66,7 +67,7 @@ def run_train_moe(
         allow_pickle=allow_pickle,
         progress=train_config.progress,
     )
-    check_experts_fit(adapters, model)
+    check_experts_fit(adapters, model, allow_other_base)
     model, counts = build_mixture(model, tokenizer, adapters, train_config, kshot_records)
     info = {
         "inputs": {
@@ -128,6 +129,7 @@ def main(
         False, "--resume", help="Continue an interrupted run with the same settings."
     ),
     allow_pickle: bool = options.ALLOW_PICKLE,
+    allow_other_base: bool = options.ALLOW_OTHER_BASE,
     trust_remote_code: bool = options.TRUST_REMOTE_CODE,
     device: str = options.DEVICE,
     dtype: str = options.DTYPE,
@@ -142,6 +144,7 @@ def main(
         bank=bank,
         resume=resume,
         allow_pickle=allow_pickle,
+        allow_other_base=allow_other_base,
         trust_remote_code=trust_remote_code,
         device=device,
         dtype=dtype,

@@ -194,10 +194,13 @@ def read_experts(
     ]
 
 
-def check_experts_fit(adapters: Sequence[LoraAdapter], base_model) -> None:
+def check_experts_fit(
+    adapters: Sequence[LoraAdapter], base_model, allow_other_base: bool = False
+) -> None:
     """Every expert fits the base model; the error names the adapter and what does not fit."""
     for adapter in adapters:
-        fatal = [p.message for p in validate_adapter(adapter, base_model) if p.fatal]
+        problems = validate_adapter(adapter, base_model, allow_other_base)
+        fatal = [p.message for p in problems if p.fatal]
         if fatal:
             raise InputError(
                 f"expert {adapter.name!r} does not fit the base model: {fatal[0]}", adapter.path
@@ -209,10 +212,11 @@ def load_experts(
     base_model,
     bank: str | Path | None = None,
     allow_pickle: bool = False,
+    allow_other_base: bool = False,
 ) -> list[LoraAdapter]:
     """Read the chosen adapters once and check each fits the base; errors name the adapter."""
     adapters = read_experts(experts_path, bank, allow_pickle)
-    check_experts_fit(adapters, base_model)
+    check_experts_fit(adapters, base_model, allow_other_base)
     return adapters
 
 
