@@ -23,6 +23,19 @@ def restore_environment():
     os.environ.update(before)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: two torch threads spin against each other and
+    run up to 100x slower than one. Modules ask for it with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def char_tokenizer() -> PreTrainedTokenizerFast:
     return make_char_tokenizer()

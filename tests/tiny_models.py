@@ -7,6 +7,7 @@ sys.path through tests/conftest.py, and a module named `conftest` would be ambig
 from __future__ import annotations
 
 import string
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -45,3 +46,11 @@ def make_tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 32, layers: in
         eos_token_id=2,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def save_tiny_base(directory: Path, **sizes) -> Path:
+    """A tiny Llama and the character tokenizer saved as one base-model directory."""
+    tokenizer = make_char_tokenizer()
+    make_tiny_llama(len(tokenizer), **sizes).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -9,7 +9,6 @@ import random
 
 import numpy as np
 import pytest
-import torch
 from kill_resume import assert_no_partial_files, cli_env, kill_midway, rerun, without
 
 SHARD_ROWS = 16  # small shards, so the pool pass writes many and a kill lands between them
@@ -46,12 +45,7 @@ def make_pool(n: int) -> list[dict]:
     return rows
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

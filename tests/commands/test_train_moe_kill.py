@@ -25,13 +25,7 @@ ARGS = [
 RTOL, ATOL = 1e-5, 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The killed child runs one torch thread; so do the in-process runs it is compared with."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

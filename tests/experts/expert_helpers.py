@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
@@ -49,12 +48,3 @@ def make_lora_bank(root, model):
     for seed, (name, spec) in enumerate(specs.items()):
         save_random_lora(copy.deepcopy(model), root / name, seed=seed, **spec)
     return root
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models on a shared 2-core box: one thread avoids spin contention (100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

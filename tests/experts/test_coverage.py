@@ -66,7 +66,8 @@ def test_guesser_adds_nothing_where_experts_know_the_answer():
     table = TokenTable([bank[n] for n in names])
     x, y, guesser = names.index("x"), names.index("y"), names.index("guesser")
     assert table.routed_perplexity([x, y, guesser]) == pytest.approx(
-        table.routed_perplexity([x, y]), rel=1e-6)
+        table.routed_perplexity([x, y]), rel=1e-6
+    )
 
 
 def test_near_duplicate_cap_keeps_twins_apart_unless_unavoidable():

@@ -5,7 +5,7 @@ import shutil
 import sys
 
 import pytest
-from expert_helpers import memory_adapter, single_thread  # noqa: F401
+from expert_helpers import memory_adapter
 
 from taskexpert.bank import SAFETENSORS_FILE, load_bank
 from taskexpert.commands.select_experts import run_select_experts
@@ -18,6 +18,8 @@ from taskexpert.experts.distributed import (
 )
 from taskexpert.experts.scoring import BASE_ROW, ScoringConfig, prepare_kshot
 from taskexpert.records import load_records
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TARGET = "mc_add_quiz"
 

@@ -6,8 +6,9 @@ import dataclasses
 import json
 import math
 
+import pytest
 import torch
-from expert_helpers import make_lora_bank, single_thread  # noqa: F401
+from expert_helpers import make_lora_bank
 
 from taskexpert.bank import load_bank
 from taskexpert.experts.score_store import ScoreStore
@@ -19,6 +20,8 @@ from taskexpert.experts.scoring import (
 )
 from taskexpert.experts.select import ExpertSelectionConfig, select_experts
 from taskexpert.records import Record
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CONFIG = ScoringConfig(batch_size=4, max_new_tokens=6, variants=("contrast", "content"))
 

@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from expert_helpers import make_lora_bank, single_thread  # noqa: F401
+from expert_helpers import make_lora_bank
 from peft import PeftModel
 
 from taskexpert.bank import load_bank
@@ -20,6 +20,8 @@ from taskexpert.experts.scoring import (
 )
 from taskexpert.lm import encode_pair
 from taskexpert.records import Record
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def kshot(n=5, rationale=True):
@@ -82,7 +84,8 @@ def test_batched_scores_equal_unbatched(tiny_llama, char_tokenizer):
     assert batched.em == single.em
     assert batched.rppl == pytest.approx(perplexity(batched.rationale_nll), rel=1e-6)
     assert batched.rppl == pytest.approx(
-        sum(math.exp(x) for x in batched.rationale_nll) / len(batched.rationale_nll), rel=1e-6)
+        sum(math.exp(x) for x in batched.rationale_nll) / len(batched.rationale_nll), rel=1e-6
+    )
 
 
 def test_switching_adapters_equals_loading_each_fresh(tmp_path, tiny_llama, char_tokenizer):

@@ -4,7 +4,6 @@ import pytest
 from expert_helpers import (  # noqa: F401
     make_lora_bank,
     save_random_lora,
-    single_thread,
     wider_model,
 )
 from test_scoring import kshot
@@ -16,6 +15,8 @@ from taskexpert.errors import InputError, TaskexpertError
 from taskexpert.experts.scoring import BASE_ROW
 from taskexpert.experts.select import ExpertSelectionConfig, select_experts
 from taskexpert.records import write_records
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FAST = dict(batch_size=4, max_new_tokens=4, progress=False)
 

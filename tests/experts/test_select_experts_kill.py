@@ -9,13 +9,15 @@ import json
 import random
 
 import pytest
-from expert_helpers import save_random_lora, single_thread  # noqa: F401
+from expert_helpers import save_random_lora
 from kill_resume import assert_json_close, assert_no_partial_files, kill_midway, rerun, without
 from tiny_models import make_char_tokenizer, make_tiny_llama
 
 from taskexpert.commands.select_experts import score_dir
 from taskexpert.experts import scoring
 from taskexpert.records import Record, write_records
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ADAPTERS = 20
 # the same computation in both runs: equal up to float32 summation order

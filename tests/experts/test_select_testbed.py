@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from expert_helpers import single_thread  # noqa: F401
 
 from taskexpert.commands.select_experts import run_select_experts
 from taskexpert.experts.scoring import BASE_ROW
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_select_experts_on_the_micro_testbed(micro_testbed, tmp_path):

@@ -53,27 +53,16 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two torch threads on two busy shared cores run up to 20x slower than one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A saved tiny base model, a 60-record pool and a 6-record evaluation set."""
-    from tiny_models import make_char_tokenizer, make_tiny_llama
+    from tiny_models import save_tiny_base
 
     root = tmp_path_factory.mktemp("diverseevol")
-    tokenizer = make_char_tokenizer()
-    model = make_tiny_llama(len(tokenizer))
-    model.save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
+    save_tiny_base(root / "base")
     pool = write_jsonl(root / "pool.jsonl", make_records(60, 0, "p"))
     evaluation = write_jsonl(root / "eval.jsonl", make_records(6, 1, "e"))
     return {"base": root / "base", "pool": pool, "eval": evaluation}

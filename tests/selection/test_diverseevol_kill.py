@@ -12,7 +12,7 @@ import pytest
 import torch
 from kill_resume import assert_json_close, assert_no_partial_files, kill_midway, rerun, without
 from safetensors.torch import load_file
-from tiny_models import make_char_tokenizer, make_tiny_llama
+from tiny_models import save_tiny_base
 
 from taskexpert.selection import diverseevol as de
 
@@ -22,22 +22,14 @@ RTOL, ATOL = 1e-5, 1e-6
 TIMINGS = {"seconds", "seconds_select", "seconds_embed", "seconds_eval", "tokens_per_second"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A saved tiny base and a 60-record pool of three easy families."""
     root = tmp_path_factory.mktemp("diverseevol_kill")
-    tokenizer = make_char_tokenizer()
-    model = make_tiny_llama(len(tokenizer))
-    model.save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
+    save_tiny_base(root / "base")
     rng = np.random.default_rng(0)
     rows = []
     for i in range(60):

@@ -18,13 +18,7 @@ from taskexpert.selection.uncertainty import (
 SEQUENCES = [[5, 9, 14, 3], [7], [20, 21, 22, 23, 24, 25, 26, 27, 28], [5, 9, 14, 3], [40, 41]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two torch threads on two busy shared cores run up to 20x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def reference(model, sequences) -> dict[str, list[float]]:
