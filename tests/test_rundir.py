@@ -117,7 +117,10 @@ def test_identity_mismatch_names_the_setting_and_both_values(tmp_path):
 
 def test_a_run_file_of_another_format_version_is_refused_by_version(tmp_path):
     RunDir(tmp_path, kind="demo", version=1).record_identity({"a": 1})
-    with pytest.raises(InputError, match="format version 2 \\(it has 1\\)"):
+    with pytest.raises(
+        InputError,
+        match=r"format version 2 \(it has 1, written by another taskexpert version\); rerun",
+    ):
         RunDir(tmp_path, kind="demo", version=2).check_identity({"a": 1})
 
 

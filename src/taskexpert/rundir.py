@@ -201,14 +201,15 @@ def _corrupt(noun: str, reason: str) -> str:
 
 @dataclass
 class RunDir:
-    """A run directory: `kind` names the run in messages and in run.json ("diverseevol"),
-    `version` the on-disk format (a run file of another version is refused by name), `noun`
-    what a step is called ("round")."""
+    """A run directory: `kind` names the run in messages ("diverseevol"), `version` the
+    on-disk format (a run file of another version is refused by name), `noun` what a step is
+    called ("round"), `remedy` what a refused rerun should do instead."""
 
     path: Path
     kind: str
     version: int = 1
     noun: str = "step"
+    remedy: str = "rerun with the same arguments to resume, or choose another --out"
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -242,8 +243,7 @@ class RunDir:
         if version != self.version or not isinstance(stored.get("identity"), dict):
             raise InputError(
                 f"not a {self.kind} run file of format version {self.version} (it has "
-                f"{version!r}); finish it with the taskexpert version that started it, or "
-                "choose another --out",
+                f"{version!r}, written by another taskexpert version); {self.remedy}",
                 self.identity_path,
             )
         found = stored.get("taskexpert")
@@ -255,32 +255,45 @@ class RunDir:
             )
         return stored["identity"]
 
+    def changes(
+        self, identity: Mapping[str, Any], default_of: Callable[[str], Any] | None = None
+    ) -> list[Change] | None:
+        """How `identity` differs from the stored one; None when nothing is stored yet."""
+        stored = self.stored_identity()
+        return None if stored is None else identity_changes(stored, identity, default_of)
+
     def check_identity(
         self,
         identity: Mapping[str, Any],
         *,
         option_name: Callable[[str], str] | None = None,
         default_of: Callable[[str], Any] | None = None,
-    ) -> list[Change]:
+    ) -> None:
         """Refuse a rerun that asks for something other than what the directory holds; the
         message names the first differing setting by its option (`option_name`) with both
-        values. Returns [] (nothing stored yet, or the same identity)."""
-        stored = self.stored_identity()
-        if stored is None:
-            return []
-        changes = identity_changes(stored, identity, default_of)
+        values."""
+        changes = self.changes(identity, default_of)
         if changes:
             first = changes[0]
             label = option_name(first.key) if option_name else first.key
             what = "content" if first.key.endswith("sha256") else "value"
             raise InputError(
                 f"this run directory was started with a different {label} "
-                f"({what} {first.before!r}, now {first.after!r}); rerun with the same "
-                "arguments to resume, or choose another --out",
+                f"({what} {first.before!r}, now {first.after!r}); {self.remedy}",
                 self.identity_path,
                 field=label,
             )
-        return changes
+
+    def reset(self) -> None:
+        """Start over: remove everything but the lock file (held by this process, so the
+        directory itself stays, and with it the lock another process would have to wait on)."""
+        for entry in self.path.iterdir():
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                remove_tree(entry)
+            else:
+                entry.unlink(missing_ok=True)
 
     def record_identity(self, identity: Mapping[str, Any], **extra: Any) -> None:
         """Store a new run's identity (once it is known to be runnable); kept as it is on
