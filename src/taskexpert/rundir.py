@@ -179,17 +179,20 @@ def check_marker(directory: str | Path, meta: Mapping[str, Any], noun: str = "st
         if not isinstance(files, dict) or any(marker.get(k) != v for k, v in meta.items()):
             raise ValueError("marker does not describe this step")
     except (OSError, ValueError, KeyError, TypeError):
-        raise CorruptStep(_corrupt(noun, "its completion marker is unreadable"), path) from None
+        reason = "its completion marker is unreadable"
+        raise CorruptStep(corrupt_message(noun, reason), path) from None
     for rel, expected in files.items():
         file = directory / rel
         if not file.is_file():
-            raise CorruptStep(_corrupt(noun, f"a file listed in {MARKER} is missing"), file)
+            raise CorruptStep(corrupt_message(noun, f"a file listed in {MARKER} is missing"), file)
         if file.stat().st_size != expected["size"] or file_sha256(file) != expected["sha256"]:
-            raise CorruptStep(_corrupt(noun, f"the file changed after the {noun} finished"), file)
+            reason = f"the file changed after the {noun} finished"
+            raise CorruptStep(corrupt_message(noun, reason), file)
     return marker
 
 
-def _corrupt(noun: str, reason: str) -> str:
+def corrupt_message(noun: str, reason: str) -> str:
+    """Why a finished step cannot be trusted, and what to do about it."""
     return (
         f"corrupted {noun}: {reason}; delete this {noun} directory and the later ones "
         "to recompute them"

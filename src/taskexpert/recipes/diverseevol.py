@@ -42,7 +42,7 @@ from taskexpert.errors import InputError
 from taskexpert.io import check_output, write_json
 from taskexpert.recipes.diverseevol_rounds import STRATEGIES, RoundRunner
 from taskexpert.records import Record, load_records
-from taskexpert.rundir import CorruptStep, RunDir, file_sha256, read_json
+from taskexpert.rundir import CorruptStep, RunDir, corrupt_message, file_sha256, read_json
 from taskexpert.train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -202,10 +202,7 @@ def finished_rounds(rundir: RunDir, pool: Sequence[Record], config: DiverseEvolC
 
 
 def _corrupt(reason: str) -> str:
-    return (
-        f"corrupted round: {reason}; delete this round directory and the later ones "
-        "to recompute them"
-    )
+    return corrupt_message("round", reason)
 
 
 # ---- input checks ----------------------------------------------------------------------------
