@@ -103,7 +103,7 @@ def prepare(args) -> dict:
 
 
 def make_config(args, setup: dict, strategy: str, seed: int):
-    from taskexpert.selection.diverseevol import DiverseEvolConfig
+    from taskexpert.recipes.diverseevol import DiverseEvolConfig
     from taskexpert.train import TrainConfig
 
     robust = strategy.endswith(ROBUST)
@@ -157,7 +157,7 @@ def subset_coverage(run_dir: Path, setup: dict, rounds: int) -> list[dict]:
 
 def one_run(args, setup: dict, strategy: str, seed: int) -> dict:
     """One DiverseEvol run (resumed if its directory holds finished rounds)."""
-    from taskexpert.selection.diverseevol import run_diverseevol
+    from taskexpert.recipes.diverseevol import run_diverseevol
 
     began = time.perf_counter()
     run_dir = Path(args.out_dir) / f"{strategy}-seed{seed}"
@@ -186,13 +186,13 @@ def share_base_embeddings(args, setup: dict, jobs: list[tuple[str, int]]) -> Non
     and hard-link them (file and marker) into every run directory that lacks them."""
     import torch
 
+    from taskexpert.recipes.diverseevol_rounds import BASE_EMBEDDINGS, RoundRunner
     from taskexpert.records import load_records
-    from taskexpert.selection.diverseevol import BASE_EMBEDDINGS, _Run
 
     torch.set_num_threads(args.threads)
     shared = Path(args.out_dir) / "shared-base"
     config = make_config(args, setup, "random", 0)
-    run = _Run(config, shared, load_records(config.pool), None)
+    run = RoundRunner(config, shared, load_records(config.pool), None)
     run.load_base()
     shared.mkdir(parents=True, exist_ok=True)
     run.ensure_base_embeddings()
@@ -210,8 +210,8 @@ def full_pool(args, setup: dict, seed: int) -> dict:
     import torch
 
     from taskexpert.io import write_json
+    from taskexpert.recipes.diverseevol_rounds import RoundRunner, trainable_model
     from taskexpert.records import load_records
-    from taskexpert.selection.diverseevol import _Run, _trainable
     from taskexpert.train import train
 
     torch.set_num_threads(args.threads)
@@ -220,9 +220,11 @@ def full_pool(args, setup: dict, seed: int) -> dict:
         return json.loads(path.read_text())
     began = time.perf_counter()
     config = make_config(args, setup, "random", seed)
-    run = _Run(config, Path(args.out_dir), load_records(config.pool), load_records(config.eval))
+    run = RoundRunner(
+        config, Path(args.out_dir), load_records(config.pool), load_records(config.eval)
+    )
     run.load_base()
-    model = _trainable(run.base, config, 0)
+    model = trainable_model(run.base, config, 0)
     recipe = config.train.model_copy(update={"seed": seed, "progress": False})
     trained = train(model, run.tokenizer, run.pool, recipe)
     report = run.evaluate(model)

@@ -102,10 +102,9 @@ def reference_way(model, sequences: list[list[int]], layer: int) -> float:
 
 def part_throughput(testbed: Path, n: int, batch_sizes: list[int], reference_n: int) -> dict:
     from taskexpert.lm import ensure_pad_token
-    from taskexpert.lm_embed import num_layers, pooled_hidden_states
+    from taskexpert.lm_embed import num_layers, pooled_hidden_states, train_format_ids
     from taskexpert.models import load_base
     from taskexpert.records import read_records
-    from taskexpert.selection.diverseevol import train_format_ids
 
     model, tokenizer = load_base(str(testbed / "base"), device="cpu")
     pad = ensure_pad_token(tokenizer)

@@ -358,3 +358,15 @@ class CausalLMEmbedder:
             tmp.unlink(missing_ok=True)
             raise
         return np.load(path, mmap_mode="r")
+
+
+def train_format_ids(tokenizer, records: Sequence, max_length: int) -> Iterator[list[int]]:
+    """Token ids of prompt + output + EOS, exactly the sequences a model trains on (the text
+    DiverseEvol embeds and scores, so selection sees what training will see)."""
+    from taskexpert.lm import encode_pair
+    from taskexpert.prompts import format_prompt
+
+    for record in records:
+        yield encode_pair(
+            tokenizer, format_prompt(record, tokenizer), record.output, max_length
+        ).input_ids

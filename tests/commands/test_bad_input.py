@@ -50,7 +50,7 @@ class Setup:
 
 def build_setup(root: Path) -> Setup:
     from taskexpert.commands.train_moe import run_train_moe
-    from taskexpert.selection.diverseevol import DiverseEvolConfig, run_diverseevol
+    from taskexpert.recipes.diverseevol import DiverseEvolConfig, run_diverseevol
     from taskexpert.train import TrainConfig
 
     world = build_world(root)

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from taskexpert import rundir
 from taskexpert.errors import InputError
 from taskexpert.moe import attach_mixture, load_mixture, mixture_layers, mixture_state
 from taskexpert.moe.layer import ROUTER_PARAMETER_PATTERN
@@ -103,8 +104,10 @@ def test_resume_after_an_interruption_ends_with_the_same_weights(
     assert not out.exists() and (work_dir(out) / "checkpoint").is_dir()
     monkeypatch.setattr(_TrainLog, "append", append)
 
-    with pytest.raises(InputError, match="other settings"):
+    with pytest.raises(InputError, match=r"other settings \(.*records 6, now 5"):
         train_mixture(fresh(), char_tokenizer, _records()[:5], out, config, resume=True)
+    with rundir.lock(work_dir(out)), pytest.raises(InputError, match="another train-moe run"):
+        train_mixture(fresh(), char_tokenizer, _records(), out, config, resume=True)
     resumed = fresh()
     summary = train_mixture(resumed, char_tokenizer, _records(), out, config, resume=True)
     assert summary["train"]["resumed_from"] == 2 and summary["train"]["steps"] == 4
@@ -137,3 +140,17 @@ def test_router_lr_applies_to_the_routers_only(make_experts, tiny_llama, char_to
     assert groups[ROUTER_PARAMETER_PATTERN]["lr"] == 0.0 and groups["default"]["lr"] == 1e-2
     assert groups[ROUTER_PARAMETER_PATTERN]["tensors"] == len(routers) == 4
     assert groups["default"]["tensors"] == len(before) - len(routers)
+
+
+def test_a_work_dir_of_an_older_format_is_refused_by_version(
+    make_experts, tiny_llama, char_tokenizer, tmp_path
+):
+    """Before rundir.py the work directory's run.json had no version: --resume refuses it and
+    says how to start over (rerunning without --resume replaces it)."""
+    out = tmp_path / "moe"
+    work_dir(out).mkdir()
+    (work_dir(out) / "run.json").write_text(json.dumps({"config": {}, "records": 6}))
+    model = attach_mixture(copy.deepcopy(tiny_llama), make_experts([2, 2]))
+    config = MoeTrainConfig(max_steps=1, batch_size=2, micro_batch_size=2, progress=False)
+    with pytest.raises(InputError, match=r"version 1 \(it has None.*without --resume"):
+        train_mixture(model, char_tokenizer, _records(), out, config, resume=True)

@@ -83,7 +83,7 @@ def main(
     from pydantic import ValidationError
 
     from taskexpert.errors import InputError
-    from taskexpert.selection.diverseevol import (
+    from taskexpert.recipes.diverseevol import (
         DiverseEvolConfig,
         default_train_config,
         run_diverseevol,

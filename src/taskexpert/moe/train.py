@@ -7,9 +7,10 @@ router entropy and per-expert load over the real (unpadded) tokens logged throug
 into `train_log.jsonl`. The routers may have their own learning rate (`router_lr`).
 
 Nothing is written until every input has been read and checked. Checkpoints and the running log
-live in a hidden work directory beside the output (`.<out>.partial/`), so an interrupted run
-resumes; the mixture directory appears whole at the end (atomic rename) and the work directory
-is removed.
+live in a hidden work directory beside the output (`.<out>.partial/`, a `rundir.RunDir`: locked
+while a run uses it, its run.json the settings, data digest and format version), so an
+interrupted run resumes with --resume; the mixture directory appears whole at the end (atomic
+rename) and the work directory is removed.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from taskexpert.errors import InputError
 from taskexpert.io import atomic_dir, atomic_open, check_output, remove_tree, write_json
 from taskexpert.moe.config import CONFIG_FILE, MoeConfig
 from taskexpert.records import Record
+from taskexpert.rundir import IDENTITY_FILE, Change, RunDir
 
 TRAIN_LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "train_summary.json"
-RUN_FILE = "run.json"
+RUN_FILE = IDENTITY_FILE  # in the work directory
 
 
 class MoeTrainConfig(BaseModel):
@@ -332,22 +334,9 @@ class _TrainLog:
                 handle.write(json.dumps(item) + "\n")
 
 
-def _differences(previous: dict, run: dict) -> str:
-    """What a resumed run changed, by setting: 'lr 5e-05, now 0.001; experts'."""
-    changed = []
-    for key in sorted(set(previous) | set(run)):
-        old, new = previous.get(key), run.get(key)
-        if old == new:
-            continue
-        if isinstance(old, dict) and isinstance(new, dict):
-            changed += [
-                f"{name} {old.get(name)!r}, now {new.get(name)!r}"
-                for name in sorted(set(old) | set(new))
-                if old.get(name) != new.get(name)
-            ]
-        else:
-            changed.append(key)
-    return "; ".join(changed)
+def _differences(changes: Sequence[Change]) -> str:
+    """What a resumed run changed, by setting: 'lr 5e-05, now 0.001; records 12, now 5'."""
+    return "; ".join(change.describe(lambda key: key.split(".")[-1]) for change in changes)
 
 
 def _rounded(value):
@@ -370,9 +359,7 @@ def train_mixture(
     train_log.jsonl and train_summary.json; `info` (inputs, router-init counts...) goes into
     the summary. With resume=True an interrupted run with the same settings continues.
     """
-    from taskexpert.moe.checkpoint import save_mixture
-    from taskexpert.moe.model import freeze_base, mixture_aux_loss, mixture_config, router_stats
-    from taskexpert.train import train
+    from taskexpert.moe.model import freeze_base, mixture_config
 
     config = config or MoeTrainConfig()
     out = Path(out)
@@ -381,33 +368,51 @@ def train_mixture(
         raise InputError("no training records")
     trainable = freeze_base(model)
     moe = mixture_config(model)
-    work = work_dir(out)
     run = {
         "config": config.model_dump(mode="json", exclude={"progress"}),
         "experts": moe.expert_names,
         "records": len(records),
         "data_digest": _data_digest(records),
     }
-    previous = json.loads((work / RUN_FILE).read_text()) if (work / RUN_FILE).is_file() else None
-    if resume and previous is not None and previous != run:
-        raise InputError(
-            f"the unfinished run there used other settings ({_differences(previous, run)}); "
-            "rerun without --resume to start over",
-            work,
+    rundir = RunDir(work_dir(out), kind="train-moe", remedy="rerun without --resume to start over")
+    with rundir.open():
+        changes = rundir.changes(run) if resume else None
+        if changes:
+            raise InputError(
+                f"the unfinished run there used other settings ({_differences(changes)}); "
+                f"{rundir.remedy}",
+                rundir.path,
+            )
+        if changes is None:  # not resuming, or nothing to resume
+            rundir.reset()
+        rundir.record_identity(run)
+        stats = {"trainable_parameters": trainable, "moe": moe}
+        summary = _train_and_save(
+            model, tokenizer, records, out, config, rundir.path, resume, stats, info
         )
-    if not resume or previous is None:
-        remove_tree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    write_json(work / RUN_FILE, run)
+        remove_tree(rundir.path)
+    return summary
+
+
+def _train_and_save(
+    model, tokenizer, records, out: Path, config, work: Path, resume: bool, stats: dict, info
+) -> dict:
+    """Train (from `work`'s checkpoint when resuming) and write the mixture directory `out`
+    whole; `work` is the locked run directory."""
+    from taskexpert.moe.checkpoint import save_mixture
+    from taskexpert.moe.model import mixture_aux_loss, router_stats
+    from taskexpert.train import train
+
+    moe = stats["moe"]
     log = _TrainLog(work / TRAIN_LOG_FILE, keep_existing=resume)
 
     def on_log(step: int, metrics: dict) -> None:
-        stats = router_stats(model)
+        router = router_stats(model)
         entry = {"step": step, **{k: _rounded(v) for k, v in metrics.items()}}
-        entry["router_entropy"] = _rounded(stats["entropy"])
-        entry["router_max_entropy"] = _rounded(stats["max_entropy"])
-        entry["expert_load"] = {k: round(v, 4) for k, v in stats["load"].items()}
-        entry["router_tokens"] = stats["tokens"]  # real tokens of the last micro-batch
+        entry["router_entropy"] = _rounded(router["entropy"])
+        entry["router_max_entropy"] = _rounded(router["max_entropy"])
+        entry["expert_load"] = {k: round(v, 4) for k, v in router["load"].items()}
+        entry["router_tokens"] = router["tokens"]  # real tokens of the last micro-batch
         log.append(entry)
 
     result = train(
@@ -423,7 +428,7 @@ def train_mixture(
         "experts": [e.model_dump(mode="json") for e in moe.experts],
         "top_k": moe.top_k,
         "router_init": moe.router_init,
-        "trainable_parameters": trainable,
+        "trainable_parameters": stats["trainable_parameters"],
         "records": len(records),
         "train": result.to_dict(),
         "final_router_entropy": final.get("router_entropy"),
@@ -437,5 +442,4 @@ def train_mixture(
         if (work / TRAIN_LOG_FILE).is_file():
             shutil.copyfile(work / TRAIN_LOG_FILE, tmp / TRAIN_LOG_FILE)
         write_json(tmp / SUMMARY_FILE, summary)
-    remove_tree(work)
     return summary

@@ -14,7 +14,7 @@ from kill_resume import assert_json_close, assert_no_partial_files, kill_midway,
 from safetensors.torch import load_file
 from tiny_models import save_tiny_base
 
-from taskexpert.selection import diverseevol as de
+from taskexpert import rundir
 
 ROUNDS = 3
 # the same computation in both runs: equal up to float32 summation order
@@ -89,7 +89,7 @@ def kill_points(run) -> list[tuple[str, object]]:
         points += [(f"round {r} checkpoint {k}", checkpoint(r, k)) for k in range(2, steps - 6, 4)]
         if r < ROUNDS:
             points.append(
-                (f"round {r} finished", (run / "rounds" / f"{r:02d}" / de.MARKER).is_file)
+                (f"round {r} finished", (run / "rounds" / f"{r:02d}" / rundir.MARKER).is_file)
             )
     return points
 
@@ -139,7 +139,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_rounds(
     assert assert_no_partial_files(run) > 0
     done = finished_rounds(run)
     for name in done:
-        de._check_marker(run / "rounds" / name, int(name))
+        rundir.check_marker(run / "rounds" / name, {"round": int(name)})
     assert len(done) <= ROUNDS, "the run finished before the kill"
     assert (run / ".lock").is_file()
 

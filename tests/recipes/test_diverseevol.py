@@ -17,7 +17,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from taskexpert.errors import InputError
-from taskexpert.selection import diverseevol as de
+from taskexpert.lm_embed import train_format_ids
+from taskexpert.recipes import diverseevol as de
+from taskexpert.recipes.diverseevol_rounds import load_round_model
 from taskexpert.selection.kcenter import kcenter_greedy
 from taskexpert.train import TrainConfig
 
@@ -101,9 +103,9 @@ def round_model_embeddings(world, run_dir: Path, index: int, cfg) -> np.ndarray:
     from taskexpert.records import load_records
 
     base, tokenizer = load_base(str(world["base"]), device="cpu")
-    model = de._load_round_model(base, run_dir / "rounds" / f"{index:02d}", cfg, trainable=False)
+    model = load_round_model(base, run_dir / "rounds" / f"{index:02d}", cfg, trainable=False)
     pool = load_records(world["pool"])
-    ids = list(de.train_format_ids(tokenizer, pool, cfg.train.max_length))
+    ids = list(train_format_ids(tokenizer, pool, cfg.train.max_length))
     return pooled_hidden_states(model, ids, len(ids), pad_id=0, progress=False)
 
 
@@ -156,10 +158,10 @@ def test_baselines_pick_by_their_definition(world, tmp_path, strategy):
         assert added == kcenter_greedy(base_embeddings, 10, initial=init, progress=False)
     elif strategy != "random":
         base, tokenizer = load_base(str(world["base"]), device="cpu")
-        model = de._load_round_model(base, tmp_path / "run" / "rounds" / "00", cfg, False)
+        model = load_round_model(base, tmp_path / "run" / "rounds" / "00", cfg, False)
         pool = load_records(world["pool"])
         unchosen = [i for i in range(len(pool)) if i not in init]
-        ids = list(de.train_format_ids(tokenizer, [pool[i] for i in unchosen], 64))
+        ids = list(train_format_ids(tokenizer, [pool[i] for i in unchosen], 64))
         scores = uncertainty_scores(model, ids, len(ids), measures=[strategy], progress=False)
         expected = np.array(unchosen)[most_uncertain(scores[strategy], strategy, 10)]
         assert added == expected.tolist()
@@ -363,9 +365,10 @@ def test_on_the_micro_testbed(micro_testbed, tmp_path):
 
 def test_a_run_started_before_a_setting_existed_resumes_while_it_keeps_its_default(tmp_path):
     old = {"strategy": "kcenter", "train": {"lr": 0.001}}  # no outlier_share, no train.seed
-    (tmp_path / de.RUN_FILE).write_text(json.dumps({"version": de.FORMAT_VERSION, "identity": old}))
-    de._check_run(tmp_path, {**old, "outlier_share": 0.0, "train": {"lr": 0.001, "seed": 0}})
+    run = de.run_directory(tmp_path)
+    run.identity_path.write_text(json.dumps({"version": de.FORMAT_VERSION, "identity": old}))
+    de.check_identity(run, {**old, "outlier_share": 0.0, "train": {"lr": 0.001, "seed": 0}})
     with pytest.raises(InputError, match="--outlier-share"):
-        de._check_run(tmp_path, {**old, "outlier_share": 0.05})
+        de.check_identity(run, {**old, "outlier_share": 0.05})
     with pytest.raises(InputError, match="--strategy"):
-        de._check_run(tmp_path, {**old, "strategy": "random"})
+        de.check_identity(run, {**old, "strategy": "random"})

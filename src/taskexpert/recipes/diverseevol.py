@@ -1,0 +1,316 @@
+"""DiverseEvol (docs/design.md Stage 4): the model grows its own training subset, round by round.
+
+Round 0 trains on `init` random pool items. Round r >= 1 first selects `per_round` new items
+with round r-1's model (K-center greedy on its hidden-state embeddings of the whole pool, or a
+baseline: `diverseevol_rounds.STRATEGIES`), then trains on the grown subset, from the base
+model by default (`--continue` trains round r-1's model further). This is the reference code's
+order: a round's subset is chosen by the previous round's model, so round r's model is the one
+trained on round r's subset. Every round's subset and model are kept.
+
+Run directory (`taskexpert.rundir`: lock, identity, markers, leftovers):
+
+    run.json                 version, identity (rerunning with other settings is an error),
+                             the config and the taskexpert version that started it
+    base_embeddings.npy      the base model's pool embeddings (+ .json marker): Vendi, one-shot
+    rounds/NN/               one finished round, built under a temp name and renamed:
+        subset.jsonl         the subset trained in this round (selection order)
+        selection.json       its pool rows, the rows added this round and how they were chosen
+        model/               LoRA adapter or full weights (safetensors)
+        summary.json         size, seconds, vendi, exact_match (with --eval), training stats
+        eval.json            per-item predictions (with --eval)
+        COMPLETE.json        size and sha256 of every file above, written last
+    curve.json               all round summaries so far
+    scratch/                 this round's pool embeddings and training checkpoints
+
+Resume: rerunning the same command continues after the last finished round. A round counts
+only with a COMPLETE.json whose checksums match; leftovers of an interrupted round (temp
+directories, a round directory without a marker) are discarded and the round is rerun; a
+round whose files no longer match their marker is an error, never silently trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from taskexpert.errors import InputError
+from taskexpert.io import check_output, write_json
+from taskexpert.recipes.diverseevol_rounds import STRATEGIES, RoundRunner
+from taskexpert.records import Record, load_records
+from taskexpert.rundir import CorruptStep, RunDir, corrupt_message, file_sha256, read_json
+from taskexpert.train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # of run.json and the rounds; the layout before the move to rundir.py
+# Runtime knobs that never change which items are chosen: they may differ between reruns.
+RUNTIME_FIELDS = frozenset(
+    {"embed_batch_size", "eval_batch_size", "checkpoint_every", "device", "progress", "threads"}
+)
+TRAIN_RUNTIME_FIELDS = frozenset({"checkpoint_dir", "checkpoint_every", "resume", "progress"})
+
+
+def default_train_config() -> TrainConfig:
+    """Three epochs as in the paper; the learning rate suits a LoRA (use ~2e-5 for --full)."""
+    return TrainConfig(epochs=3.0, lr=2e-4, batch_size=16, max_length=512)
+
+
+class DiverseEvolConfig(BaseModel):
+    """Every option of a run. The schedule defaults are the paper's (100 random, +100 x 10
+    rounds, restart from the base, last layer, Euclidean); training defaults to a LoRA (the
+    paper fine-tunes every weight: `lora=False`), which is what fits on one CPU or GPU."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str = Field(description="base model directory, or 'smollm2'")
+    pool: Path
+    init: int = Field(100, gt=0, description="random items trained in round 0")
+    per_round: int = Field(100, gt=0, description="items added per round")
+    rounds: int = Field(10, gt=0, description="rounds after round 0")
+    strategy: str = "kcenter"
+    embed_layer: str = Field("last", description="'last' or a hidden-state index")
+    outlier_share: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="share of the pool K-center never picks: the rows farthest from a random "
+        "sample of the pool (outliers.far_outliers); 0 is the paper's K-center",
+    )
+    restart_from_base: bool = Field(True, description="False: keep training the last model")
+    lora: bool = Field(True, description="False: full fine-tune")
+    lora_r: int = Field(8, gt=0)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_targets: str = Field("all-linear", description="comma-separated module names")
+    train: TrainConfig = Field(default_factory=default_train_config)
+    eval: Path | None = None
+    eval_max_new_tokens: int = Field(64, gt=0)
+    seed: int = 0
+    dtype: str = "float32"
+    # runtime only
+    embed_batch_size: int = Field(32, gt=0)
+    eval_batch_size: int = Field(32, gt=0)
+    checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints")
+    device: str = "auto"
+    threads: int | None = Field(None, gt=0, description="torch CPU threads; None: torch's")
+    progress: bool = True
+
+    @field_validator("embed_layer", mode="before")
+    @classmethod
+    def _layer_as_text(cls, value: object) -> object:
+        return str(value).strip().lower() if isinstance(value, (int, str)) else value
+
+
+@dataclass
+class DiverseEvolResult:
+    """The run directory and every round's summary, in round order."""
+
+    run_dir: Path
+    rounds: list[dict] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+# ---- identity --------------------------------------------------------------------------------
+
+
+def option_name(key: str) -> str:
+    """The CLI option behind a flattened identity key, for the mismatch message."""
+    special = {
+        "restart_from_base": "--restart-from-base/--continue",
+        "lora": "--lora/--full",
+        "pool_sha256": "--pool",
+        "eval_sha256": "--eval",
+    }
+    leaf = key.split(".")[-1]
+    return special.get(leaf, "--" + leaf.replace("_", "-"))
+
+
+def identity(config: DiverseEvolConfig, pool_sha: str, eval_sha: str | None) -> dict:
+    """What decides the subsets and models: the content of pool and eval, not their paths;
+    neither --rounds (a rerun may grow the run) nor runtime knobs."""
+    data = config.model_dump(mode="json", exclude=set(RUNTIME_FIELDS) | {"pool", "eval", "rounds"})
+    data["train"] = {k: v for k, v in data["train"].items() if k not in TRAIN_RUNTIME_FIELDS}
+    path = Path(config.base)
+    data["base"] = str(path.resolve()) if path.is_dir() else config.base
+    data["pool_sha256"], data["eval_sha256"] = pool_sha, eval_sha
+    return data
+
+
+def default_of(key: str) -> object:
+    """The default of a flattened identity key, so a run started before a setting existed
+    resumes as long as the setting keeps its default; None where there is none."""
+    *parents, name = key.split(".")
+    model = {(): DiverseEvolConfig, ("train",): TrainConfig}.get(tuple(parents))
+    found = model.model_fields.get(name) if model else None
+    if found is None or found.is_required():
+        return None
+    return found.get_default(call_default_factory=True)
+
+
+def run_directory(path: str | Path) -> RunDir:
+    """The run directory of a DiverseEvol run (format version FORMAT_VERSION)."""
+    return RunDir(Path(path), kind="diverseevol", version=FORMAT_VERSION, noun="round")
+
+
+def check_identity(rundir: RunDir, current: dict) -> None:
+    """A rerun must ask for what the run directory holds (only --rounds may change)."""
+    rundir.check_identity(current, option_name=option_name, default_of=default_of)
+
+
+# ---- resume ----------------------------------------------------------------------------------
+
+
+def finished_rounds(rundir: RunDir, pool: Sequence[Record], config: DiverseEvolConfig) -> list:
+    """(summary, rows) of every trustworthy finished round, in order; see the module doc.
+    Beyond the markers (rundir), each round's rows must extend the previous round's."""
+    finished: list[tuple[dict, list[int]]] = []
+    for index, directory in enumerate(rundir.finished_steps("rounds", "round")):
+        summary = read_json(directory / "summary.json")
+        rows = read_json(directory / "selection.json").get("rows")
+        previous = finished[-1][1] if finished else []
+        expected = config.init + index * config.per_round
+        if (
+            not isinstance(rows, list)
+            or len(rows) != expected
+            or rows[: len(previous)] != previous
+            or len(set(rows)) != len(rows)
+            or not all(isinstance(i, int) and 0 <= i < len(pool) for i in rows)
+        ):
+            raise CorruptStep(
+                _corrupt(f"its rows do not extend round {index - 1}'s to {expected} pool rows"),
+                directory / "selection.json",
+            )
+        ids = [r.id for r in load_records(directory / "subset.jsonl")]
+        if ids != [pool[i].id for i in rows]:
+            raise CorruptStep(
+                _corrupt("subset.jsonl does not match the pool rows"), directory / "subset.jsonl"
+            )
+        finished.append((summary, rows))
+    if len(finished) > config.rounds + 1:
+        raise InputError(
+            f"the run directory already holds {len(finished) - 1} rounds, more than --rounds "
+            f"{config.rounds}",
+            rundir.path / "rounds",
+            field="--rounds",
+        )
+    return finished
+
+
+def _corrupt(reason: str) -> str:
+    return corrupt_message("round", reason)
+
+
+# ---- input checks ----------------------------------------------------------------------------
+
+
+def check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise InputError(
+            f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}",
+            field="--strategy",
+        )
+
+
+def check_sizes(config: DiverseEvolConfig, pool_size: int, pool_path: Path | None = None) -> None:
+    """The pool must hold round 0 plus every round's additions."""
+    check_strategy(config.strategy)
+    if pool_size < config.init + config.per_round:
+        raise InputError(
+            f"the pool has {pool_size} records, fewer than --init {config.init} plus one round "
+            f"of --per-round {config.per_round}",
+            pool_path,
+            field="--init",
+        )
+    needed = config.init + config.rounds * config.per_round
+    if needed > pool_size:
+        raise InputError(
+            f"--init {config.init} + --rounds {config.rounds} x --per-round {config.per_round} "
+            f"= {needed} records, more than the pool's {pool_size}",
+            pool_path,
+            field="--rounds",
+        )
+
+
+def _load_eval(path: Path) -> list[Record]:
+    """Evaluation records, each with a gold answer (checked now, not after round 0 trains)."""
+    from taskexpert.evaluate import gold_answer
+    from taskexpert.prompts import infer_answer_kind
+
+    records = load_records(path)
+    for number, record in enumerate(records, start=1):
+        try:
+            gold_answer(record, infer_answer_kind(record))
+        except InputError as exc:
+            raise InputError(f"record {number}: {exc.reason}", path, field="answer") from None
+    return records
+
+
+def _check_pool(pool: Sequence[Record], path: Path) -> None:
+    for number, record in enumerate(pool, start=1):
+        if not record.output.strip():
+            raise InputError(
+                f"record {number} (id {record.id!r}) has an empty output: nothing to train on",
+                path,
+                field="output",
+            )
+
+
+# ---- the entry point -------------------------------------------------------------------------
+
+
+def run_diverseevol(config: DiverseEvolConfig, run_dir: str | Path) -> DiverseEvolResult:
+    """Run (or resume) DiverseEvol into `run_dir`; returns every round's summary."""
+    run_dir = Path(run_dir)
+    check_output(run_dir, directory=True)
+    check_strategy(config.strategy)
+    pool = load_records(config.pool)
+    check_sizes(config, len(pool), config.pool)
+    _check_pool(pool, config.pool)
+    eval_records = _load_eval(config.eval) if config.eval else None
+    eval_sha = file_sha256(config.eval) if config.eval else None
+    current = identity(config, file_sha256(config.pool), eval_sha)
+    rundir = run_directory(run_dir)
+    with rundir.open(), _torch_threads(config.threads):
+        check_identity(rundir, current)
+        finished = finished_rounds(rundir, pool, config)
+        result = DiverseEvolResult(run_dir, [s for s, _ in finished], len(finished))
+        if len(finished) == config.rounds + 1:
+            _write_curve(run_dir, result.rounds)
+            return result
+        runner = RoundRunner(config, run_dir, pool, eval_records)
+        runner.load_base()
+        rundir.record_identity(current, config=config.model_dump(mode="json"))
+        runner.ensure_base_embeddings()
+        chosen = finished[-1][1] if finished else []
+        for round_index in range(len(finished), config.rounds + 1):
+            log.info("round %d: %d rows so far", round_index, len(chosen))
+            summary, chosen = runner.run_round(rundir, round_index, chosen)
+            result.rounds.append(summary)
+            _write_curve(run_dir, result.rounds)
+    return result
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """On a shared CPU one thread can be many times faster than two (see docs/design.md)."""
+    if count is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _write_curve(run_dir: Path, summaries: list[dict]) -> None:
+    keep = ("round", "size", "vendi", "exact_match", "exact_match_macro", "seconds")
+    write_json(run_dir / "curve.json", [{k: s.get(k) for k in keep if k in s} for s in summaries])
