@@ -85,9 +85,9 @@ class SelectDataConfig(BaseModel):
         description="Embedding cache dir (default: $TASKEXPERT_CACHE/embeddings, or under "
         "~/.cache).",
     )
-    use_cache: Annotated[
-        bool, Cli(flag="--no-cache", help="Do not read or write the cache.")
-    ] = Field(True, description="Read and write the embedding cache.")
+    use_cache: Annotated[bool, Cli(flag="--no-cache", help="Do not read or write the cache.")] = (
+        Field(True, description="Read and write the embedding cache.")
+    )
     device: str = shared_field(options.DEVICE)
     batch_size: int | None = Field(None, description="Encoder batch size.")
 
