@@ -276,7 +276,7 @@ def dump_config(config: BaseModel, title: str = "") -> str:
         lines.append("")
         about = info.description or ""
         choices = choices_of(info)
-        if choices:
+        if choices and not all(choice in about for choice in choices):
             about += f" (one of: {', '.join(choices)})"
         for line in textwrap.wrap(about.strip(), 96):
             lines.append(f"# {line}")
