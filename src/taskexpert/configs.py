@@ -130,7 +130,7 @@ def _parameter(name: str, info: FieldInfo) -> inspect.Parameter:
     return inspect.Parameter(name, kind, default=info.default, annotation=annotation)
 
 
-def _relax_required(ctx, value: bool) -> bool:
+def _relax_required(ctx, value: bool) -> bool:  # typer passes (ctx, value) by position
     """--print-config needs none of the verb's inputs: let the required options be missing.
 
     Typer builds the click command afresh on every call; the change is undone on close anyway.
