@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
 import typer
+from pydantic import BaseModel, ConfigDict, Field
 
 from taskexpert.commands import options
+from taskexpert.configs import Cli, shared_field, verb_command
 from taskexpert.errors import InputError
 
 
@@ -148,49 +151,45 @@ def run_evaluate(
     return report
 
 
+class EvaluateConfig(BaseModel):
+    """evaluate's settings, named as run_evaluate's keywords; its data (--base, --test, --out,
+    --adapter, --moe) are plain options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int | None = Field(
+        None, description="Generation length [default: 1.5x the longest output]."
+    )
+    batch_size: int = Field(32, description="Examples per forward pass.")
+    kind: Literal["letter", "number", "yesno", "text"] | None = Field(
+        None, description="Answer extractor: letter, number, yesno, text [default: inferred]."
+    )
+    mc_style: Literal["answer", "text"] = Field(
+        "answer",
+        description="Multiple choice: score 'The answer is X.' (answer) or the option text (text).",
+    )
+    multiple_choice: Annotated[bool, Cli(flag="--no-mc", help="Skip multiple-choice scoring.")] = (
+        Field(True, description="Score multiple choice where records have choices.")
+    )
+    allow_pickle: bool = shared_field(options.ALLOW_PICKLE)
+    allow_other_base: bool = shared_field(options.ALLOW_OTHER_BASE)
+    trust_remote_code: bool = shared_field(options.TRUST_REMOTE_CODE)
+    device: str = shared_field(options.DEVICE)
+    dtype: str = shared_field(options.DTYPE)
+
+
+@verb_command(EvaluateConfig)
 def main(
     base: str = typer.Option(..., "--base", help="Base model directory, or 'smollm2'."),
     test: Path = typer.Option(..., "--test", help="Test records (JSONL with answers)."),
     out: Path = typer.Option(..., "--out", help="Where to write eval.json."),
     adapter: Path | None = typer.Option(None, "--adapter", help="A PEFT LoRA adapter directory."),
     moe: Path | None = typer.Option(None, "--moe", help="A mixture directory from train-moe."),
-    max_new_tokens: int | None = typer.Option(
-        None, "--max-new-tokens", help="Generation length [default: 1.5x the longest output]."
-    ),
-    batch_size: int = typer.Option(32, "--batch-size", help="Examples per forward pass."),
-    kind: str | None = typer.Option(
-        None, "--kind", help="Answer extractor: letter, number, yesno, text [default: inferred]."
-    ),
-    mc_style: str = typer.Option(
-        "answer",
-        "--mc-style",
-        help="Multiple choice: score 'The answer is X.' (answer) or the option text (text).",
-    ),
-    no_mc: bool = typer.Option(False, "--no-mc", help="Skip multiple-choice scoring."),
-    allow_pickle: bool = options.ALLOW_PICKLE,
-    allow_other_base: bool = options.ALLOW_OTHER_BASE,
-    trust_remote_code: bool = options.TRUST_REMOTE_CODE,
-    device: str = options.DEVICE,
-    dtype: str = options.DTYPE,
+    *,
+    config: EvaluateConfig,
 ) -> None:
     """Exact match with the task's extractor, plus multiple choice where records have choices."""
-    report = run_evaluate(
-        base,
-        test,
-        out,
-        adapter=adapter,
-        moe=moe,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        kind=kind,
-        multiple_choice=not no_mc,
-        mc_style=mc_style,
-        allow_pickle=allow_pickle,
-        allow_other_base=allow_other_base,
-        trust_remote_code=trust_remote_code,
-        device=device,
-        dtype=dtype,
-    )
+    report = run_evaluate(base, test, out, adapter=adapter, moe=moe, **config.model_dump())
     line = f"exact match {report['exact_match']:.4f} ({report['correct']}/{report['n']})"
     if "multiple_choice_accuracy" in report:
         line += (

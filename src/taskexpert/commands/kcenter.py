@@ -9,7 +9,9 @@ from typing import Annotated
 
 import numpy as np
 import typer
+from pydantic import BaseModel, ConfigDict, Field
 
+from taskexpert.configs import verb_command
 from taskexpert.errors import InputError
 from taskexpert.io import check_output, write_json
 from taskexpert.selection.kcenter import METRICS, kcenter_greedy
@@ -40,6 +42,20 @@ def _load_initial(path: Path) -> list[int]:
     return value
 
 
+class KcenterConfig(BaseModel):
+    """kcenter's settings (its data, --embeddings/--k/--out/--initial, are plain options).
+
+    `metric` is text, not a Literal, so a bad one stays a usage error of --metric (exit 2).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = Field("euclidean", description="euclidean or cosine (1 - cos).")
+    seed: int = Field(0, description="Draws the first pick when there is no --initial.")
+    half: bool = Field(False, description="Stream a float16 copy: half the bytes per pick.")
+
+
+@verb_command(KcenterConfig)
 def main(
     embeddings: Annotated[
         Path, typer.Option("--embeddings", help="(N, d) float32/float16 .npy, memory-mapped.")
@@ -50,13 +66,11 @@ def main(
         Path | None,
         typer.Option("--initial", help="JSON list of rows already chosen (never re-picked)."),
     ] = None,
-    metric: Annotated[str, typer.Option(help="euclidean or cosine (1 - cos).")] = "euclidean",
-    seed: Annotated[int, typer.Option(help="Draws the first pick when there is no --initial.")] = 0,
-    half: Annotated[
-        bool, typer.Option("--half", help="Stream a float16 copy: half the bytes per pick.")
-    ] = False,
+    *,
+    config: KcenterConfig,
 ) -> None:
     """K-center greedy (DiverseEvol's sampler) on an embedding matrix; picks in order to JSON."""
+    metric, seed, half = config.metric, config.seed, config.half
     if metric not in METRICS:
         raise typer.BadParameter(f"use one of {', '.join(METRICS)}", param_hint="--metric")
     check_output(out)

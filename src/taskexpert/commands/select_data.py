@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import typer
+from pydantic import BaseModel, ConfigDict, Field
 
+from taskexpert.commands import options
+from taskexpert.configs import Cli, build_config, shared_field, verb_command
 from taskexpert.errors import InputError
 from taskexpert.io import check_output, write_json
 from taskexpert.records import Record, load_records, read_records, write_records
@@ -57,28 +60,55 @@ def summary_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.summary.json")
 
 
+class SelectDataConfig(BaseModel):
+    """select-data's settings (its data, --pool/--kshot/--budget/--out, are plain options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dedup: float = Field(
+        0.9, description="Drop near-duplicates with cosine above this (0 turns it off)."
+    )
+    mode: Literal["centroid", "max"] = Field(
+        "centroid", description="centroid: cosine to the K-shot centroid; max: to any item."
+    )
+    encoder: str = Field(
+        "default", description="default (MiniLM), static (model2vec) or a model directory."
+    )
+    two_stage: bool = Field(
+        False, description="Static encoder shortlists, --encoder re-ranks the shortlist."
+    )
+    shortlist_factor: int = Field(
+        10, description="Two-stage shortlist size as a multiple of the budget."
+    )
+    cache_dir: Annotated[Path | None, Cli(flag="--cache")] = Field(
+        None,
+        description="Embedding cache dir (default: $TASKEXPERT_CACHE/embeddings, or under "
+        "~/.cache).",
+    )
+    use_cache: Annotated[bool, Cli(flag="--no-cache", help="Do not read or write the cache.")] = (
+        Field(True, description="Read and write the embedding cache.")
+    )
+    device: str = shared_field(options.DEVICE)
+    batch_size: int | None = Field(None, description="Encoder batch size.")
+
+
 def run_select_data(
     pool_paths: Sequence[Path],
     kshot_path: Path,
     budget: int,
     out: Path,
-    *,
-    mode: str = "centroid",
-    dedup: float = 0.9,
-    encoder: str = "default",
-    two_stage: bool = False,
-    shortlist_factor: int = 10,
-    cache_dir: Path | None = None,
-    use_cache: bool = True,
-    device: str = "auto",
-    batch_size: int | None = None,
+    config: SelectDataConfig | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
-    """Validate inputs, select, then write the selection and its summary atomically."""
+    """Validate inputs, select, then write the selection and its summary atomically.
+
+    The settings are `config`, or SelectDataConfig's fields as keywords."""
     from taskexpert.embed import EmbeddingCache, StaticEncoder, resolve_embedder
     from taskexpert.selection.retrieve import select_data
 
     if not pool_paths:
         raise InputError("at least one --pool file is required", field="pool")
+    config = config or build_config(SelectDataConfig, overrides=settings)
     out = Path(out)
     inputs = {p.resolve() for p in [*pool_paths, kshot_path]}
     if out.resolve() in inputs or summary_path(out).resolve() in inputs:
@@ -91,20 +121,20 @@ def run_select_data(
         where = pool_paths[0] if len(pool_paths) == 1 else ", ".join(map(str, pool_paths))
         raise InputError(f"budget {budget} exceeds the pool size {size}", where, field="budget")
 
-    embedder = resolve_embedder(encoder, device=device)
-    shortlist = StaticEncoder() if two_stage else None
-    cache = EmbeddingCache(cache_dir) if use_cache else None
+    embedder = resolve_embedder(config.encoder, device=config.device)
+    shortlist = StaticEncoder() if config.two_stage else None
+    cache = EmbeddingCache(config.cache_dir) if config.use_cache else None
     result = select_data(
         pool,
         kshot,
         budget,
-        mode=mode,
-        dedup_threshold=None if dedup == 0 else dedup,
+        mode=config.mode,
+        dedup_threshold=None if config.dedup == 0 else config.dedup,
         embedder=embedder,
         shortlist_embedder=shortlist,
-        shortlist_factor=shortlist_factor,
+        shortlist_factor=config.shortlist_factor,
         cache=cache,
-        batch_size=batch_size,
+        batch_size=config.batch_size,
     )
     summary = {
         "out": str(out),
@@ -117,6 +147,7 @@ def run_select_data(
     return summary
 
 
+@verb_command(SelectDataConfig)
 def main(
     pool: list[Path] = typer.Option(
         ..., "--pool", help="Canonical JSONL pool file; repeat the option for several files."
@@ -124,44 +155,9 @@ def main(
     kshot: Path = typer.Option(..., "--kshot", help="K-shot records (canonical JSONL)."),
     budget: int = typer.Option(..., "--budget", help="How many pool records to select."),
     out: Path = typer.Option(..., "--out", help="Selected records (JSONL, with `score`)."),
-    dedup: float = typer.Option(
-        0.9, "--dedup", help="Drop near-duplicates with cosine above this (0 turns it off)."
-    ),
-    mode: str = typer.Option(
-        "centroid", "--mode", help="centroid: cosine to the K-shot centroid; max: to any item."
-    ),
-    encoder: str = typer.Option(
-        "default", "--encoder", help="default (MiniLM), static (model2vec) or a model directory."
-    ),
-    two_stage: bool = typer.Option(
-        False, "--two-stage", help="Static encoder shortlists, --encoder re-ranks the shortlist."
-    ),
-    shortlist_factor: int = typer.Option(
-        10, "--shortlist-factor", help="Two-stage shortlist size as a multiple of the budget."
-    ),
-    cache: Path | None = typer.Option(
-        None,
-        "--cache",
-        help="Embedding cache dir (default: $TASKEXPERT_CACHE/embeddings, or under ~/.cache).",
-    ),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the cache."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Encoder batch size."),
+    *,
+    config: SelectDataConfig,
 ) -> None:
     """Select the pool records closest to a K-shot set, near-duplicates removed (Stage 2)."""
-    summary = run_select_data(
-        pool,
-        kshot,
-        budget,
-        out,
-        mode=mode,
-        dedup=dedup,
-        encoder=encoder,
-        two_stage=two_stage,
-        shortlist_factor=shortlist_factor,
-        cache_dir=cache,
-        use_cache=not no_cache,
-        device=device,
-        batch_size=batch_size,
-    )
+    summary = run_select_data(pool, kshot, budget, out, config)
     typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))

@@ -10,20 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from taskexpert.bank import Bank
 from taskexpert.errors import InputError
+from taskexpert.experts.config import ExpertSelectionConfig
 from taskexpert.experts.diversity import SimilarityMatrix, similarity_matrix
-from taskexpert.experts.grouping import GroupChoice, GroupingConfig, choose_group
+from taskexpert.experts.grouping import GroupChoice, choose_group
 from taskexpert.experts.scoring import (
     BASE_ROW,
-    PASS_VARIANTS,
     RPPL_VARIANTS,
     AdapterScore,
-    ScoringConfig,
     check_kshot,
     json_number,
     prepare_kshot,
@@ -32,88 +28,7 @@ from taskexpert.experts.scoring import (
 )
 from taskexpert.records import Record, load_records
 
-
-class ExpertSelectionConfig(BaseModel):
-    """Every knob of Stage 1 with its default (paper: N=4, EM rank + reasoning-PPL rank)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    n: int = Field(4, ge=1, description="experts in the group")
-    m: int | None = Field(None, ge=1, description="candidates kept by quality (default 2N)")
-    tolerance: float = Field(0.1, ge=0, description="quality slack (0..1) for diverse groups")
-    em_weight: float = Field(1.0, ge=0)
-    perplexity_weight: float = Field(1.0, ge=0)
-    perplexity: Literal["rppl", "ppl"] = Field("rppl", description="reasoning or vanilla PPL")
-    rppl_variant: Literal["paper", "relative", "contrast", "content"] = Field(
-        "paper", description="how reasoning PPL is computed (see scoring.reasoning_score)"
-    )
-    report_variants: bool = Field(False, description="compute every RPPL variant for the record")
-    diversity: bool = True
-    group_objective: Literal["diversity", "coverage"] = Field(
-        "diversity", description="paper's diverse near-best group, or lowest routed RPPL"
-    )
-    coverage_tolerance: float = Field(
-        0.02, ge=0, description="coverage: relative routed-RPPL slack for a more diverse group"
-    )
-    shrink: bool = Field(
-        False, description="coverage: the smallest group within the slack (N is a ceiling)"
-    )
-    similarity: Literal["delta", "factors"] = "delta"
-    drop_below_base: bool = True
-    drop_above_base_perplexity: bool = Field(
-        False, description="drop adapters whose (R)PPL is above the base model's"
-    )
-    drop_ungrounded: bool = Field(
-        False,
-        description="drop adapters whose contrast score is above the base model's by more than "
-        "grounding_tolerance (rationales that ignore the question: the format-mimic)",
-    )
-    grounding_tolerance: float = Field(0.05, ge=0, description="relative slack of that filter")
-    max_pair_similarity: float | None = Field(0.9, description="near-duplicate threshold")
-    exhaustive_limit: int = Field(200_000, ge=1)
-    batch_size: int = Field(16, ge=1)
-    max_new_tokens: int | None = Field(None, ge=1, description="default: from the K-shot")
-    max_length: int = Field(1024, ge=8)
-    use_chat_template: bool | None = None
-    progress: bool = True
-
-    @property
-    def needs_contrast(self) -> bool:
-        """Whether the choice depends on the contrast score (K-shot rationales needed)."""
-        return self.drop_ungrounded or (
-            self.perplexity == "rppl" and self.rppl_variant == "contrast"
-        )
-
-    def scoring(self) -> ScoringConfig:
-        wanted = set(RPPL_VARIANTS) if self.report_variants else {self.rppl_variant}
-        if self.drop_ungrounded:
-            wanted.add("contrast")
-        return ScoringConfig(
-            variants=tuple(v for v in PASS_VARIANTS if v in wanted),
-            batch_size=self.batch_size,
-            max_new_tokens=self.max_new_tokens,
-            max_length=self.max_length,
-            use_chat_template=self.use_chat_template,
-        )
-
-    def grouping(self) -> GroupingConfig:
-        return GroupingConfig(
-            n=self.n,
-            m=self.m,
-            tolerance=self.tolerance,
-            em_weight=self.em_weight,
-            perplexity_weight=self.perplexity_weight,
-            diversity=self.diversity,
-            objective=self.group_objective,
-            coverage_tolerance=self.coverage_tolerance,
-            shrink=self.shrink,
-            drop_below_base=self.drop_below_base,
-            drop_above_base_perplexity=self.drop_above_base_perplexity,
-            drop_ungrounded=self.drop_ungrounded,
-            grounding_tolerance=self.grounding_tolerance,
-            max_pair_similarity=self.max_pair_similarity,
-            exhaustive_limit=self.exhaustive_limit,
-        )
+__all__ = ["ExpertSelection", "ExpertSelectionConfig", "select_experts"]
 
 
 @dataclass

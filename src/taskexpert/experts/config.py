@@ -1,0 +1,151 @@
+"""Stage 1's settings, in a module of their own so the CLI can read them without torch.
+
+`ExpertSelectionConfig` is re-exported by `taskexpert.experts.select`, where it is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from taskexpert.configs import Cli
+
+if TYPE_CHECKING:
+    from taskexpert.experts.grouping import GroupingConfig
+    from taskexpert.experts.scoring import ScoringConfig
+
+_GROUPING_NAMES = {"objective": "group_objective"}  # GroupingConfig's name -> ours
+
+
+class ExpertSelectionConfig(BaseModel):
+    """Every knob of Stage 1 with its default (paper: N=4, EM rank + reasoning-PPL rank).
+
+    The single source of these settings: taskexpert.configs makes each field a select-experts
+    option (its description the help) and a key of its config file; `grouping()` and
+    `scoring()` hand them to the group choice and the scorer by name.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(4, ge=1, description="Experts in the group (paper: 4).")
+    m: int | None = Field(None, ge=1, description="Candidates kept by quality (default: 2N).")
+    tolerance: float = Field(
+        0.1,
+        ge=0,
+        description="Quality slack (0..1) within which the most diverse group wins.",
+    )
+    em_weight: float = Field(1.0, ge=0, description="Weight of the EM rank.")
+    perplexity_weight: float = Field(
+        1.0,
+        ge=0,
+        description="Weight of the perplexity rank (0: EM only).",
+    )
+    perplexity: Literal["rppl", "ppl"] = Field(
+        "rppl", description="rppl (reasoning, paper) or ppl (bare answer)."
+    )
+    rppl_variant: Literal["paper", "relative", "contrast", "content"] = Field(
+        "paper",
+        description="paper, relative (vs base), contrast (vs another item's rationale), content.",
+    )
+    report_variants: bool = Field(False, description="Also compute and record every RPPL variant.")
+    similarity: Literal["delta", "factors"] = Field(
+        "delta", description="delta (exact cos of B·A) or factors (paper's A/B cosines)."
+    )
+    diversity: Annotated[bool, Cli(help="Plain top-N by quality.")] = Field(
+        True,
+        description="Choose among near-best groups by diversity (false: plain top-N by quality).",
+    )
+    group_objective: Literal["diversity", "coverage"] = Field(
+        "diversity",
+        description="diversity (paper: most diverse near-best group) or coverage (lowest "
+        "reasoning perplexity when each token goes to the member that predicts it best).",
+    )
+    coverage_tolerance: float = Field(
+        0.02,
+        ge=0,
+        description="With coverage: groups within this relative slack of the lowest routed "
+        "perplexity qualify, and the least similar wins.",
+    )
+    shrink: bool = Field(
+        False,
+        description="With coverage: the smallest group within the slack of the best N-group, "
+        "so a member the router would hardly use is left out (N becomes a ceiling).",
+    )
+    drop_below_base: Annotated[
+        bool,
+        Cli(flag="--keep-below-base", help="Keep adapters whose EM is below the base model's."),
+    ] = Field(
+        True,
+        description="Drop adapters whose EM is below the base model's.",
+    )
+    drop_above_base_perplexity: bool = Field(
+        False,
+        description="Drop adapters whose (reasoning) perplexity is above the base model's.",
+    )
+    drop_ungrounded: bool = Field(
+        False,
+        description="Drop adapters whose rationales depend on the question less than the base "
+        "model's (contrast score above the base's by more than --grounding-tolerance): the "
+        "format-mimic, which plain reasoning perplexity misses.",
+    )
+    grounding_tolerance: float = Field(
+        0.05, ge=0, description="Relative slack of --drop-ungrounded."
+    )
+    max_pair_similarity: float | None = Field(
+        0.9,
+        description="Near-duplicate threshold (1 turns the rule off).",
+    )
+    batch_size: int = Field(16, ge=1, description="Examples per forward pass.")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Generation length (default: from the K-shot targets)."
+    )
+    # config file only
+    exhaustive_limit: Annotated[int, Cli(option=False)] = Field(
+        200_000, ge=1, description="Largest C(M, N) enumerated; greedy beyond."
+    )
+    max_length: Annotated[int, Cli(option=False)] = Field(
+        1024,
+        ge=8,
+        description="Longest prompt (and prompt + target) in tokens; longer are truncated.",
+    )
+    use_chat_template: Annotated[bool | None, Cli(option=False)] = Field(
+        None, description="Wrap prompts in the tokenizer's chat template (default: if it has one)."
+    )
+    # set by the program (--quiet), not a setting
+    progress: Annotated[bool, Cli(option=False, file=False)] = True
+
+    @field_validator("max_pair_similarity")
+    @classmethod
+    def _one_turns_off(cls, value: float | None) -> float | None:
+        """A threshold of 1 or more can never be passed: the rule is off (None)."""
+        return None if value is not None and value >= 1 else value
+
+    @property
+    def needs_contrast(self) -> bool:
+        """Whether the choice depends on the contrast score (K-shot rationales needed)."""
+        return self.drop_ungrounded or (
+            self.perplexity == "rppl" and self.rppl_variant == "contrast"
+        )
+
+    def scoring(self) -> ScoringConfig:
+        from taskexpert.experts.scoring import PASS_VARIANTS, RPPL_VARIANTS, ScoringConfig
+
+        wanted = set(RPPL_VARIANTS) if self.report_variants else {self.rppl_variant}
+        if self.drop_ungrounded:
+            wanted.add("contrast")
+        return ScoringConfig(
+            variants=tuple(v for v in PASS_VARIANTS if v in wanted),
+            batch_size=self.batch_size,
+            max_new_tokens=self.max_new_tokens,
+            max_length=self.max_length,
+            use_chat_template=self.use_chat_template,
+        )
+
+    def grouping(self) -> GroupingConfig:
+        """GroupingConfig's fields, by name (`objective` is `group_objective` here)."""
+        from taskexpert.experts.grouping import GroupingConfig
+
+        named = {f.name: _GROUPING_NAMES.get(f.name, f.name) for f in fields(GroupingConfig)}
+        return GroupingConfig(**{key: getattr(self, name) for key, name in named.items()})
