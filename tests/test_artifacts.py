@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from taskexpert.artifacts import ExpertsDocument, ScoreRow, read_experts_document
+from taskexpert.artifacts import (
+    EvalReport,
+    ExpertsDocument,
+    ScoreRow,
+    SelectionSummary,
+    read_experts_document,
+)
 from taskexpert.errors import InputError
 
 WRITTEN = {
@@ -109,3 +115,72 @@ def test_an_unreadable_experts_file_is_an_input_error(tmp_path, text, words):
         path.write_text(text)
     with pytest.raises(InputError, match=words):
         read_experts_document(path)
+
+
+SUMMARY = {
+    "out": "sel.jsonl",
+    "pool_files": ["pool.jsonl"],
+    "kshot_file": "kshot.jsonl",
+    "mode": "centroid",
+    "encoder": "static",
+    "shortlist_encoder": None,
+    "shortlist_size": None,
+    "budget": 2,
+    "kshot_size": 3,
+    "pool_size": 10,
+    "excluded_kshot_duplicates": 0,
+    "selected": 2,
+    "dedup_threshold": 0.9,
+    "removed_duplicates": 1,
+    "selected_per_source": {"a": 2},
+    "pool_per_source": {"a": 6, "b": 4},
+    "score": {"max": 0.9, "mean": 0.8, "min": 0.7},
+    "vendi_score": None,
+    "timings_s": {"embed_kshot_s": 0.1, "total_s": 0.5},
+}
+
+
+def test_the_selection_summary_keeps_nulls_and_leaves_out_what_a_run_did_not_produce():
+    # no embedding cache: no `cache` key, not "cache": null; vendi_score null stays null
+    assert json.dumps(SelectionSummary.model_validate(SUMMARY).dump()) == json.dumps(SUMMARY)
+    cached = {**SUMMARY}
+    cached["cache"] = {"dir": "c", "hits": 1, "misses": 2}
+    cached["timings_s"] = cached.pop("timings_s")  # the order select-data writes
+    assert json.dumps(SelectionSummary.model_validate(cached).dump()) == json.dumps(cached)
+
+
+def test_an_eval_report_keeps_the_option_scores_of_choice_items():
+    report = {
+        "exact_match": 0.5,
+        "n": 2,
+        "correct": 1,
+        "model": {"base": "b", "adapter": None, "moe": None},
+        "test": "test.jsonl",
+        "settings": {
+            "max_new_tokens": 8,
+            "batch_size": 2,
+            "kind": "inferred per record",
+            "multiple_choice_style": None,
+        },
+        "predictions": [
+            {
+                "id": "0",
+                "prediction": None,
+                "gold": "4",
+                "correct": False,
+                "kind": "number",
+                "generated": "?",
+            },
+            {
+                "id": "1",
+                "prediction": "A",
+                "gold": "A",
+                "correct": True,
+                "kind": "letter",
+                "generated": "A",
+                "mc_prediction": "A",
+                "option_logprobs": [-0.1, -2.0],
+            },
+        ],
+    }
+    assert json.dumps(EvalReport.model_validate(report).dump()) == json.dumps(report)

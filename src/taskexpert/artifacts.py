@@ -7,7 +7,8 @@ KeyError deep in training. The on-disk format is the one documented in docs/desi
 
 experts.json (select-experts -> train-moe): `ExpertsDocument`. Only `chosen` is required on
 read, so a hand-written `{"chosen": [...], "bank": "..."}` works; select-experts writes every
-section.
+section. `<out>.summary.json` (select-data): `SelectionSummary`. eval.json (evaluate):
+`EvalReport`. These two are written through their models; no stage reads them back yet.
 """
 
 from __future__ import annotations
@@ -143,6 +144,93 @@ class ExpertsDocument(BaseModel):
     def dump(self) -> dict:
         """The JSON document, as written to disk."""
         return self.model_dump(mode="json")
+
+
+class _Document(BaseModel):
+    """A written file whose keys are exactly those it was given: optional keys a run did not
+    produce stay out of the file, keys it gave as null are written as null."""
+
+    def dump(self) -> dict:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+# ---- <out>.summary.json (select-data) ------------------------------------------------------
+
+
+class CacheStats(BaseModel):
+    dir: str
+    hits: int
+    misses: int
+
+
+class SelectionSummary(_Document):
+    """What select-data chose from where, with the timings; written beside the selection."""
+
+    out: str
+    pool_files: list[str]
+    kshot_file: str
+    mode: str
+    encoder: str
+    shortlist_encoder: str | None
+    shortlist_size: int | None
+    budget: int
+    kshot_size: int
+    pool_size: int
+    excluded_kshot_duplicates: int
+    selected: int
+    dedup_threshold: int | float | None
+    removed_duplicates: int
+    selected_per_source: dict[str, int]
+    pool_per_source: dict[str, int]
+    score: dict[str, float]  # max, mean, min of the selected records' scores; {} if none
+    vendi_score: float | None
+    cache: CacheStats | None = None  # absent when the embedding cache is off
+    timings_s: dict[str, float]
+
+
+# ---- eval.json (evaluate) ------------------------------------------------------------------
+
+
+class EvalPrediction(BaseModel):
+    """One test record's verdict; records with choices add the `mc_*` and option log-probs."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    prediction: str | None
+    gold: str | None
+    correct: bool
+    kind: str
+    generated: str
+
+
+class EvalModel(BaseModel):
+    base: str
+    adapter: str | None
+    moe: str | None
+
+
+class EvalSettings(BaseModel):
+    max_new_tokens: int
+    batch_size: int
+    kind: str
+    multiple_choice_style: str | None
+
+
+class EvalReport(_Document):
+    """eval.json: exact match over the test file (and option scoring where it has choices)."""
+
+    exact_match: float
+    n: int
+    correct: int
+    multiple_choice_accuracy: float | None = None
+    multiple_choice_accuracy_norm: float | None = None
+    n_multiple_choice: int | None = None
+    multiple_choice_style: str | None = None
+    model: EvalModel
+    test: str
+    settings: EvalSettings
+    predictions: list[EvalPrediction]
 
 
 # ---- reading -------------------------------------------------------------------------------

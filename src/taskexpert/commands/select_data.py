@@ -74,6 +74,7 @@ def run_select_data(
     batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Validate inputs, select, then write the selection and its summary atomically."""
+    from taskexpert.artifacts import SelectionSummary
     from taskexpert.embed import EmbeddingCache, StaticEncoder, resolve_embedder
     from taskexpert.selection.retrieve import select_data
 
@@ -106,12 +107,14 @@ def run_select_data(
         cache=cache,
         batch_size=batch_size,
     )
-    summary = {
-        "out": str(out),
-        "pool_files": [str(p) for p in pool_paths],
-        "kshot_file": str(kshot_path),
-        **result.summary,
-    }
+    summary = SelectionSummary.model_validate(
+        {
+            "out": str(out),
+            "pool_files": [str(p) for p in pool_paths],
+            "kshot_file": str(kshot_path),
+            **result.summary,
+        }
+    ).dump()
     write_records(out, result.records)
     write_json(summary_path(out), summary)
     return summary
