@@ -130,6 +130,8 @@ def run_evaluate(
         )
     except InputError as exc:
         raise InputError(exc.reason, test, field=exc.field) from None
+    from taskexpert.artifacts import EvalReport
+
     predictions = result.pop("predictions")
     report = {
         **result,
@@ -147,6 +149,7 @@ def run_evaluate(
         },
         "predictions": predictions,
     }
+    report = EvalReport.model_validate(report).dump()
     write_json(out, report)
     return report
 

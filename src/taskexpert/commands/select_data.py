@@ -103,6 +103,7 @@ def run_select_data(
     """Validate inputs, select, then write the selection and its summary atomically.
 
     The settings are `config`, or SelectDataConfig's fields as keywords."""
+    from taskexpert.artifacts import SelectionSummary
     from taskexpert.embed import EmbeddingCache, StaticEncoder, resolve_embedder
     from taskexpert.selection.retrieve import select_data
 
@@ -136,12 +137,14 @@ def run_select_data(
         cache=cache,
         batch_size=config.batch_size,
     )
-    summary = {
-        "out": str(out),
-        "pool_files": [str(p) for p in pool_paths],
-        "kshot_file": str(kshot_path),
-        **result.summary,
-    }
+    summary = SelectionSummary.model_validate(
+        {
+            "out": str(out),
+            "pool_files": [str(p) for p in pool_paths],
+            "kshot_file": str(kshot_path),
+            **result.summary,
+        }
+    ).dump()
     write_records(out, result.records)
     write_json(summary_path(out), summary)
     return summary

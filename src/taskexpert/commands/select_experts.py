@@ -94,8 +94,9 @@ def run_select_experts(
     selection = select_experts(
         model, tokenizer, bank, kshot, selection_config, kshot_path, scorer=scorer, score_dir=work
     )
-    result = selection.to_json()
-    result["inputs"] = {"base": str(base), "bank": str(bank_source), "kshot": str(kshot_path)}
+    result = selection.to_json(
+        inputs={"base": str(base), "bank": str(bank_source), "kshot": str(kshot_path)}
+    )
     write_json(out, result)
     remove_tree(work)
     return selection

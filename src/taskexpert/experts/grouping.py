@@ -10,15 +10,20 @@ Every decision is kept as a sentence, so experts.json can say why each adapter i
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from taskexpert.errors import TaskexpertError
 from taskexpert.experts.coverage import TokenTable, best_covering_group
+from taskexpert.experts.diverse_group import (
+    best_mean_with,
+    exhaustive_search,
+    greedy_search,
+    mean_pair_similarity,
+)
 from taskexpert.experts.diversity import SimilarityMatrix
 
 EPS = 1e-9
@@ -122,81 +127,229 @@ def rank_quality(
     return quality, words
 
 
-def _best_mean_with(i: int, q: np.ndarray, n: int) -> float:
-    """The best mean quality of any N-group that contains candidate i."""
-    others = np.sort(np.delete(q, i))[::-1][: n - 1]
-    return float((q[i] + others.sum()) / n)
+def _drop_below_base_em(names, em, base_em, **_) -> dict[str, str]:
+    return {
+        name: f"dropped: EM {em[name]:.3f} is below the base model's {base_em:.3f}"
+        for name in names
+        if em[name] < base_em - EPS
+    }
 
 
-def _mean_pair_similarity(group: Sequence[int], sim: np.ndarray) -> float:
-    pairs = list(itertools.combinations(group, 2))
-    return float(np.mean([sim[a, b] for a, b in pairs])) if pairs else 0.0
-
-
-def _exhaustive(q: np.ndarray, sim: np.ndarray, n: int, threshold: float, cap: float | None):
-    """All N-subsets of the candidates: the least similar among those of near-best quality."""
-    combos = np.array(list(itertools.combinations(range(len(q)), n)), dtype=np.int64)
-    quality = q[combos].mean(axis=1)
-    pairs = list(itertools.combinations(range(n), 2))
-    pair_sims = np.stack([sim[combos[:, a], combos[:, b]] for a, b in pairs], axis=1)
-    mean_sim = pair_sims.mean(axis=1)
-    eligible = quality >= threshold - EPS
-    relaxed = False
-    if cap is not None:
-        without_duplicates = eligible & (pair_sims.max(axis=1) <= cap + EPS)
-        relaxed = not without_duplicates.any()
-        eligible = eligible if relaxed else without_duplicates
-    # lexsort: last key first -> lowest similarity, then highest quality, then enumeration order
-    index = np.flatnonzero(eligible)
-    best = index[np.lexsort((index, -quality[index], mean_sim[index]))[0]]
-    return list(combos[best]), int(eligible.sum()), len(combos), relaxed
-
-
-def _greedy(q: np.ndarray, sim: np.ndarray, n: int, threshold: float, cap: float | None):
-    """Start from the best candidate, add the least similar one that keeps the group feasible."""
-    chosen = [int(np.argmax(q))]
-    relaxed = False
-    while len(chosen) < n:
-        rest = [i for i in range(len(q)) if i not in chosen]
-        slots = n - len(chosen) - 1
-        feasible = []
-        for c in rest:
-            others = sorted((q[i] for i in rest if i != c), reverse=True)[:slots]
-            if (q[chosen].sum() + q[c] + sum(others)) / n >= threshold - EPS:
-                feasible.append(c)
-        if cap is not None:
-            clean = [c for c in feasible if max(sim[c, i] for i in chosen) <= cap + EPS]
-            relaxed |= not clean
-            feasible = clean or feasible
-        chosen.append(min(feasible, key=lambda c: (np.mean([sim[c, i] for i in chosen]), -q[c])))
-    return _improve_by_swaps(chosen, q, sim, threshold, None if relaxed else cap), relaxed
-
-
-def _improve_by_swaps(group, q, sim, threshold, cap, max_rounds: int = 100) -> list[int]:
-    """1-swap local search: trade a member for an outsider while that lowers mean similarity."""
-    group = list(group)
-
-    def ok(candidate: list[int]) -> bool:
-        if q[candidate].mean() < threshold - EPS:
-            return False
-        return cap is None or all(
-            sim[a, b] <= cap + EPS for a, b in itertools.combinations(candidate, 2)
+def _drop_above_base_perplexity(names, perplexity, base_perplexity, **_) -> dict[str, str]:
+    if base_perplexity is None:
+        raise ValueError("drop_above_base_perplexity needs the base model's perplexity")
+    return {
+        name: (
+            f"dropped: perplexity {perplexity[name]:.4g} is above the base model's "
+            f"{base_perplexity:.4g} (predicts the rationales worse than no adapter)"
         )
+        for name in names
+        if perplexity[name] > base_perplexity + EPS
+    }
 
-    for _ in range(max_rounds):
-        current = _mean_pair_similarity(group, sim)
-        best, best_value = None, current - EPS
-        for position, outsider in itertools.product(range(len(group)), range(len(q))):
-            if outsider in group:
-                continue
-            trial = group[:position] + [outsider] + group[position + 1 :]
-            value = _mean_pair_similarity(trial, sim)
-            if value < best_value and ok(trial):
-                best, best_value = trial, value
-        if best is None:
-            return group
-        group = best
-    return group
+
+def _drop_ungrounded(names, contrast, base_contrast, config, **_) -> dict[str, str]:
+    if contrast is None or base_contrast is None:
+        raise ValueError("drop_ungrounded needs the contrast scores of the adapters and base")
+    limit = base_contrast * (1 + config.grounding_tolerance)
+    return {
+        name: (
+            f"dropped: contrast {contrast[name]:.4g} is above the base model's "
+            f"{base_contrast:.4g} by more than {config.grounding_tolerance:.0%} (its "
+            "rationales depend on the question less than the base's: format, not "
+            "reasoning)"
+        )
+        for name in names
+        if contrast[name] > limit
+    }
+
+
+def _base_filters(config: GroupingConfig, base_em, perplexity) -> list:
+    """The base-model filters `config` turns on, in the order they are applied."""
+    filters = []
+    if config.drop_below_base and base_em is not None:
+        filters.append(_drop_below_base_em)
+    if config.drop_above_base_perplexity and perplexity is not None:
+        filters.append(_drop_above_base_perplexity)
+    if config.drop_ungrounded:
+        filters.append(_drop_ungrounded)
+    return filters
+
+
+def _nothing_left(decisions: Mapping[str, str], base_em, base_perplexity) -> TaskexpertError:
+    """The error when the base-model filters dropped every adapter, counted per filter."""
+
+    def dropped_by(prefix: str) -> int:
+        return sum(why.startswith(f"dropped: {prefix} ") for why in decisions.values())
+
+    parts = []
+    if below_em := dropped_by("EM"):
+        parts.append(f"{below_em} with exact match below the base model's {base_em:.3f}")
+    if above_ppl := dropped_by("perplexity"):
+        parts.append(f"{above_ppl} with perplexity above its {base_perplexity:.4g}")
+    if ungrounded := dropped_by("contrast"):
+        parts.append(f"{ungrounded} less grounded in the question than it")
+    return TaskexpertError(
+        f"every adapter was dropped by the base-model filters ({', '.join(parts)}); "
+        "there is nothing worth mixing (use a larger K-shot or turn those filters off)"
+    )
+
+
+@dataclass
+class _Pool:
+    """The top-M candidates an objective chooses N from (indices below are into `top`)."""
+
+    top: list[str]
+    q: np.ndarray  # 0..1 quality of each candidate
+    sim: np.ndarray | None  # candidate x candidate similarity
+    n: int
+    best_quality: float  # the mean quality of the best N-group
+    config: GroupingConfig
+    token_nll: Mapping[str, Sequence[Sequence[float]]] | None
+
+
+@dataclass
+class _Outcome:
+    group: list[int]
+    search: str
+    summary: str
+    warnings: list[str] = field(default_factory=list)
+    routed: float | None = None
+
+
+def _near_duplicates_warning(cap, near_best: bool) -> str:
+    return (
+        f"no {'near-best ' if near_best else ''}group avoids every pair above similarity "
+        f"{cap}; near-duplicates had to share the group"
+    )
+
+
+def _top_n(pool: _Pool) -> _Outcome:
+    """An ablation (config.diversity off) and the only choice when N is 1."""
+    summary = f"the {pool.n} best by quality (mean {pool.best_quality:.3f})"
+    return _Outcome(list(range(pool.n)), "top-N by quality", summary)
+
+
+def _top_n_passed_over(pool: _Pool, i: int) -> str:
+    return "not among the top N"
+
+
+def _most_diverse(pool: _Pool) -> _Outcome:
+    """The paper's rule: the least similar N-group within the tolerance of the best quality."""
+    q, sim, n, config = pool.q, pool.sim, pool.n, pool.config
+    if sim is None:
+        raise ValueError("diversity needs a similarity matrix")
+    threshold = pool.best_quality - config.tolerance
+    cap = config.max_pair_similarity
+    total = math.comb(len(pool.top), n)
+    if total <= config.exhaustive_limit:
+        group, eligible, total, relaxed = exhaustive_search(q, sim, n, threshold, cap)
+        search = "exhaustive"
+        where = f"{eligible} of C({len(pool.top)},{n})={total} groups within the tolerance"
+    else:
+        group, relaxed = greedy_search(q, sim, n, threshold, cap)
+        search = "greedy"
+        where = f"greedy search over C({len(pool.top)},{n})={total} groups"
+    summary = (
+        f"lowest mean pairwise similarity "
+        f"({mean_pair_similarity(group, sim):.3f}) with mean quality "
+        f"{q[group].mean():.3f} >= best {pool.best_quality:.3f} - tolerance {config.tolerance} "
+        f"({where})"
+    )
+    warnings = [_near_duplicates_warning(cap, near_best=True)] if relaxed else []
+    return _Outcome(group, search, summary, warnings)
+
+
+def _most_diverse_passed_over(pool: _Pool, i: int) -> str:
+    if best_mean_with(i, pool.q, pool.n) < pool.best_quality - pool.config.tolerance - EPS:
+        return "no group with it comes within the quality tolerance"
+    return "a more diverse group of near-best quality was preferred"
+
+
+def _best_coverage(pool: _Pool) -> _Outcome:
+    """coverage.py: the lowest routed reasoning perplexity, then the least similar."""
+    config, n = pool.config, pool.n
+    if pool.token_nll is None:
+        raise ValueError("the coverage objective needs per-token NLLs of the candidates")
+    table = TokenTable([pool.token_nll[c] for c in pool.top])
+    cap = config.max_pair_similarity if pool.sim is not None else None
+    group, search, relaxed = best_covering_group(
+        table, n, pool.sim, cap, config.coverage_tolerance, shrink=config.shrink
+    )
+    routed = table.routed_perplexity(group)
+    which = "the smallest group" if config.shrink else f"the least similar {n}-group"
+    summary = (
+        f"routed reasoning perplexity {routed:.4g} (each rationale token scored by the "
+        f"member that predicts it best), {which} within {config.coverage_tolerance:.0%} of "
+        f"the lowest ({search}); best single member "
+        f"{min(table.routed_perplexity([i]) for i in group):.4g}"
+    )
+    warnings = [_near_duplicates_warning(cap, near_best=False)] if relaxed else []
+    return _Outcome(group, search, summary, warnings, routed)
+
+
+def _best_coverage_passed_over(pool: _Pool, i: int) -> str:
+    return "a group without it covers the K-shot as well or better, or is more diverse"
+
+
+@dataclass(frozen=True)
+class _Objective:
+    choose: Callable[[_Pool], _Outcome]
+    passed_over: Callable[[_Pool, int], str]  # why candidate i is not in the group
+
+
+# "top-N" is not a config.objective of its own: diversity=False or N=1 falls back to it
+OBJECTIVE_TABLE: dict[str, _Objective] = {
+    "diversity": _Objective(_most_diverse, _most_diverse_passed_over),
+    "coverage": _Objective(_best_coverage, _best_coverage_passed_over),
+    "top-N": _Objective(_top_n, _top_n_passed_over),
+}
+
+
+def _objective_for(config: GroupingConfig, n: int) -> str:
+    if n == 1:
+        return "top-N"
+    if config.objective == "coverage":
+        return "coverage"
+    return "diversity" if config.diversity else "top-N"
+
+
+def _rank_candidates(survivors, em, perplexity, names, config, m, decisions):
+    """Quality-rank the survivors and keep the top M (`decisions` gets the rest's verdicts)."""
+    quality, ranks = rank_quality(
+        {n: em[n] for n in survivors},
+        {n: perplexity[n] for n in survivors} if perplexity is not None else None,
+        config.em_weight,
+        config.perplexity_weight,
+    )
+    ordered = sorted(survivors, key=lambda n: (-quality[n], -em[n], names.index(n)))
+    for place, name in enumerate(ordered[m:], start=m + 1):
+        decisions[name] = (
+            f"dropped: quality {quality[name]:.3f} ({ranks[name]}) places {place} of "
+            f"{len(ordered)}, outside the top M={m}"
+        )
+    return ordered[:m], quality, ranks
+
+
+def _explain(pool, outcome, objective, quality, ranks, decisions) -> list[str]:
+    """The verdict on each candidate (into `decisions`); returns the chosen names."""
+    top, sim, cap = pool.top, pool.sim, pool.config.max_pair_similarity
+    chosen = [top[i] for i in outcome.group]
+    for name in chosen:
+        decisions[name] = f"chosen: quality {quality[name]:.3f} ({ranks[name]})"
+    for i, name in enumerate(top):
+        if name in chosen:
+            continue
+        why = None
+        if sim is not None and cap is not None:
+            closest = max(outcome.group, key=lambda j: sim[i, j])
+            if sim[i, closest] > cap:
+                why = f"near-duplicate of {top[closest]} (similarity {sim[i, closest]:.3f})"
+        why = why or objective.passed_over(pool, i)
+        decisions[name] = (
+            f"candidate, not chosen: quality {quality[name]:.3f} ({ranks[name]}); {why}"
+        )
+    return chosen
 
 
 def choose_group(
@@ -212,73 +365,33 @@ def choose_group(
 ) -> GroupChoice:
     """docs/design.md's group rule over scored adapters (names in `em`; the base model excluded).
 
-    With `config.objective == "coverage"` the last step instead picks, among the top M, the
-    group with the lowest routed reasoning perplexity (coverage.py); `token_nll` then gives
-    each adapter's per-token NLL on the K-shot rationales. `contrast` and `base_contrast` (the
-    contrast reasoning score) serve `config.drop_ungrounded`.
+    Three steps: the base-model filters, the quality rank to the top M, and an objective from
+    OBJECTIVE_TABLE over those. With `config.objective == "coverage"` the last step picks,
+    among the top M, the group with the lowest routed reasoning perplexity (coverage.py);
+    `token_nll` then gives each adapter's per-token NLL on the K-shot rationales. `contrast`
+    and `base_contrast` (the contrast reasoning score) serve `config.drop_ungrounded`.
     """
     config = config or GroupingConfig()
     m = config.candidates()
-    decisions: dict[str, str] = {}
-    warnings: list[str] = []
     names = list(em)
-    if config.drop_below_base and base_em is not None:
-        for name in names:
-            if em[name] < base_em - EPS:
-                decisions[name] = (
-                    f"dropped: EM {em[name]:.3f} is below the base model's {base_em:.3f}"
-                )
-    if config.drop_above_base_perplexity and perplexity is not None:
-        if base_perplexity is None:
-            raise ValueError("drop_above_base_perplexity needs the base model's perplexity")
-        for name in names:
-            if name not in decisions and perplexity[name] > base_perplexity + EPS:
-                decisions[name] = (
-                    f"dropped: perplexity {perplexity[name]:.4g} is above the base model's "
-                    f"{base_perplexity:.4g} (predicts the rationales worse than no adapter)"
-                )
-    if config.drop_ungrounded:
-        if contrast is None or base_contrast is None:
-            raise ValueError("drop_ungrounded needs the contrast scores of the adapters and base")
-        limit = base_contrast * (1 + config.grounding_tolerance)
-        for name in names:
-            if name not in decisions and contrast[name] > limit:
-                decisions[name] = (
-                    f"dropped: contrast {contrast[name]:.4g} is above the base model's "
-                    f"{base_contrast:.4g} by more than {config.grounding_tolerance:.0%} (its "
-                    "rationales depend on the question less than the base's: format, not "
-                    "reasoning)"
-                )
+    decisions: dict[str, str] = {}
+    for drop in _base_filters(config, base_em, perplexity):
+        found = drop(
+            names=[name for name in names if name not in decisions],
+            em=em,
+            perplexity=perplexity,
+            contrast=contrast,
+            base_em=base_em,
+            base_perplexity=base_perplexity,
+            base_contrast=base_contrast,
+            config=config,
+        )
+        decisions.update(found)
     survivors = [n for n in names if n not in decisions]
     if not survivors:
-
-        def dropped_by(prefix: str) -> int:
-            return sum(why.startswith(f"dropped: {prefix} ") for why in decisions.values())
-
-        parts = []
-        if below_em := dropped_by("EM"):
-            parts.append(f"{below_em} with exact match below the base model's {base_em:.3f}")
-        if above_ppl := dropped_by("perplexity"):
-            parts.append(f"{above_ppl} with perplexity above its {base_perplexity:.4g}")
-        if ungrounded := dropped_by("contrast"):
-            parts.append(f"{ungrounded} less grounded in the question than it")
-        raise TaskexpertError(
-            f"every adapter was dropped by the base-model filters ({', '.join(parts)}); "
-            "there is nothing worth mixing (use a larger K-shot or turn those filters off)"
-        )
-    quality, ranks = rank_quality(
-        {n: em[n] for n in survivors},
-        {n: perplexity[n] for n in survivors} if perplexity is not None else None,
-        config.em_weight,
-        config.perplexity_weight,
-    )
-    ordered = sorted(survivors, key=lambda n: (-quality[n], -em[n], names.index(n)))
-    top = ordered[:m]
-    for place, name in enumerate(ordered[m:], start=m + 1):
-        decisions[name] = (
-            f"dropped: quality {quality[name]:.3f} ({ranks[name]}) places {place} of "
-            f"{len(ordered)}, outside the top M={m}"
-        )
+        raise _nothing_left(decisions, base_em, base_perplexity)
+    top, quality, ranks = _rank_candidates(survivors, em, perplexity, names, config, m, decisions)
+    warnings: list[str] = []
     n = config.n
     if len(top) < n:
         warnings.append(
@@ -287,93 +400,29 @@ def choose_group(
         )
         n = len(top)
     q = np.array([quality[c] for c in top])
-    sim = similarity.subset(top).matrix if similarity is not None else None
-    best_quality = float(np.sort(q)[::-1][:n].mean())
-    routed = None
-    if config.objective == "coverage" and n > 1:
-        if token_nll is None:
-            raise ValueError("the coverage objective needs per-token NLLs of the candidates")
-        table = TokenTable([token_nll[c] for c in top])
-        cap = config.max_pair_similarity if sim is not None else None
-        group, search, relaxed = best_covering_group(
-            table, n, sim, cap, config.coverage_tolerance, shrink=config.shrink
-        )
-        routed = table.routed_perplexity(group)
-        if relaxed:
-            warnings.append(
-                f"no group avoids every pair above similarity {cap}; "
-                "near-duplicates had to share the group"
-            )
-        which = "the smallest group" if config.shrink else f"the least similar {n}-group"
-        summary = (
-            f"routed reasoning perplexity {routed:.4g} (each rationale token scored by the "
-            f"member that predicts it best), {which} within {config.coverage_tolerance:.0%} of "
-            f"the lowest ({search}); best single member "
-            f"{min(table.routed_perplexity([i]) for i in group):.4g}"
-        )
-    elif not config.diversity or n == 1:
-        group = list(range(n))
-        search = "top-N by quality"
-        summary = f"the {n} best by quality (mean {best_quality:.3f})"
-    else:
-        if sim is None:
-            raise ValueError("diversity needs a similarity matrix")
-        threshold = best_quality - config.tolerance
-        cap = config.max_pair_similarity
-        total = math.comb(len(top), n)
-        if total <= config.exhaustive_limit:
-            group, eligible, total, relaxed = _exhaustive(q, sim, n, threshold, cap)
-            search = "exhaustive"
-            pool = f"{eligible} of C({len(top)},{n})={total} groups within the tolerance"
-        else:
-            group, relaxed = _greedy(q, sim, n, threshold, cap)
-            search = "greedy"
-            pool = f"greedy search over C({len(top)},{n})={total} groups"
-        if relaxed:
-            warnings.append(
-                f"no near-best group avoids every pair above similarity {cap}; "
-                "near-duplicates had to share the group"
-            )
-        summary = (
-            f"lowest mean pairwise similarity "
-            f"({_mean_pair_similarity(group, sim):.3f}) with mean quality "
-            f"{q[group].mean():.3f} >= best {best_quality:.3f} - tolerance {config.tolerance} "
-            f"({pool})"
-        )
-    chosen = [top[i] for i in group]
-    group_similarity = _mean_pair_similarity(group, sim) if sim is not None else None
-    for name in chosen:
-        decisions[name] = f"chosen: quality {quality[name]:.3f} ({ranks[name]})"
-    for i, name in enumerate(top):
-        if name in chosen:
-            continue
-        twin = None
-        if sim is not None and config.max_pair_similarity is not None:
-            closest = max(group, key=lambda j: sim[i, j])
-            if sim[i, closest] > config.max_pair_similarity:
-                twin = f"near-duplicate of {top[closest]} (similarity {sim[i, closest]:.3f})"
-        if twin:
-            why = twin
-        elif routed is not None:
-            why = "a group without it covers the K-shot as well or better, or is more diverse"
-        elif not config.diversity or n == 1:
-            why = "not among the top N"
-        elif _best_mean_with(i, q, n) < best_quality - config.tolerance - EPS:
-            why = "no group with it comes within the quality tolerance"
-        else:
-            why = "a more diverse group of near-best quality was preferred"
-        decisions[name] = (
-            f"candidate, not chosen: quality {quality[name]:.3f} ({ranks[name]}); {why}"
-        )
-    reason = f"chose {', '.join(chosen)}: {summary}"
+    pool = _Pool(
+        top=top,
+        q=q,
+        sim=similarity.subset(top).matrix if similarity is not None else None,
+        n=n,
+        best_quality=float(np.sort(q)[::-1][:n].mean()),
+        config=config,
+        token_nll=token_nll,
+    )
+    objective = OBJECTIVE_TABLE[_objective_for(config, n)]
+    outcome = objective.choose(pool)
+    warnings.extend(outcome.warnings)
+    chosen = _explain(pool, outcome, objective, quality, ranks, decisions)
     return GroupChoice(
         chosen=chosen,
-        reason=reason,
+        reason=f"chose {', '.join(chosen)}: {outcome.summary}",
         decisions={name: decisions[name] for name in names},
         quality=quality,
-        search=search,
-        group_quality=float(q[group].mean()),
-        group_similarity=group_similarity,
+        search=outcome.search,
+        group_quality=float(q[outcome.group].mean()),
+        group_similarity=(
+            mean_pair_similarity(outcome.group, pool.sim) if pool.sim is not None else None
+        ),
         warnings=warnings,
-        routed_rppl=routed,
+        routed_rppl=outcome.routed,
     )

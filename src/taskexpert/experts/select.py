@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from taskexpert.artifacts import ExpertsDocument
 from taskexpert.bank import Bank
 from taskexpert.errors import InputError
 from taskexpert.experts.config import ExpertSelectionConfig
@@ -46,7 +47,12 @@ class ExpertSelection:
     kshot_size: int = 0
     kshot_with_rationale: int = 0
 
-    def to_json(self) -> dict:
+    def to_json(self, inputs: dict[str, str] | None = None) -> dict:
+        """experts.json's document (artifacts.ExpertsDocument); `inputs` says where the base,
+        bank and K-shot were, so train-moe finds the bank."""
+        return self.document(inputs).dump()
+
+    def document(self, inputs: dict[str, str] | None = None) -> ExpertsDocument:
         scores = {}
         for name, score in self.scores.items():
             row = score.to_json()
@@ -56,26 +62,30 @@ class ExpertSelection:
                 row["quality"] = round(self.group.quality.get(name, 0.0), 6)
                 row["decision"] = self.group.decisions[name]
             scores[name] = row
-        return {
-            "chosen": list(self.chosen),
-            "reason": self.reason,
-            "scores": scores,
-            "rejected": dict(self.rejected),
-            "similarity": self.similarity.to_json(),
-            "group": {
-                "search": self.group.search,
-                "mean_quality": round(self.group.group_quality, 6),
-                "mean_similarity": None
-                if self.group.group_similarity is None
-                else round(self.group.group_similarity, 6),
-                "routed_rppl": None
-                if self.group.routed_rppl is None
-                else json_number(self.group.routed_rppl),
-            },
-            "kshot": {"size": self.kshot_size, "with_rationale": self.kshot_with_rationale},
-            "warnings": list(self.warnings),
-            "config": self.config.model_dump(),
-        }
+        group = self.group
+        return ExpertsDocument.model_validate(
+            {
+                "chosen": list(self.chosen),
+                "reason": self.reason,
+                "scores": scores,
+                "rejected": dict(self.rejected),
+                "similarity": self.similarity.to_json(),
+                "group": {
+                    "search": group.search,
+                    "mean_quality": round(group.group_quality, 6),
+                    "mean_similarity": None
+                    if group.group_similarity is None
+                    else round(group.group_similarity, 6),
+                    "routed_rppl": None
+                    if group.routed_rppl is None
+                    else json_number(group.routed_rppl),
+                },
+                "kshot": {"size": self.kshot_size, "with_rationale": self.kshot_with_rationale},
+                "warnings": list(self.warnings),
+                "config": self.config.model_dump(),
+                "inputs": inputs,
+            }
+        )
 
     def table(self) -> str:
         """A fixed-width table for the terminal: one row per model, chosen ones starred."""

@@ -26,6 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from taskexpert.artifacts import read_experts_document
 from taskexpert.bank import LoraAdapter, bank_entries, load_adapter, validate_adapter
 from taskexpert.errors import InputError
 from taskexpert.io import atomic_dir, atomic_open, check_output, remove_tree, write_json
@@ -117,32 +118,10 @@ class ExpertsFile:
 
 
 def read_experts_file(path: str | Path) -> ExpertsFile:
-    """Parse experts.json (select-experts' output, or a hand-written {"chosen", "bank"})."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("experts file not found", path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"malformed JSON ({exc.msg})", path, exc.lineno) from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc.reason})", path) from None
-    if not isinstance(data, dict):
-        raise InputError("expected a JSON object", path)
-    chosen = data.get("chosen")
-    if not isinstance(chosen, list) or not chosen:
-        raise InputError("expected a non-empty list of adapter names", path, field="chosen")
-    if not all(isinstance(name, str) and name.strip() for name in chosen):
-        raise InputError("every entry must be an adapter name (a string)", path, field="chosen")
-    twice = sorted({name for name in chosen if chosen.count(name) > 1})
-    if twice:
-        raise InputError(f"adapter {twice[0]!r} is chosen twice", path, field="chosen")
-    inputs = data.get("inputs") if isinstance(data.get("inputs"), dict) else {}
-    key = "bank" if data.get("bank") else "inputs.bank"
-    bank = data.get("bank") or inputs.get("bank")
-    if bank is not None and not isinstance(bank, str):
-        raise InputError("expected a path", path, field=key)
-    return ExpertsFile(path, list(chosen), Path(bank) if bank else None)
+    """Parse experts.json (select-experts' output, or a hand-written {"chosen", "bank"});
+    validated once here by artifacts.ExpertsDocument, errors name the file and key path."""
+    document = read_experts_document(path)
+    return ExpertsFile(Path(path), list(document.chosen), document.bank_path())
 
 
 def _resolve_bank(experts: ExpertsFile, bank: str | Path | None) -> Path:

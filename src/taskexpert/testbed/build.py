@@ -11,32 +11,37 @@ missing (bank adapters already on disk are kept) and redoes every phase after it
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
-import platform
 import random
-import shutil
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from taskexpert.errors import InputError
-from taskexpert.io import atomic_dir, is_temp_name, remove_tree, write_json
+from taskexpert.io import atomic_dir, remove_tree, write_json
 from taskexpert.progress import is_quiet, logger
 from taskexpert.progress import progress as progress_bar
-from taskexpert.records import Record, load_records, write_records
+from taskexpert.records import Record, write_records
 from taskexpert.testbed.bank import AdapterSpec, bank_specs, train_adapter
+
+# the build's state (what a rerun may keep) lives in build_state.py; these names keep
+# build_testbed's body, and what other modules import from here, as they were
+from taskexpert.testbed.build_state import LOCK_FILE, PHASES, is_complete
+from taskexpert.testbed.build_state import check_writable as _check_writable
+from taskexpert.testbed.build_state import clear_leftovers as _clear_leftovers
+from taskexpert.testbed.build_state import fingerprint as _fingerprint
+from taskexpert.testbed.build_state import phase_outputs as _phase_outputs
+from taskexpert.testbed.build_state import prepare as _prepare
+from taskexpert.testbed.build_state import refuse_foreign as _refuse_foreign
+from taskexpert.testbed.build_state import save_state as _save_state
 from taskexpert.testbed.families import FAMILIES, held_out_records, make_record
 from taskexpert.testbed.layout import (
     BANK_DIR,
     BASE_DIR,
-    BASELINES_DIR,
-    BASELINES_FILE,
     CALIBRATION_DIR,
     MARKER,
     POOL_FILE,
+    POOL_TRUTH_FILE,
     STATE_DIR,
     TASKS_DIR,
     TOKENIZER_DIR,
@@ -50,38 +55,13 @@ from taskexpert.testbed.model import (
     parameter_count,
 )
 from taskexpert.testbed.pool import build_pool
-from taskexpert.testbed.presets import Preset, get_preset, runnable
+from taskexpert.testbed.presets import RECIPE_VERSION, Preset, get_preset, recipe_id, runnable
 from taskexpert.testbed.pretraining import pretraining_records
 from taskexpert.testbed.tasks import TARGETS
 from taskexpert.testbed.tokenizer import build_tokenizer, corpus_words
+from taskexpert.testbed.truth import ground_truth
 
-FORMAT_VERSION = 1  # the layout and testbed.json schema
-# Bump when generated content changes without a preset change (families, pool, pretraining
-# mix, bank recipes), so that an older build is rebuilt rather than reused as if current.
-# 2: option-walk multiple choice, two-task records for the experts.
-# 3: fixed-option multiple choice (mc_add ranges, mc_vowels), easy level only in pretraining.
-# 4: initials pretrained at the easy level only; training with eager attention on CPU.
-RECIPE_VERSION = 4
-PHASES = ("tokenizer", "base", "data", "bank", "baselines", "truth")
-STATE_FILE = "state.json"
-LOCK_FILE = ".lock"
-PROBE_FILE = ".write_probe"
-POOL_TRUTH_FILE = "pool_truth.json"
-
-
-def recipe_id(preset: Preset) -> str:
-    """What the build's content depends on besides the seed: the preset and the recipe."""
-    text = json.dumps({"recipe": RECIPE_VERSION, "preset": preset.model_dump(mode="json")})
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _fingerprint(preset: Preset, seed: int) -> dict:
-    return {
-        "preset": preset.name,
-        "seed": seed,
-        "format": FORMAT_VERSION,
-        "recipe": recipe_id(preset),
-    }
+__all__ = ["PHASES", "RECIPE_VERSION", "build_testbed", "ground_truth", "is_complete", "recipe_id"]
 
 
 def _log(message: str, progress: bool) -> None:
@@ -153,128 +133,6 @@ def _threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-# ---- state ---------------------------------------------------------------------------------
-
-
-def _read_state(root: Path) -> dict | None:
-    path = root / STATE_DIR / STATE_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _phase_outputs(root: Path, phase: str) -> list[Path]:
-    """Files whose presence a finished phase guarantees (checked before trusting it)."""
-    if phase == "tokenizer":
-        return [root / TOKENIZER_DIR / "tokenizer.json"]
-    if phase == "base":
-        return [root / BASE_DIR / "model.safetensors", root / BASE_DIR / "tokenizer.json"]
-    if phase == "data":
-        files = [root / POOL_FILE, root / STATE_DIR / POOL_TRUTH_FILE]
-        for name in TARGETS:
-            files += [
-                root / TASKS_DIR / name / "kshot.jsonl",
-                root / TASKS_DIR / name / "test.jsonl",
-            ]
-        return files + [root / CALIBRATION_DIR / f"{name}.jsonl" for name in FAMILIES]
-    if phase == "bank":
-        return [root / BANK_DIR / s.name / "adapter_model.safetensors" for s in bank_specs(0, 1, 1)]
-    if phase == "baselines":
-        return [root / BASELINES_FILE]
-    return [root / TRUTH_FILE]
-
-
-def _check_writable(root: Path) -> None:
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / PROBE_FILE
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(f"cannot write the testbed here ({exc.strerror or exc})", root) from None
-
-
-def _refuse_foreign(root: Path) -> None:
-    """Never build into, or leave a lock file in, a directory that holds something else."""
-    # what a build killed before its state was saved may have left: the lock, the write
-    # probe, temp entries of atomic writes and removals
-    ours = {LOCK_FILE, PROBE_FILE}
-    has_content = root.is_dir() and any(
-        p.name not in ours and not is_temp_name(p.name) for p in root.iterdir()
-    )
-    if _read_state(root) is None and has_content and not (root / STATE_DIR).is_dir():
-        raise InputError(
-            "directory is not empty and is not a testbed build; choose another --out", root
-        )
-
-
-def _prepare(root: Path, fingerprint: dict, force: bool) -> dict:
-    """The state to resume from; refuses to touch a directory that is not this build's."""
-    _refuse_foreign(root)
-    state = _read_state(root)
-    if state is not None and state.get("fingerprint") != fingerprint:
-        if not force:
-            old = state.get("fingerprint", {})
-            same = (old.get("preset"), old.get("seed")) == (
-                fingerprint["preset"],
-                fingerprint["seed"],
-            )
-            what = (
-                "was built by an older testbed recipe"
-                if same
-                else f"holds a testbed built with preset {old.get('preset')!r} "
-                f"seed {old.get('seed')}"
-            )
-            raise InputError(
-                f"{what} (pass force=True / --force to rebuild it, or choose another --out)", root
-            )
-        state = None
-    if state is None or force:
-        for name in (MARKER, TRUTH_FILE, BASELINES_FILE, POOL_FILE):
-            (root / name).unlink(missing_ok=True)
-        # the state directory goes last: a build killed in here is still recognised as ours
-        for name in (TOKENIZER_DIR, BASE_DIR, BANK_DIR, BASELINES_DIR, TASKS_DIR, CALIBRATION_DIR):
-            remove_tree(root / name)
-        remove_tree(root / STATE_DIR)
-        state = {"fingerprint": fingerprint, "phases": {}}
-    return state
-
-
-def _clear_leftovers(root: Path) -> None:
-    """Remove the temp files and directories of a killed build (we hold the lock, so no other
-    build is writing them); finished files never carry a temp name."""
-    for directory, dirs, files in os.walk(root):
-        for name in [d for d in dirs if is_temp_name(d)]:
-            dirs.remove(name)
-            shutil.rmtree(Path(directory) / name, ignore_errors=True)
-        for name in files:
-            if is_temp_name(name):
-                (Path(directory) / name).unlink(missing_ok=True)
-
-
-def _save_state(root: Path, state: dict) -> None:
-    write_json(root / STATE_DIR / STATE_FILE, state)
-
-
-def is_complete(root: Path, preset: str | None = None, seed: int | None = None) -> bool:
-    """True if `root` holds a finished build (of this preset and seed, when given)."""
-    root = Path(root)
-    try:
-        marker = json.loads((root / MARKER).read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    if preset is not None and marker.get("preset") != preset:
-        return False
-    if seed is not None and marker.get("seed") != seed:
-        return False
-    if marker.get("format") != FORMAT_VERSION:
-        return False
-    if preset is not None and marker.get("recipe") != recipe_id(get_preset(preset)):
-        return False  # built by another version of the recipe: rebuild, do not reuse
-    return all(p.exists() for phase in PHASES for p in _phase_outputs(root, phase))
 
 
 # ---- phases --------------------------------------------------------------------------------
@@ -478,104 +336,8 @@ def _phase_truth(root: Path, preset: Preset, seed: int, state: dict) -> dict:
     return {}
 
 
-# ---- ground truth --------------------------------------------------------------------------
-
-
 def _specs_by_name(seed: int, preset: Preset) -> dict[str, AdapterSpec]:
     return {s.name: s for s in bank_specs(seed, preset.lora_r, preset.lora_alpha)}
-
-
-def ground_truth(root: Path, preset: Preset, seed: int, state: dict) -> dict:
-    """testbed.json: the documented schema (README.md in this folder)."""
-    from importlib.metadata import version
-
-    specs = _specs_by_name(seed, preset)
-    pool_truth = json.loads((root / STATE_DIR / POOL_TRUTH_FILE).read_text())
-    baselines = json.loads((root / BASELINES_FILE).read_text())
-    targets = {}
-    for name, target in TARGETS.items():
-        skills = set(target.skills)
-        primary = [f"expert_{s}" for s in target.skills]
-        related = [
-            n
-            for n, s in specs.items()
-            if n not in primary
-            and s.kind in ("duplicate", "scaled", "mixture")
-            and skills & set(s.families)
-        ]
-        guessers = [n for n, s in specs.items() if s.kind == "guesser" and skills & set(s.families)]
-        sources = [target.pool_source] + (
-            list(target.skills) if target.kind == "known_family" else []
-        )
-        kshot = load_records(root / TASKS_DIR / name / "kshot.jsonl")
-        from taskexpert.prompts import infer_answer_kind
-
-        targets[name] = {
-            "kind": target.kind,
-            "description": target.description,
-            "skills": list(target.skills),
-            "answer_kind": infer_answer_kind(kshot[0]),
-            "relevant_experts": primary,
-            "also_relevant": related,
-            "guessers": guessers,
-            "relevant_sources": sources,
-            "skill_sources": list(target.skills),
-            "kshot": f"{TASKS_DIR}/{name}/kshot.jsonl",
-            "test": f"{TASKS_DIR}/{name}/test.jsonl",
-        }
-    sizes = {}
-    for phase in state["phases"].values():
-        sizes.update(phase.get("sizes", {}))
-    base_info = state["phases"].get("base", {})
-    return {
-        "schema_version": FORMAT_VERSION,
-        "paths": {
-            "base": BASE_DIR,
-            "bank": BANK_DIR,
-            "pool": POOL_FILE,
-            "tasks": TASKS_DIR,
-            "calibration": CALIBRATION_DIR,
-            "baseline_adapters": BASELINES_DIR,
-        },
-        "targets": targets,
-        "adapters": {name: spec.truth() for name, spec in specs.items()},
-        "families": {
-            name: {
-                "answer_kind": f.kind,
-                "skill": f.skill,
-                "calibration": f"{CALIBRATION_DIR}/{name}.jsonl",
-            }
-            for name, f in FAMILIES.items()
-        },
-        "pool": pool_truth,
-        "baselines": baselines["targets"],
-        "calibration": baselines["calibration"],
-        "kshot_rppl": baselines["kshot_rppl"],
-        "build": {
-            "seed": seed,
-            "preset": preset.name,
-            "preset_config": json.loads(preset.model_dump_json()),
-            "sizes": {
-                **sizes,
-                "adapters": len(specs),
-                "vocab": state["phases"].get("tokenizer", {}).get("vocab_size"),
-                "base_parameters": base_info.get("parameters"),
-            },
-            "timings": {p: round(v.get("seconds", 0.0), 2) for p, v in state["phases"].items()},
-            "pretraining": base_info.get("train"),
-            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "threads": state.get("threads"),
-            "bank_workers": state["phases"].get("bank", {}).get("workers"),
-            "precision": runnable(preset.pretrain).mixed_precision,
-            "attention": build_attention(),
-            "versions": {
-                "python": platform.python_version(),
-                "torch": version("torch"),
-                "transformers": version("transformers"),
-                "peft": version("peft"),
-            },
-        },
-    }
 
 
 # ---- orchestration -------------------------------------------------------------------------

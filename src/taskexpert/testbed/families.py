@@ -1,47 +1,49 @@
-"""Synthetic task families: generator, answer, step-by-step rationale and checker for each.
+"""The testbed's skill families: each one's templates, generator, answer, rationale and checker.
 
-Each family keeps four template sets: `templates` (the bank's experts, the pool, calibration),
-`pretrain_templates` (the base model's pretraining only), `alt_templates` (pool items of a
-target's kind "from another source") and `new_templates` (target tasks: a family seen in the
-bank, asked in words never seen). The base model learns every skill, at both levels, under
-its pretraining wording only, so it knows the output format and can do a little of each family,
-but does not know what the bank's instructions ask for; an expert LoRA trained on its family's
-instructions unlocks the skill. That is what calibration needs (base weak, expert strong) at a
-cost a small CPU can pay: a LoRA learning a skill from scratch in a few hundred steps was far
-too weak here (exact match 0.0 to 0.05 on its own family).
-
-Two levels: `easy` (short operands) and `full` (longer operands, more steps; experts,
-calibration and targets use it). Problems are split by a stable hash of their key, so a
-held-out problem (test splits) never appears in training data or the pool.
-
-The rationale states the intermediate steps; `output` is the rationale followed by
-"\\nThe answer is X." so `prompts.extract_answer` finds X. Letter strings are written
-without spaces in rationales too: with the testbed tokenizer, a space between letters is a
-token of its own, and measured here a tiny model then fails to learn to copy a string in 300
-steps (exact match 0.0) while it copies the unspaced string perfectly (1.0).
+The string and number families are defined here, the multiple-choice ones in
+choice_families.py; `FAMILIES` holds all twelve by name. What a family is, and how its
+problems become records (levels, the held-out split, the output format), is family.py; its
+names are re-exported here for the modules that import them from this one.
 """
 
 from __future__ import annotations
 
 import random
-import string
-import zlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
 
-from taskexpert.prompts import ANSWER_PREFIX, AnswerKind, normalize_answer
-from taskexpert.records import Record
+from taskexpert.prompts import ANSWER_PREFIX
+from taskexpert.testbed.choice_families import MC_ADD, MC_VOWELS
+from taskexpert.testbed.family import (
+    LETTERS,
+    OPTION_LETTERS,
+    VOWELS,
+    Family,
+    Level,
+    Problem,
+    Split,
+    add_steps,
+    distinct_letters,
+    held_out_records,
+    is_heldout,
+    make_output,
+    make_record,
+)
 
-Level = Literal["easy", "full"]
-Split = Literal["train", "test"]
-Problem = dict
-
-LETTERS = string.ascii_lowercase
-VOWELS = "aeiou"
-OPTION_LETTERS = "ABCDE"
-# Every 8th problem (by a stable hash of its key) is held out for test splits.
-HELDOUT_MODULUS = 8
+__all__ = [
+    "ANSWER_PREFIX",
+    "FAMILIES",
+    "LETTERS",
+    "OPTION_LETTERS",
+    "VOWELS",
+    "WORDS",
+    "Family",
+    "Level",
+    "Problem",
+    "Split",
+    "held_out_records",
+    "is_heldout",
+    "make_output",
+    "make_record",
+]
 
 WORDS = (
     "red blue green apple tree house river stone bird fish cat dog moon sun star rain snow wind "
@@ -52,121 +54,12 @@ NAMES = ("Ann", "Ben", "Cara", "Dan", "Eva", "Finn", "Gus", "Ivy")
 THINGS = ("apples", "coins", "books", "shells", "stamps", "marbles")
 
 
-def is_heldout(key: str) -> bool:
-    """Stable train/test split of the problem space (independent of seed and order)."""
-    return zlib.crc32(key.encode()) % HELDOUT_MODULUS == 0
-
-
-def _letters(rng: random.Random, n: int) -> str:
-    """n distinct letters: no repeats, so every step of a rationale is unambiguous."""
-    return "".join(rng.sample(LETTERS, n))
-
-
-def _add_steps(a: int, b: int) -> str:
-    """Column addition of two numbers < 100, one sentence per column."""
-    if a < 10 and b < 10:
-        return f"{a} plus {b} is {a + b}."
-    ones = a % 10 + b % 10
-    carry = ones // 10
-    tens = a // 10 + b // 10 + carry
-    return (
-        f"{a % 10} plus {b % 10} is {ones}, write {ones % 10} carry {carry}. "
-        f"{a // 10} plus {b // 10} plus {carry} is {tens}."
-    )
-
-
-@dataclass(frozen=True)
-class Family:
-    """One skill: how to draw a problem, solve it, explain it and check an answer."""
-
-    name: str
-    kind: AnswerKind
-    skill: str
-    templates: tuple[str, ...]
-    alt_templates: tuple[str, ...]
-    new_templates: tuple[str, ...]
-    pretrain_templates: tuple[str, ...]
-    sample: Callable[[random.Random, Level], Problem]
-    solve: Callable[[Problem], str]
-    explain: Callable[[Problem], str]
-    verify: Callable[[Problem, str], bool]
-    key: Callable[[Problem], str]
-    options: Callable[[Problem], list[str] | None] = field(default=lambda p: None)
-    # False: the base pretrains on the easy level only (multiple choice, see MC_ADD_OPTIONS;
-    # initials)
-    pretrain_full: bool = True
-
-    def answer(self, problem: Problem) -> str:
-        return self.solve(problem)
-
-    def rationale(self, problem: Problem) -> str:
-        return self.explain(problem)
-
-    def check(self, problem: Problem, answer: str) -> bool:
-        """Independent check of a candidate answer (normalised like exact match does)."""
-        return self.verify(problem, normalize_answer(answer, self.kind))
-
-    def draw(self, rng: random.Random, level: Level, split: Split = "train") -> Problem:
-        """A problem from the requested side of the held-out split."""
-        for _ in range(10_000):
-            problem = self.sample(rng, level)
-            if is_heldout(self.key(problem)) == (split == "test"):
-                return problem
-        raise RuntimeError(f"family {self.name}: cannot draw a {split} problem at level {level}")
-
-    def instruction(self, problem: Problem, template: str) -> str:
-        text = template.format(**problem)
-        opts = self.options(problem)
-        if opts:
-            text += "\n" + "\n".join(f"{OPTION_LETTERS[i]} {o}" for i, o in enumerate(opts))
-        return text
-
-
-def make_output(rationale: str, answer: str) -> str:
-    """Rationale, then the answer in the form `prompts.extract_answer` reads."""
-    return f"{rationale}\n{ANSWER_PREFIX}{answer}."
-
-
-def make_record(
-    family: Family, problem: Problem, template: str, record_id: str, source: str | None = None
-) -> Record:
-    """The canonical record of one problem: output = rationale + answer sentence."""
-    answer, rationale = family.answer(problem), family.rationale(problem)
-    return Record(
-        id=record_id,
-        instruction=family.instruction(problem, template),
-        output=make_output(rationale, answer),
-        answer=answer,
-        rationale=rationale,
-        source=source or family.name,
-        choices=family.options(problem),
-    )
-
-
-def held_out_records(family: Family, n: int, rng: random.Random, prefix: str) -> list[Record]:
-    """Up to n distinct held-out full-level problems in the bank's wording (ids
-    `<prefix>-0000`, ...); fewer when the family has fewer (multiply has 42)."""
-    records: list[Record] = []
-    seen: set[str] = set()
-    for _ in range(100 * n):
-        if len(records) == n:
-            break
-        problem = family.draw(rng, "full", "test")
-        record = make_record(
-            family, problem, rng.choice(family.templates), f"{prefix}-{len(records):04d}"
-        )
-        if record.instruction not in seen:
-            seen.add(record.instruction)
-            records.append(record)
-    return records
-
-
 # ---- string families -------------------------------------------------------------------------
 
 
 def _sample_word(lengths: dict[str, tuple[int, int]]):
     def sample(rng: random.Random, level: Level) -> Problem:
-        return {"word": _letters(rng, rng.randint(*lengths[level]))}
+        return {"word": distinct_letters(rng, rng.randint(*lengths[level]))}
 
     return sample
 
@@ -270,7 +163,7 @@ INITIALS = Family(
 def _sample_mixed(lengths: dict[str, tuple[int, int]]):
     def sample(rng: random.Random, level: Level) -> Problem:
         while True:
-            word = _letters(rng, rng.randint(*lengths[level]))
+            word = distinct_letters(rng, rng.randint(*lengths[level]))
             if any(c in VOWELS for c in word) and any(c not in VOWELS for c in word):
                 return {"word": word}
 
@@ -327,7 +220,7 @@ ADD = Family(
     pretrain_templates=("Sum {a} and {b}.", "{a} more than {b} is what?"),
     sample=_sample_pair({"easy": (1, 9, 1, 9), "full": (10, 99, 10, 99)}),
     solve=lambda p: str(p["a"] + p["b"]),
-    explain=lambda p: f"{_add_steps(p['a'], p['b'])} So the sum is {p['a'] + p['b']}.",
+    explain=lambda p: f"{add_steps(p['a'], p['b'])} So the sum is {p['a'] + p['b']}.",
     verify=lambda p, a: a.isdigit() and int(a) - p["b"] == p["a"],
     key=lambda p: f"add:{p['a']}:{p['b']}",
 )
@@ -514,161 +407,6 @@ STORY = Family(
     explain=_story_explain,
     verify=lambda p, a: a.isdigit() and int(a) == _story_total(p),
     key=lambda p: f"story:{p['start']}:{p['events']}",
-)
-
-
-# ---- multiple choice families ---------------------------------------------------------------
-
-
-def _balanced(rng: random.Random, n_options: int, draw: Callable[[int], Problem | None]) -> Problem:
-    """A problem whose right option is uniform over the options: draw(k) tries option k."""
-    k = rng.randrange(n_options)
-    for _ in range(10_000):
-        problem = draw(k)
-        if problem is not None:
-            return problem
-    raise RuntimeError(f"no problem with option {OPTION_LETTERS[k]}")
-
-
-# The options of a multiple-choice family are fixed per level, in a fixed order, and the right
-# one follows from the skill's result alone. Why not options that change per question (five
-# numbers near the sum, say): picking one then means finding the computed value among them in
-# the prompt, an in-context lookup this model size never learned in the pretraining mix, in
-# any format tried (the answer glued to the value, `value (A)`, a walk over the options: the
-# base stayed at chance and the experts at 0.13-0.38, testbed README). With fixed options the
-# last step is a fixed map from the result to a letter, learned like any other step.
-#
-# The levels use different options, and the base pretrains on the easy level only, so it
-# knows the format, the skill and the easy options, but not which full-level option a result
-# belongs to: that is what an expert unlocks (families without options use the wording).
-MC_ADD_OPTIONS = {
-    "easy": ("under 5", "5 to 9", "10 to 14", "15 or more"),
-    "full": ("under 50", "50 to 99", "100 to 149", "150 or more"),
-}
-
-
-def _sum_option(p: Problem) -> int:
-    unit = 1 if p["level"] == "easy" else 10
-    return min(3, (p["a"] + p["b"]) // (5 * unit))
-
-
-def _in_range(option: str, value: int) -> bool:
-    """Read an option's text ("under 50", "50 to 99", "150 or more"): the checker does not
-    reuse the generator's arithmetic."""
-    words = option.split()
-    if words[0] == "under":
-        return value < int(words[1])
-    if words[1:] == ["or", "more"]:
-        return value >= int(words[0])
-    return int(words[0]) <= value <= int(words[2])
-
-
-def _mc_add_sample(rng: random.Random, level: Level) -> Problem:
-    lo, hi = (1, 9) if level == "easy" else (10, 99)
-
-    def draw(k: int) -> Problem | None:
-        problem = {"a": rng.randint(lo, hi), "b": rng.randint(lo, hi), "level": level}
-        return problem if _sum_option(problem) == k else None
-
-    problem = _balanced(rng, 4, draw)
-    return {**problem, "choices": list(MC_ADD_OPTIONS[level])}
-
-
-MC_ADD = Family(
-    name="mc_add",
-    kind="letter",
-    skill="pick the range of a sum among four options",
-    templates=(
-        "What is {a} plus {b}?",
-        "Which option holds {a} + {b}?",
-        "Choose the range of the sum of {a} and {b}.",
-    ),
-    alt_templates=("Select the right band for {a} and {b} added.", "Quiz: {a} plus {b} is in?"),
-    new_templates=(
-        "Which choice contains the result of adding {a} to {b}?",
-        "Mark where {a} + {b} lands.",
-    ),
-    pretrain_templates=("Sum {a} and {b}; pick the option.", "{a} + {b} falls in which option?"),
-    sample=_mc_add_sample,
-    solve=lambda p: OPTION_LETTERS[_sum_option(p)],
-    explain=lambda p: (
-        f"{_add_steps(p['a'], p['b'])} So the sum is {p['a'] + p['b']}, "
-        f"which is {p['choices'][_sum_option(p)]}."
-    ),
-    verify=lambda p, a: (
-        a in OPTION_LETTERS[: len(p["choices"])]
-        and _in_range(p["choices"][OPTION_LETTERS.index(a)], p["a"] + p["b"])
-    ),
-    key=lambda p: f"mc_add:{p['level']}:{p['a']}:{p['b']}",
-    options=lambda p: p["choices"],
-    pretrain_full=False,
-)
-
-
-NUMBER_WORDS = ("none", "one", "two", "three", "four")
-MC_VOWELS_OPTIONS = {"easy": NUMBER_WORDS[:4], "full": NUMBER_WORDS[1:]}
-MC_VOWELS_LENGTH = {"easy": 4, "full": 6}
-
-
-def _vowel_count(p: Problem) -> int:
-    return sum(c in VOWELS for c in p["word"])
-
-
-def _mc_vowels_sample(rng: random.Random, level: Level) -> Problem:
-    options = MC_VOWELS_OPTIONS[level]
-
-    def draw(k: int) -> Problem:
-        vowels = NUMBER_WORDS.index(options[k])
-        consonants = [c for c in LETTERS if c not in VOWELS]
-        letters = rng.sample(VOWELS, vowels) + rng.sample(
-            consonants, MC_VOWELS_LENGTH[level] - vowels
-        )
-        rng.shuffle(letters)
-        return {"word": "".join(letters), "level": level}
-
-    problem = _balanced(rng, len(options), draw)
-    return {**problem, "choices": list(options)}
-
-
-def _vowels_explain(p: Problem) -> str:
-    """A walk over the letters with a running count, as count's rationale does: a filtered
-    list of the vowels ("o, i, a") was learned poorly (the base 0.45 on its own easy level)."""
-    steps, found = [], 0
-    for c in p["word"]:
-        found += c in VOWELS
-        steps.append(f"{c} {found}" if c in VOWELS else f"{c} no")
-    return f"Vowel check: {', '.join(steps)}. So {NUMBER_WORDS[found]}."
-
-
-MC_VOWELS = Family(
-    name="mc_vowels",
-    kind="letter",
-    skill="pick the number of vowels in a string among four options",
-    templates=(
-        "How many vowels does {word} have?",
-        "Which option counts the vowels of {word}?",
-        "Choose the number of vowels in {word}.",
-    ),
-    alt_templates=("Tally the vowels of {word}.", "Quiz: vowels in {word}?"),
-    new_templates=(
-        "Which choice says how many vowels {word} holds?",
-        "Mark the vowel total of {word}.",
-    ),
-    # no "vowel" here, as for consonants: the wording alone should not tell the base the task
-    pretrain_templates=(
-        "How many of a, e, i, o, u are in {word}? Pick the option.",
-        "Letters a, e, i, o, u in {word}: which option?",
-    ),
-    sample=_mc_vowels_sample,
-    solve=lambda p: OPTION_LETTERS[p["choices"].index(NUMBER_WORDS[_vowel_count(p)])],
-    explain=_vowels_explain,
-    verify=lambda p, a: (
-        a in OPTION_LETTERS[: len(p["choices"])]
-        and p["choices"][OPTION_LETTERS.index(a)] == NUMBER_WORDS[_vowel_count(p)]
-    ),
-    key=lambda p: f"mc_vowels:{p['level']}:{p['word']}",
-    options=lambda p: p["choices"],
-    pretrain_full=False,
 )
 
 

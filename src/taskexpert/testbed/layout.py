@@ -9,6 +9,7 @@ from pathlib import Path
 
 from taskexpert.errors import InputError
 
+FORMAT_VERSION = 1  # the layout and testbed.json schema
 TOKENIZER_DIR = "tokenizer"
 BASE_DIR = "base"
 BANK_DIR = "bank"
@@ -20,6 +21,7 @@ BASELINES_FILE = "baselines.json"
 TRUTH_FILE = "testbed.json"
 STATE_DIR = ".build"
 MARKER = ".complete"
+POOL_TRUTH_FILE = "pool_truth.json"  # in STATE_DIR: the pool's truth until testbed.json
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,7 @@ class Testbed:
     def recipe_current(self) -> bool:
         """False for a build made by an older recipe: still readable (to compare builds), but
         its numbers describe that recipe, so benchmarks report this and warn."""
-        from taskexpert.testbed.build import recipe_id
-        from taskexpert.testbed.presets import get_preset
+        from taskexpert.testbed.presets import get_preset, recipe_id
 
         try:
             marker = json.loads((self.root / MARKER).read_text())

@@ -3,6 +3,9 @@ the quality benchmarks (minutes, calibrated: see README.md in this folder)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskexpert.errors import InputError
@@ -147,3 +150,17 @@ def get_preset(name: str) -> Preset:
         known = ", ".join(sorted(PRESETS))
         raise InputError(f"unknown preset {name!r} (known: {known})", field="preset")
     return PRESETS[name]
+
+
+# Bump when generated content changes without a preset change (families, pool, pretraining
+# mix, bank recipes), so that an older build is rebuilt rather than reused as if current.
+# 2: option-walk multiple choice, two-task records for the experts.
+# 3: fixed-option multiple choice (mc_add ranges, mc_vowels), easy level only in pretraining.
+# 4: initials pretrained at the easy level only; training with eager attention on CPU.
+RECIPE_VERSION = 4
+
+
+def recipe_id(preset: Preset) -> str:
+    """What the build's content depends on besides the seed: the preset and the recipe."""
+    text = json.dumps({"recipe": RECIPE_VERSION, "preset": preset.model_dump(mode="json")})
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
