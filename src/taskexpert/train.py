@@ -301,21 +301,6 @@ def _load_checkpoint(
     return int(progress["step"]), list(progress["losses"])
 
 
-def native_bf16(device: torch.device | str = "cpu") -> bool:
-    """Whether bf16 matmuls run natively here (emulated ones are slower than fp32)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    try:  # Linux: the CPU flags; elsewhere assume not (Apple silicon runs fp32 faster on CPU)
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def total_steps(n_records: int, config: TrainConfig, num_processes: int = 1) -> int:
     """Optimizer steps the run will take."""
     if config.max_steps is not None:

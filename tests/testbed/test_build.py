@@ -219,13 +219,14 @@ def _bank_hashes(root) -> dict[str, str]:
 
 def test_worker_processes_train_the_same_bank_as_one_process(micro_testbed, tmp_path):
     """An adapter depends on its spec alone, not on which process trained it or when."""
-    from taskexpert.testbed.build import _phase_bank, _threads
+    from taskexpert.runtime import pinned_threads
+    from taskexpert.testbed.build import _phase_bank
     from taskexpert.testbed.presets import get_preset
 
     root = tmp_path / "tb"
     shutil.copytree(micro_testbed.root, root)
     preset = get_preset("micro")
-    with _threads(1):  # what each worker runs with
+    with pinned_threads(1, blas=False):  # what each worker runs with
         serial = _phase_bank(root, preset, 0, False, keep_existing=False, workers=1)
     expected = _bank_hashes(root)
     assert len(expected) == len(serial["adapters"]) == len(micro_testbed.truth["adapters"])

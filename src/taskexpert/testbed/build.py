@@ -27,6 +27,7 @@ from taskexpert.io import atomic_dir, is_temp_name, remove_tree, write_json
 from taskexpert.progress import is_quiet, logger
 from taskexpert.progress import progress as progress_bar
 from taskexpert.records import Record, load_records, write_records
+from taskexpert.runtime import auto_threads, pin_process_threads, pinned_threads, resolve_device
 from taskexpert.testbed.bank import AdapterSpec, bank_specs, train_adapter
 from taskexpert.testbed.families import FAMILIES, held_out_records, make_record
 from taskexpert.testbed.layout import (
@@ -103,56 +104,6 @@ def _exclusive(root: Path):
         yield
     finally:
         handle.close()
-
-
-def _idle_cores(window: float = 0.5) -> float | None:
-    """Cores left idle over a short window (from /proc/stat), None where it cannot be read.
-
-    The load average lags by a minute, so right after other jobs finish it still says busy.
-    """
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as handle:
-            values = [int(v) for v in handle.readline().split()[1:]]
-        return sum(values), values[3] + values[4]  # total, idle + iowait
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(window)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    cores = os.cpu_count() or 1
-    return cores * (idle1 - idle0) / max(total1 - total0, 1)
-
-
-def auto_threads() -> int:
-    """Every core on a quiet machine, one on a busy one.
-
-    Measured here on the standard model: two threads train 1.3-1.5x faster than one on a
-    quiet 2-core machine, but about 3x slower than one while other jobs hold the cores.
-    """
-    cores = os.cpu_count() or 1
-    idle = _idle_cores()
-    if idle is None:
-        try:
-            idle = cores - os.getloadavg()[0]
-        except (AttributeError, OSError):  # no load figures on this platform
-            return cores
-    return cores if idle >= cores - 0.5 else 1
-
-
-@contextmanager
-def _threads(n: int | None):
-    """Pin torch's intra-op threads for the build (None: decide by the current load)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n or auto_threads())
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ---- state ---------------------------------------------------------------------------------
@@ -399,10 +350,9 @@ def _train_one_adapter(root: Path, preset_name: str, seed: int, name: str) -> di
 
 
 def _worker_init() -> None:
-    import torch
     from transformers.utils import logging
 
-    torch.set_num_threads(1)
+    pin_process_threads(1)
     logging.disable_progress_bar()  # a weight-loading bar per adapter is noise
 
 
@@ -413,9 +363,7 @@ def bank_workers(threads: int) -> int:
     two-thread process (0.080 against 0.100 s per step), since a model this small leaves a
     second thread half idle. On a GPU, one process.
     """
-    import torch
-
-    return 1 if torch.cuda.is_available() else max(1, threads)
+    return 1 if resolve_device() == "cuda" else max(1, threads)
 
 
 def _phase_bank(
@@ -628,7 +576,7 @@ def build_testbed(
             "baselines": lambda: _phase_baselines(root, spec, seed, progress),
             "truth": lambda: _phase_truth(root, spec, seed, state),
         }
-        with _threads(threads):
+        with pinned_threads(threads, blas=False):
             for phase in PHASES:
                 done = phase in state["phases"] and all(
                     p.exists() for p in _phase_outputs(root, phase)
