@@ -420,8 +420,8 @@ def _phase_baselines(root: Path, preset: Preset, seed: int, progress: bool) -> d
     return run_baselines(root, preset, seed, progress)
 
 
-def _phase_truth(root: Path, preset: Preset, seed: int, state: dict) -> dict:
-    truth = ground_truth(root, preset, seed, state)
+def _phase_truth(root: Path, preset: Preset, seed: int, state: dict, threads: int) -> dict:
+    truth = ground_truth(root, preset, seed, state, threads)
     write_json(root / TRUTH_FILE, truth)
     return {}
 
@@ -433,8 +433,9 @@ def _specs_by_name(seed: int, preset: Preset) -> dict[str, AdapterSpec]:
     return {s.name: s for s in bank_specs(seed, preset.lora_r, preset.lora_alpha)}
 
 
-def ground_truth(root: Path, preset: Preset, seed: int, state: dict) -> dict:
-    """testbed.json: the documented schema (README.md in this folder)."""
+def ground_truth(root: Path, preset: Preset, seed: int, state: dict, threads: int) -> dict:
+    """testbed.json: the documented schema (README.md in this folder). `threads`: those the
+    truth phase itself runs with (the others' are in their phase records)."""
     from importlib.metadata import version
 
     specs = _specs_by_name(seed, preset)
@@ -475,6 +476,8 @@ def ground_truth(root: Path, preset: Preset, seed: int, state: dict) -> dict:
     for phase in state["phases"].values():
         sizes.update(phase.get("sizes", {}))
     base_info = state["phases"].get("base", {})
+    used_threads = {p: v["threads"] for p, v in state["phases"].items() if "threads" in v}
+    used_threads["truth"] = threads
     return {
         "schema_version": FORMAT_VERSION,
         "paths": {
@@ -512,7 +515,8 @@ def ground_truth(root: Path, preset: Preset, seed: int, state: dict) -> dict:
             "timings": {p: round(v.get("seconds", 0.0), 2) for p, v in state["phases"].items()},
             "pretraining": base_info.get("train"),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "threads": state.get("threads"),
+            "threads": max(used_threads.values()),  # the most any phase used
+            "phase_threads": used_threads,
             "bank_workers": state["phases"].get("bank", {}).get("workers"),
             "precision": runnable(preset.pretrain).mixed_precision,
             "attention": build_attention(),
@@ -540,8 +544,8 @@ def build_testbed(
 ) -> Testbed:
     """Build (or return the cached, or resume the half-built) testbed in `out`.
 
-    `threads` pins torch's intra-op threads during the build (None: every core if the
-    machine is quiet, one if it is busy; see `auto_threads`).
+    `threads` pins torch's intra-op threads during the build (None: each phase takes every
+    core if the machine is quiet as it starts, one if it is busy; see `auto_threads`).
     """
     spec = get_preset(preset)
     root = Path(out)
@@ -556,10 +560,10 @@ def build_testbed(
         state = _prepare(root, fingerprint, force)
         _clear_leftovers(root)
         (root / MARKER).unlink(missing_ok=True)
-        # decided once: a second look at the load could pick another count than the one
-        # recorded (it did, with a job starting beside the build)
-        threads = threads or auto_threads()
-        state["threads"] = threads
+        # given: every phase runs with it. Else each phase asks again as it starts (issue 20:
+        # picked once on a busy machine, it kept a quiet one at 1 thread for the whole build)
+        # and records what it ran with, so testbed.json reports what was used.
+        count: dict[str, int] = {}  # the current phase's, set as it starts
         rerun = {"earlier": False}  # once a phase reruns, every later phase reruns too
         runners: dict[str, Callable[[], dict]] = {
             "tokenizer": lambda: _phase_tokenizer(root, spec, seed, progress),
@@ -571,33 +575,34 @@ def build_testbed(
                 seed,
                 progress,
                 keep_existing=not rerun["earlier"],
-                workers=bank_workers(threads) if spec.parallel_bank else 1,
+                workers=bank_workers(count["threads"]) if spec.parallel_bank else 1,
             ),
             "baselines": lambda: _phase_baselines(root, spec, seed, progress),
-            "truth": lambda: _phase_truth(root, spec, seed, state),
+            "truth": lambda: _phase_truth(root, spec, seed, state, count["threads"]),
         }
-        with pinned_threads(threads, blas=False):
-            for phase in PHASES:
-                done = phase in state["phases"] and all(
-                    p.exists() for p in _phase_outputs(root, phase)
-                )
-                if done and not rerun["earlier"]:
-                    continue
-                for later in PHASES[PHASES.index(phase) :]:
-                    state["phases"].pop(later, None)
-                _save_state(root, state)
-                if PHASES.index(phase) < PHASES.index("bank"):
-                    # adapters trained on the old base must go now, not when the bank phase
-                    # starts: a build killed in between would resume and keep them
-                    remove_tree(root / BANK_DIR)
-                _log(f"testbed: phase {phase} ...", progress)
-                began = time.perf_counter()
+        for phase in PHASES:
+            done = phase in state["phases"] and all(p.exists() for p in _phase_outputs(root, phase))
+            if done and not rerun["earlier"]:
+                continue
+            for later in PHASES[PHASES.index(phase) :]:
+                state["phases"].pop(later, None)
+            _save_state(root, state)
+            if PHASES.index(phase) < PHASES.index("bank"):
+                # adapters trained on the old base must go now, not when the bank phase
+                # starts: a build killed in between would resume and keep them
+                remove_tree(root / BANK_DIR)
+            count["threads"] = threads or auto_threads()
+            _log(f"testbed: phase {phase} ...", progress)
+            began = time.perf_counter()
+            with pinned_threads(count["threads"], blas=False):
                 info = runners[phase]()
-                info["seconds"] = time.perf_counter() - began
-                state["phases"][phase] = info
-                _save_state(root, state)
-                _log(f"testbed: phase {phase} done in {info['seconds']:.1f}s", progress)
-                rerun["earlier"] = True
+            info["seconds"] = time.perf_counter() - began
+            info["threads"] = count["threads"]
+            state["phases"][phase] = info
+            _save_state(root, state)
+            took = f"{info['seconds']:.1f}s on {info['threads']} thread(s)"
+            _log(f"testbed: phase {phase} done in {took}", progress)
+            rerun["earlier"] = True
         finished = time.strftime("%Y-%m-%dT%H:%M:%S")
         write_json(root / MARKER, {**fingerprint, "finished": finished})
     return Testbed.load(root)
