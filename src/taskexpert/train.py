@@ -38,6 +38,7 @@ from taskexpert.lm import EncodedPair, collate, encode_pair, ensure_pad_token
 from taskexpert.progress import progress as progress_bar
 from taskexpert.prompts import format_prompt
 from taskexpert.records import Record
+from taskexpert.runtime import resolve_device
 
 CHECKPOINT_NAME = "checkpoint"
 DEFAULT_GROUP = "default"  # the parameters no lr_overrides pattern matches
@@ -331,7 +332,7 @@ def train(
 
     # autocast here rather than Accelerator(mixed_precision=...): accelerate keeps that in a
     # process-wide state that a second run with another setting may not change
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=resolve_device() != "cuda")  # CPU, not MPS, off a GPU
     pairs = encode_records(tokenizer, records, config.max_length)
     plan = _BatchPlan([len(p.input_ids) for p in pairs], config.batch_size, config.seed)
     n_steps = total_steps(len(pairs), config, accelerator.num_processes)
