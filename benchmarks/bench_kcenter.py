@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from taskexpert.runtime import pinned_threads
 from taskexpert.selection.kcenter import (
     default_chunk_rows,
     half_precision_copy,
     kcenter_greedy,
-    limited_threads,
     streaming_pass,
 )
 
@@ -75,7 +75,7 @@ def time_pass(matrix: np.ndarray, repeats: int = 5) -> float:
     same one thread as kcenter_greedy's default."""
     vector = np.random.default_rng(1).standard_normal(matrix.shape[1], dtype=np.float32)
     times = []
-    with limited_threads(1, torch_too=matrix.dtype == np.float16):
+    with pinned_threads(1, import_torch=matrix.dtype == np.float16):
         streaming_pass(matrix, vector, threads=None)
         for _ in range(repeats):
             started = time.perf_counter()
@@ -214,7 +214,7 @@ def case_reference(n: int, dim: int, k: int, initial: int) -> dict:
     before = rss_now()
     reset_peak()
     started = time.perf_counter()
-    with limited_threads(1, torch_too=True):  # the same one thread as ours: like for like
+    with pinned_threads(1):  # the same one thread as ours: like for like
         reference = diverseevol_reference(x, labeled, k)
     seconds = time.perf_counter() - started
     peak = peak_since_reset()

@@ -18,7 +18,7 @@ import time
 from common import standard_testbed
 
 from taskexpert.evaluate import evaluate_exact_match
-from taskexpert.testbed.baselines import merged_adapter
+from taskexpert.peft_glue import merged_lora
 from taskexpert.testbed.families import FAMILIES, held_out_records
 from taskexpert.testbed.layout import BANK_DIR, BASE_DIR
 from taskexpert.testbed.model import load_built_base
@@ -41,7 +41,7 @@ def main() -> None:
     families = {}
     for name in FAMILIES:
         records = held_out_records(FAMILIES[name], args.problems, rng, name)
-        expert = merged_adapter(base, testbed / BANK_DIR / f"expert_{name}")
+        expert = merged_lora(base, testbed / BANK_DIR / f"expert_{name}")
         families[name] = {
             "problems": len(records),
             "base": round(evaluate_exact_match(base, tokenizer, records, **opts)["exact_match"], 3),

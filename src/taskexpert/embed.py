@@ -152,7 +152,7 @@ class SentenceEncoder:
             _offline()
             from sentence_transformers import SentenceTransformer
 
-            from taskexpert.models import resolve_device
+            from taskexpert.runtime import resolve_device
 
             self._model = SentenceTransformer(
                 str(self.path), device=resolve_device(self.device), local_files_only=True

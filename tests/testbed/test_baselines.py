@@ -2,7 +2,8 @@ import copy
 
 import torch
 
-from taskexpert.testbed.baselines import format_table, merged_adapter
+from taskexpert.peft_glue import merged_lora
+from taskexpert.testbed.baselines import format_table
 from taskexpert.testbed.layout import BANK_DIR
 
 
@@ -11,7 +12,7 @@ def test_a_merged_adapter_computes_what_the_peft_model_does(micro_testbed):
 
     base, _ = micro_testbed.load_base()
     adapter = micro_testbed.root / BANK_DIR / "expert_add"
-    merged = merged_adapter(base, adapter)
+    merged = merged_lora(base, adapter)
     assert not hasattr(merged, "peft_config")  # a plain model: decoding skips the LoRA matmuls
     unmerged = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter)).eval()
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])

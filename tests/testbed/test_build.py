@@ -130,24 +130,45 @@ def test_lost_phase_file_reruns_that_phase_and_later_ones(micro_testbed, tmp_pat
     assert is_complete(root, "micro", 0)
 
 
-def test_the_thread_count_is_decided_once_and_recorded(micro_testbed, tmp_path, monkeypatch):
+def test_an_auto_thread_count_is_asked_again_per_phase_and_recorded(
+    micro_testbed, tmp_path, monkeypatch
+):
+    """Issue 20: a count picked once while the machine was busy kept a quiet machine at one
+    thread for the rest of the build; each phase now asks as it starts."""
     import taskexpert.testbed.build as build
 
-    answers = iter([1, 2, 2])  # the load changes while the build starts
-    used = []
+    answers = iter([1, 2])  # the machine goes quiet between the two phases
+    used = {}
     monkeypatch.setattr(build, "auto_threads", lambda: next(answers))
-    real_phase = build._phase_truth
+    state_file = tmp_path / "tb" / ".build" / "state.json"
+    shutil.copytree(micro_testbed.root, tmp_path / "tb")
+    state = json.loads(state_file.read_text())
+    kept = state["phases"].pop("baselines")  # baselines and truth rerun
+    state_file.write_text(json.dumps(state))
+    (tmp_path / "tb" / ".complete").unlink()
 
-    def spy(*args, **kwargs):
-        used.append(torch.get_num_threads())
-        return real_phase(*args, **kwargs)
+    def baselines(*_args, **_kwargs):  # its files are still there: only record the threads
+        used["baselines"] = torch.get_num_threads()
+        return {k: v for k, v in kept.items() if k not in ("seconds", "threads")}
 
-    monkeypatch.setattr(build, "_phase_truth", spy)
-    root = tmp_path / "tb"
-    shutil.copytree(micro_testbed.root, root)
-    (root / "testbed.json").unlink()  # only the last phase reruns
-    build_testbed(root, "micro", 0, progress=False)
-    assert used == [1] and json.loads((root / "testbed.json").read_text())["build"]["threads"] == 1
+    real_truth = build._phase_truth
+
+    def truth(*args, **kwargs):
+        used["truth"] = torch.get_num_threads()
+        return real_truth(*args, **kwargs)
+
+    monkeypatch.setattr(build, "_phase_baselines", baselines)
+    monkeypatch.setattr(build, "_phase_truth", truth)
+    build_testbed(tmp_path / "tb", "micro", 0, progress=False)
+    recorded = json.loads((tmp_path / "tb" / "testbed.json").read_text())["build"]
+    assert used == {"baselines": 1, "truth": 2}
+    assert recorded["phase_threads"] == {**dict.fromkeys(PHASES, 1), "truth": 2}
+    assert recorded["threads"] == 2  # the most any phase used
+
+
+def test_a_given_thread_count_holds_for_every_phase(micro_testbed):
+    recorded = micro_testbed.truth["build"]  # built with threads=1 (conftest)
+    assert recorded["threads"] == 1 and recorded["phase_threads"] == dict.fromkeys(PHASES, 1)
 
 
 def test_a_build_by_an_older_recipe_is_not_reused(micro_testbed, tmp_path):
@@ -219,13 +240,14 @@ def _bank_hashes(root) -> dict[str, str]:
 
 def test_worker_processes_train_the_same_bank_as_one_process(micro_testbed, tmp_path):
     """An adapter depends on its spec alone, not on which process trained it or when."""
-    from taskexpert.testbed.build import _phase_bank, _threads
+    from taskexpert.runtime import pinned_threads
+    from taskexpert.testbed.build import _phase_bank
     from taskexpert.testbed.presets import get_preset
 
     root = tmp_path / "tb"
     shutil.copytree(micro_testbed.root, root)
     preset = get_preset("micro")
-    with _threads(1):  # what each worker runs with
+    with pinned_threads(1, blas=False):  # what each worker runs with
         serial = _phase_bank(root, preset, 0, False, keep_existing=False, workers=1)
     expected = _bank_hashes(root)
     assert len(expected) == len(serial["adapters"]) == len(micro_testbed.truth["adapters"])

@@ -26,16 +26,15 @@ def attach_for_eval(
     if adapter is not None and moe is not None:
         raise InputError("give --adapter or --moe, not both", field="adapter")
     if adapter is not None:
-        from peft import PeftModel
+        from taskexpert.peft_glue import attach_checked
 
-        from taskexpert.bank import load_adapter, validate_adapter
-
-        loaded = loaded or load_adapter(adapter, allow_pickle=allow_pickle)
-        problems = validate_adapter(loaded, model, allow_other_base)
-        fatal = [p.message for p in problems if p.fatal]
-        if fatal:
-            raise InputError(f"the adapter does not fit the base model: {fatal[0]}", adapter)
-        return PeftModel.from_pretrained(model, str(adapter)).eval()
+        return attach_checked(
+            model,
+            adapter,
+            loaded=loaded,
+            allow_pickle=allow_pickle,
+            allow_other_base=allow_other_base,
+        )
     if moe is not None:
         from taskexpert.moe import load_mixture
 

@@ -28,6 +28,7 @@ from taskexpert.experts.scoring import (
     score_bank,
 )
 from taskexpert.progress import progress as progress_bar
+from taskexpert.runtime import cpu_count, pin_process_threads
 
 INSTALL_HINT = "pip install 'taskexpert[ray]'"
 # () -> (model, tokenizer); runs once inside each worker, so it must be picklable by reference
@@ -102,9 +103,7 @@ class ScoringWorker:
     """One Ray actor: the base model loaded once, scoring whole shards with `score_bank`."""
 
     def __init__(self, load: BaseLoader, task: KShotTask, config: ScoringConfig, threads: int):
-        import torch
-
-        torch.set_num_threads(threads)
+        pin_process_threads(threads)
         self.model, self.tokenizer = load()
         self.task, self.config = task, config
 
@@ -132,7 +131,7 @@ def ray_session(cpus_needed: float):
     else:
         # enough CPU slots for every actor, even beyond the cores (they then share them)
         ray.init(
-            num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)),
+            num_cpus=max(cpu_count(), math.ceil(cpus_needed)),
             include_dashboard=False,
             configure_logging=False,
         )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from taskexpert.lm import (
     per_example_means,
     target_token_nlls,
 )
+from taskexpert.peft_glue import AdapterSwitcher
 from taskexpert.progress import progress as progress_bar
 from taskexpert.prompts import (
     AnswerKind,
@@ -339,80 +339,6 @@ def reasoning_score(
         values = [x for x in score.content_nll if x is not None]
         return perplexity(values) if values else score.rppl
     raise ValueError(f"unknown reasoning-perplexity variant {variant!r}; known: {RPPL_VARIANTS}")
-
-
-def peft_config_for(adapter: LoraAdapter):
-    """A LoraConfig rebuilt from the factors themselves: exact module names, per-module r/alpha."""
-    from peft import LoraConfig
-
-    rank = Counter(m.rank for m in adapter.modules.values()).most_common(1)[0][0]
-    alpha = Counter(m.alpha for m in adapter.modules.values()).most_common(1)[0][0]
-    return LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        target_modules=list(adapter.modules),
-        rank_pattern={n: m.rank for n, m in adapter.modules.items() if m.rank != rank},
-        alpha_pattern={n: m.alpha for n, m in adapter.modules.items() if m.alpha != alpha},
-        use_rslora=bool(adapter.config.get("use_rslora")),
-        lora_dropout=0.0,
-        bias="none",
-        inference_mode=True,
-    )
-
-
-class AdapterSwitcher:
-    """Wrap one base model with PEFT once and swap adapters in from memory, one at a time.
-
-    Used as a context manager: on exit the LoRA layers are removed again, so the caller gets
-    its base model back exactly as it was (same object, same requires_grad flags, same mode).
-    """
-
-    def __init__(self, base_model: torch.nn.Module) -> None:
-        self.base_model = base_model
-        self.peft_model = None
-        self._active: str | None = None
-        self._count = 0
-
-    def __enter__(self) -> AdapterSwitcher:
-        self._grad = {n: p.requires_grad for n, p in self.base_model.named_parameters()}
-        self._training = self.base_model.training
-        self.base_model.eval()
-        return self
-
-    def activate(self, adapter: LoraAdapter) -> torch.nn.Module:
-        """Put `adapter` in the model (and drop the previous one); returns the model to score."""
-        from peft import get_peft_model, set_peft_model_state_dict
-
-        slot = f"slot{self._count}"  # user names may hold dots, which PEFT cannot take
-        self._count += 1
-        config = peft_config_for(adapter)
-        if self.peft_model is None:
-            self.peft_model = get_peft_model(self.base_model, config, adapter_name=slot)
-        else:
-            self.peft_model.add_adapter(slot, config)
-        state = {}
-        for module_name, module in adapter.modules.items():
-            state[f"base_model.model.{module_name}.lora_A.weight"] = module.A
-            state[f"base_model.model.{module_name}.lora_B.weight"] = module.B
-        result = set_peft_model_state_dict(self.peft_model, state, adapter_name=slot)
-        unfilled = [k for k in result.missing_keys if f".{slot}." in k and "lora_" in k]
-        if result.unexpected_keys or unfilled:
-            bad = (result.unexpected_keys or unfilled)[0]
-            raise InputError(f"adapter {adapter.name!r}: PEFT could not place weight {bad}")
-        self.peft_model.set_adapter(slot)
-        if self._active is not None:
-            self.peft_model.delete_adapter(self._active)
-        self._active = slot
-        self.peft_model.eval()
-        return self.peft_model
-
-    def __exit__(self, *exc) -> None:
-        if self.peft_model is not None:
-            self.peft_model.unload()
-            self.peft_model = None
-        for name, param in self.base_model.named_parameters():
-            param.requires_grad_(self._grad.get(name, param.requires_grad))
-        self.base_model.train(self._training)
 
 
 OnScore = Callable[[str, "AdapterScore"], None]

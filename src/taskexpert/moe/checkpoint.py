@@ -26,6 +26,7 @@ from taskexpert.moe.model import (
     mixture_layers,
     resolve_gates,
 )
+from taskexpert.peft_glue import peft_weight_key
 
 WEIGHTS_FILE = "moe_model.safetensors"
 PEFT_CONFIG_FILE = "adapter_config.json"
@@ -175,8 +176,8 @@ def export_merged_lora(
             dim=1,
         )
         dtype = layer.lora_A[0].dtype
-        tensors[f"base_model.model.{module}.lora_A.weight"] = A.to(dtype).cpu().contiguous()
-        tensors[f"base_model.model.{module}.lora_B.weight"] = B.to(dtype).cpu().contiguous()
+        tensors[peft_weight_key(module, "A")] = A.to(dtype).cpu().contiguous()
+        tensors[peft_weight_key(module, "B")] = B.to(dtype).cpu().contiguous()
         ranks[module] = A.shape[0]
     rank = max(set(ranks.values()), key=list(ranks.values()).count)
     pattern = {m: r for m, r in ranks.items() if r != rank}

@@ -10,9 +10,6 @@ exact duplicates tie at 0 and ties go to the lowest index, as in the brute-force
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
@@ -21,6 +18,7 @@ import numpy as np
 
 from taskexpert.errors import InputError
 from taskexpert.progress import progress as progress_bar
+from taskexpert.runtime import pinned_threads
 
 METRICS = ("euclidean", "cosine")
 STORAGES = (None, "float32", "float16")
@@ -201,7 +199,7 @@ def kcenter_greedy(
     if k == 0:
         return []
     half = np.float16 in (matrix.dtype, {"float16": np.float16}.get(storage))
-    with limited_threads(threads, torch_too=half):
+    with pinned_threads(threads, import_torch=half):
         return _greedy(
             _stored(matrix, storage, metric, rows), k, chosen, metric, seed, rows, progress, banned
         )
@@ -360,7 +358,7 @@ def half_precision_copy(
     source = _Stream(matrix, chunk_size or default_chunk_rows(matrix.shape[1]))
     shift = centre_of(source) if metric == "euclidean" else np.zeros(source.dim, np.float32)
     copy = np.empty(matrix.shape, np.float16)
-    with limited_threads(threads, torch_too=True):
+    with pinned_threads(threads):
         for lo, block in source.chunks():
             shifted = block - shift
             if np.abs(shifted).max() > np.finfo(np.float16).max:
@@ -384,30 +382,10 @@ def streaming_pass(
     stream = _Stream(matrix, chunk_size or default_chunk_rows(matrix.shape[1]))
     out = np.empty(stream.n, np.float32)
     vector = np.asarray(vector, np.float32)
-    with limited_threads(threads, torch_too=stream.half):
+    with pinned_threads(threads, import_torch=stream.half):
         for lo, block in stream.chunks():
             np.matmul(block, vector, out=out[lo : lo + len(block)])
     return out
-
-
-@contextlib.contextmanager
-def limited_threads(count: int | None, torch_too: bool = False) -> Iterator[None]:
-    """Cap BLAS/OpenMP threads (and torch's, which widens float16) for the block; None: as is."""
-    if count is None:
-        yield
-        return
-    from threadpoolctl import threadpool_limits
-
-    torch = importlib.import_module("torch") if torch_too else sys.modules.get("torch")
-    before = torch.get_num_threads() if torch else 0
-    with threadpool_limits(limits=count):
-        if torch:
-            torch.set_num_threads(count)
-        try:
-            yield
-        finally:
-            if torch:
-                torch.set_num_threads(before)
 
 
 def centre_of(stream: _Stream) -> np.ndarray:

@@ -20,12 +20,11 @@ adapter directory, so a selection method sees only what it would see in a real b
 
 from __future__ import annotations
 
-import copy
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from taskexpert.io import atomic_dir
+from taskexpert import peft_glue
 from taskexpert.records import Record
 from taskexpert.testbed.families import (
     ANSWER_PREFIX,
@@ -223,15 +222,7 @@ def adapter_records(spec: AdapterSpec, n: int, pair_share: float = 0.0) -> list[
 
 
 def lora_config(r: int, alpha: int):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=0.0,
-        target_modules=list(LORA_TARGET_MODULES),
-        task_type="CAUSAL_LM",
-    )
+    return peft_glue.lora_config(r, alpha, LORA_TARGET_MODULES)
 
 
 def train_lora(
@@ -247,16 +238,11 @@ def train_lora(
     base_name: str = BASE_MODEL_NAME,
 ) -> TrainResult:
     """Train a LoRA on a copy of `base_model` and save it (PEFT format) atomically."""
-    import torch
-    from peft import get_peft_model
-
-    model = copy.deepcopy(base_model)
-    torch.manual_seed(seed)
-    peft_model = get_peft_model(model, lora_config(r, alpha))
-    peft_model.peft_config["default"].base_model_name_or_path = base_name
+    peft_model = peft_glue.fresh_lora(
+        base_model, lora_config(r, alpha), seed=seed, base_name=base_name
+    )
     result = train(peft_model, tokenizer, records, config.model_copy(update={"seed": seed}))
-    with atomic_dir(out_dir) as tmp:
-        peft_model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
+    peft_glue.save_lora(peft_model, out_dir)
     return result
 
 

@@ -9,7 +9,6 @@ exposes blind guessers. All through `evaluate.py` and `lm.py`, like the stages t
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from taskexpert.evaluate import evaluate_exact_match
 from taskexpert.io import write_json
 from taskexpert.lm import mean_nll
+from taskexpert.peft_glue import merged_lora
 from taskexpert.progress import progress as progress_bar
 from taskexpert.prompts import format_prompt, reasoning_target
 from taskexpert.records import Record, load_records
@@ -50,15 +50,6 @@ def reasoning_perplexity(model, tokenizer, records: list[Record], batch_size: in
         batch_size=batch_size,
     )
     return sum(math.exp(min(v, 50.0)) for v in nll) / len(nll)
-
-
-def merged_adapter(base_model, adapter_dir: Path):
-    """The base with the adapter merged in: same outputs, and decoding runs 1.3x faster here
-    than through PEFT's separate low-rank matmuls."""
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(copy.deepcopy(base_model), str(adapter_dir))
-    return model.merge_and_unload().eval()
 
 
 def run_baselines(root: Path, preset: Preset, seed: int, progress: bool) -> dict:
@@ -125,7 +116,7 @@ def run_baselines(root: Path, preset: Preset, seed: int, progress: bool) -> dict
             model = base
         else:
             try:
-                model = merged_adapter(base, adapter_dir)
+                model = merged_lora(base, adapter_dir)
             except Exception as exc:  # the foreign adapter: shapes do not fit, by design
                 errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                 for t in TARGETS:
@@ -149,7 +140,7 @@ def run_baselines(root: Path, preset: Preset, seed: int, progress: bool) -> dict
         timings[f"eval:{name}"] = round(time.perf_counter() - began, 2)
     for key, adapter_dir in extra.items():
         target, method = key.split("__")
-        table[target][method] = em(merged_adapter(base, adapter_dir), test[target])
+        table[target][method] = em(merged_lora(base, adapter_dir), test[target])
     result = {
         "targets": table,
         "calibration": cal,

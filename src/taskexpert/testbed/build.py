@@ -11,7 +11,6 @@ missing (bank adapters already on disk are kept) and redoes every phase after it
 from __future__ import annotations
 
 import functools
-import os
 import random
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from taskexpert.io import atomic_dir, remove_tree, write_json
 from taskexpert.progress import is_quiet, logger
 from taskexpert.progress import progress as progress_bar
 from taskexpert.records import Record, write_records
+from taskexpert.runtime import auto_threads, pin_process_threads, pinned_threads, resolve_device
 from taskexpert.testbed.bank import AdapterSpec, bank_specs, train_adapter
 
 # the build's state (what a rerun may keep) lives in build_state.py; these names keep
@@ -85,54 +85,6 @@ def _exclusive(root: Path):
         handle.close()
 
 
-def _idle_cores(window: float = 0.5) -> float | None:
-    """Cores left idle over a short window (from /proc/stat), None where it cannot be read.
-
-    The load average lags by a minute, so right after other jobs finish it still says busy.
-    """
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as handle:
-            values = [int(v) for v in handle.readline().split()[1:]]
-        return sum(values), values[3] + values[4]  # total, idle + iowait
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(window)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    cores = os.cpu_count() or 1
-    return cores * (idle1 - idle0) / max(total1 - total0, 1)
-
-
-def auto_threads() -> int:
-    """Every core on a quiet machine, one on a busy one.
-
-    Measured here on the standard model: two threads train 1.3-1.5x faster than one on a
-    quiet 2-core machine, but about 3x slower than one while other jobs hold the cores.
-    """
-    cores = os.cpu_count() or 1
-    idle = _idle_cores()
-    if idle is None:
-        try:
-            idle = cores - os.getloadavg()[0]
-        except (AttributeError, OSError):  # no load figures on this platform
-            return cores
-    return cores if idle >= cores - 0.5 else 1
-
-
-@contextmanager
-def _threads(n: int | None):
-    """Pin torch's intra-op threads for the build (None: decide by the current load)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n or auto_threads())
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ---- phases --------------------------------------------------------------------------------
@@ -257,10 +209,9 @@ def _train_one_adapter(root: Path, preset_name: str, seed: int, name: str) -> di
 
 
 def _worker_init() -> None:
-    import torch
     from transformers.utils import logging
 
-    torch.set_num_threads(1)
+    pin_process_threads(1)
     logging.disable_progress_bar()  # a weight-loading bar per adapter is noise
 
 
@@ -271,9 +222,7 @@ def bank_workers(threads: int) -> int:
     two-thread process (0.080 against 0.100 s per step), since a model this small leaves a
     second thread half idle. On a GPU, one process.
     """
-    import torch
-
-    return 1 if torch.cuda.is_available() else max(1, threads)
+    return 1 if resolve_device() == "cuda" else max(1, threads)
 
 
 def _phase_bank(
@@ -330,8 +279,8 @@ def _phase_baselines(root: Path, preset: Preset, seed: int, progress: bool) -> d
     return run_baselines(root, preset, seed, progress)
 
 
-def _phase_truth(root: Path, preset: Preset, seed: int, state: dict) -> dict:
-    truth = ground_truth(root, preset, seed, state)
+def _phase_truth(root: Path, preset: Preset, seed: int, state: dict, threads: int) -> dict:
+    truth = ground_truth(root, preset, seed, state, threads)
     write_json(root / TRUTH_FILE, truth)
     return {}
 
@@ -354,8 +303,8 @@ def build_testbed(
 ) -> Testbed:
     """Build (or return the cached, or resume the half-built) testbed in `out`.
 
-    `threads` pins torch's intra-op threads during the build (None: every core if the
-    machine is quiet, one if it is busy; see `auto_threads`).
+    `threads` pins torch's intra-op threads during the build (None: each phase takes every
+    core if the machine is quiet as it starts, one if it is busy; see `auto_threads`).
     """
     spec = get_preset(preset)
     root = Path(out)
@@ -370,10 +319,10 @@ def build_testbed(
         state = _prepare(root, fingerprint, force)
         _clear_leftovers(root)
         (root / MARKER).unlink(missing_ok=True)
-        # decided once: a second look at the load could pick another count than the one
-        # recorded (it did, with a job starting beside the build)
-        threads = threads or auto_threads()
-        state["threads"] = threads
+        # given: every phase runs with it. Else each phase asks again as it starts (issue 20:
+        # picked once on a busy machine, it kept a quiet one at 1 thread for the whole build)
+        # and records what it ran with, so testbed.json reports what was used.
+        count: dict[str, int] = {}  # the current phase's, set as it starts
         rerun = {"earlier": False}  # once a phase reruns, every later phase reruns too
         runners: dict[str, Callable[[], dict]] = {
             "tokenizer": lambda: _phase_tokenizer(root, spec, seed, progress),
@@ -385,33 +334,34 @@ def build_testbed(
                 seed,
                 progress,
                 keep_existing=not rerun["earlier"],
-                workers=bank_workers(threads) if spec.parallel_bank else 1,
+                workers=bank_workers(count["threads"]) if spec.parallel_bank else 1,
             ),
             "baselines": lambda: _phase_baselines(root, spec, seed, progress),
-            "truth": lambda: _phase_truth(root, spec, seed, state),
+            "truth": lambda: _phase_truth(root, spec, seed, state, count["threads"]),
         }
-        with _threads(threads):
-            for phase in PHASES:
-                done = phase in state["phases"] and all(
-                    p.exists() for p in _phase_outputs(root, phase)
-                )
-                if done and not rerun["earlier"]:
-                    continue
-                for later in PHASES[PHASES.index(phase) :]:
-                    state["phases"].pop(later, None)
-                _save_state(root, state)
-                if PHASES.index(phase) < PHASES.index("bank"):
-                    # adapters trained on the old base must go now, not when the bank phase
-                    # starts: a build killed in between would resume and keep them
-                    remove_tree(root / BANK_DIR)
-                _log(f"testbed: phase {phase} ...", progress)
-                began = time.perf_counter()
+        for phase in PHASES:
+            done = phase in state["phases"] and all(p.exists() for p in _phase_outputs(root, phase))
+            if done and not rerun["earlier"]:
+                continue
+            for later in PHASES[PHASES.index(phase) :]:
+                state["phases"].pop(later, None)
+            _save_state(root, state)
+            if PHASES.index(phase) < PHASES.index("bank"):
+                # adapters trained on the old base must go now, not when the bank phase
+                # starts: a build killed in between would resume and keep them
+                remove_tree(root / BANK_DIR)
+            count["threads"] = threads or auto_threads()
+            _log(f"testbed: phase {phase} ...", progress)
+            began = time.perf_counter()
+            with pinned_threads(count["threads"], blas=False):
                 info = runners[phase]()
-                info["seconds"] = time.perf_counter() - began
-                state["phases"][phase] = info
-                _save_state(root, state)
-                _log(f"testbed: phase {phase} done in {info['seconds']:.1f}s", progress)
-                rerun["earlier"] = True
+            info["seconds"] = time.perf_counter() - began
+            info["threads"] = count["threads"]
+            state["phases"][phase] = info
+            _save_state(root, state)
+            took = f"{info['seconds']:.1f}s on {info['threads']} thread(s)"
+            _log(f"testbed: phase {phase} done in {took}", progress)
+            rerun["earlier"] = True
         finished = time.strftime("%Y-%m-%dT%H:%M:%S")
         write_json(root / MARKER, {**fingerprint, "finished": finished})
     return Testbed.load(root)

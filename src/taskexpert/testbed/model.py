@@ -56,9 +56,9 @@ def build_attention() -> str:
     flash-attention backward was a third of the step; a full-model step 0.057 s against 0.085.
     The kernel is not saved with the model, so loaders elsewhere keep their own default.
     """
-    import torch
+    from taskexpert.runtime import resolve_device
 
-    return "sdpa" if torch.cuda.is_available() else "eager"
+    return "sdpa" if resolve_device() == "cuda" else "eager"
 
 
 def make_base_model(spec: ModelSpec, tokenizer, seed: int = 0, attention: str = "sdpa"):

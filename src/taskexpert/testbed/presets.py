@@ -134,11 +134,9 @@ PRESETS: dict[str, Preset] = {
 def runnable(config: TrainConfig) -> TrainConfig:
     """The preset's training config for this machine: bf16 only where it runs natively
     (emulated bf16 is slower than fp32); the build records which precision it used."""
-    import torch
+    from taskexpert.runtime import native_bf16, resolve_device
 
-    from taskexpert.train import native_bf16
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = "cuda" if resolve_device() == "cuda" else "cpu"  # the trainer's choice
     if config.mixed_precision == "bf16" and not native_bf16(device):
         return config.model_copy(update={"mixed_precision": "no"})
     return config

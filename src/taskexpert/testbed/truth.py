@@ -32,8 +32,9 @@ from taskexpert.testbed.presets import Preset, runnable
 from taskexpert.testbed.tasks import TARGETS
 
 
-def ground_truth(root: Path, preset: Preset, seed: int, state: dict) -> dict:
-    """testbed.json: the documented schema (README.md in this folder)."""
+def ground_truth(root: Path, preset: Preset, seed: int, state: dict, threads: int) -> dict:
+    """testbed.json: the documented schema (README.md in this folder). `threads`: those the
+    truth phase itself runs with (the others' are in their phase records)."""
     from importlib.metadata import version
 
     specs = {s.name: s for s in bank_specs(seed, preset.lora_r, preset.lora_alpha)}
@@ -74,6 +75,8 @@ def ground_truth(root: Path, preset: Preset, seed: int, state: dict) -> dict:
     for phase in state["phases"].values():
         sizes.update(phase.get("sizes", {}))
     base_info = state["phases"].get("base", {})
+    used_threads = {p: v["threads"] for p, v in state["phases"].items() if "threads" in v}
+    used_threads["truth"] = threads
     return {
         "schema_version": FORMAT_VERSION,
         "paths": {
@@ -111,7 +114,8 @@ def ground_truth(root: Path, preset: Preset, seed: int, state: dict) -> dict:
             "timings": {p: round(v.get("seconds", 0.0), 2) for p, v in state["phases"].items()},
             "pretraining": base_info.get("train"),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "threads": state.get("threads"),
+            "threads": max(used_threads.values()),  # the most any phase used
+            "phase_threads": used_threads,
             "bank_workers": state["phases"].get("bank", {}).get("workers"),
             "precision": runnable(preset.pretrain).mixed_precision,
             "attention": build_attention(),

@@ -1,0 +1,132 @@
+"""Where the code runs: thread counts, idle cores, the device and whether bf16 is native.
+
+One implementation of each, for every verb. Threads matter more than they look on a shared
+CPU: a K-center pass with two threads on two busy cores stalled by up to 80x, LM embedding by
+up to 20x, while on a quiet machine two threads train the testbed 1.3-1.5x faster than one
+(docs/design.md, "Measured on this machine"). Hence explicit pinning everywhere and
+`auto_threads` where nobody chose a count.
+
+torch is imported lazily, so `pinned_threads(..., import_torch=False)` stays cheap for
+numpy-only callers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+
+
+def cpu_count() -> int:
+    """Logical cores of the machine (at least 1); what /proc/stat's totals are spread over."""
+    return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def pinned_threads(
+    count: int | None, *, blas: bool = True, import_torch: bool = True
+) -> Iterator[None]:
+    """Run the block with `count` torch intra-op threads and, with `blas`, `count` BLAS/OpenMP
+    threads (threadpoolctl); both are restored afterwards. None leaves everything as it is.
+
+    `import_torch=False` pins torch only if something already imported it (numpy-only paths
+    need not pay torch's import); torch widens float16 for K-center, so those callers ask.
+    """
+    if count is None:
+        yield
+        return
+    torch = importlib.import_module("torch") if import_torch else sys.modules.get("torch")
+    if blas:
+        from threadpoolctl import threadpool_limits
+
+        limits = threadpool_limits(limits=count)
+    else:
+        limits = contextlib.nullcontext()
+    before = torch.get_num_threads() if torch else 0
+    with limits:
+        if torch:
+            torch.set_num_threads(count)
+        try:
+            yield
+        finally:
+            if torch:
+                torch.set_num_threads(before)
+
+
+def pin_process_threads(count: int) -> None:
+    """Set torch's intra-op threads for the rest of this process (worker processes and Ray
+    actors, which live for one job: nothing to restore)."""
+    import torch
+
+    torch.set_num_threads(count)
+
+
+def idle_cores(window: float = 0.5) -> float | None:
+    """Cores left idle over a short window (from /proc/stat), None where it cannot be read.
+
+    The load average lags by a minute, so right after other jobs finish it still says busy.
+    """
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as handle:
+            values = [int(v) for v in handle.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(window)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return cpu_count() * (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def auto_threads() -> int:
+    """Every core on a quiet machine, one on a busy one (a probe of about half a second).
+
+    Measured on the testbed's standard model: two threads train 1.3-1.5x faster than one on a
+    quiet 2-core machine, but about 3x slower than one while other jobs hold the cores. The
+    answer holds for now only: long jobs ask again per phase (the testbed build does).
+    """
+    cores = cpu_count()
+    idle = idle_cores()
+    if idle is None:
+        try:
+            idle = cores - os.getloadavg()[0]
+        except (AttributeError, OSError):  # no load figures on this platform
+            return cores
+    return cores if idle >= cores - 0.5 else 1
+
+
+def resolve_device(device: str = "auto") -> str:
+    """`device` as given, or for "auto" the best one here: cuda, then mps, then cpu."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def native_bf16(device: object = "cpu") -> bool:
+    """Whether bf16 matmuls run natively on `device` (a torch.device or its name): emulated
+    ones are slower than fp32, so bf16 autocast is only worth it where this is true."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:  # Linux: the CPU flags; elsewhere assume not (Apple silicon runs fp32 faster on CPU)
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
