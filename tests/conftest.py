@@ -15,12 +15,19 @@ from transformers import PreTrainedTokenizerFast
 
 @pytest.fixture(autouse=True)
 def restore_environment():
-    """A verb run in-process with `--quiet` sets TASKEXPERT_QUIET (meant for its workers);
-    each test starts from the environment the session started with."""
+    """A verb run in-process with `--quiet` sets TASKEXPERT_QUIET (meant for its workers) and
+    configures the package's logger; each test starts from the session's environment and
+    logger."""
+    import logging
+
     before = dict(os.environ)
+    logger = logging.getLogger("taskexpert")  # the CLI's configure_logging changes it too
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
     yield
     os.environ.clear()
     os.environ.update(before)
+    logger.handlers[:], logger.propagate = handlers, propagate
+    logger.setLevel(level)
 
 
 @pytest.fixture(scope="module")

@@ -110,7 +110,10 @@ def load_lora(
 def merged_lora(base_model: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.Module:
     """A copy of the base with the adapter merged into its weights: the same outputs, and
     decoding runs 1.3x faster (testbed model) than through PEFT's separate low-rank matmuls."""
-    return load_lora(base_model, adapter_dir).merge_and_unload().eval()
+    merged = load_lora(base_model, adapter_dir).merge_and_unload().eval()
+    if hasattr(merged, "peft_config"):  # PEFT before 0.14 leaves it on the unloaded model
+        del merged.peft_config
+    return merged
 
 
 def attach_checked(
