@@ -76,6 +76,16 @@ def test_a_quick_step_logs_nothing_and_a_failed_one_says_where_it_stopped(logs, 
     assert lines(logs)[-1].startswith("import: stopped at 3 rec (")
 
 
+def test_a_step_announced_late_says_when_it_started(logs, monkeypatch):
+    clock = iter([0.0])  # the start, then 75 s later for every later reading
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: next(clock, 75.0))
+    monkeypatch.setattr(progress_module, "QUICK_SECONDS", 2.0)
+    with progress(total=2000, desc="pool", unit="rec") as bar:
+        bar.update(2000)  # one chunk: the whole pool at once
+    got = lines(logs)
+    assert got == ["pool: started 2000 rec 75 s ago", "pool: done 2000 rec (75.0 s, 26.7 rec/s)"]
+
+
 def test_steps_inside_another_stay_silent(logs):
     with progress(total=2, desc="pool") as outer:
         for _ in range(2):

@@ -120,7 +120,8 @@ class LogProgress(_Steps):
             self.announced = True
             size = f" {self.total} {self.unit}" if self.total is not None else ""
             resumed = f", resumed at {self.initial}" if self.initial else ""
-            logger.info(f"{self.desc}: started{size}{resumed}")
+            ago = f" {self._elapsed():.0f} s ago" if self._elapsed() >= 1 else ""
+            logger.info(f"{self.desc}: started{size}{resumed}{ago}")
             if self.total:
                 self.next_tenth = int(10 * self.start_n / self.total) + 1
         return self.announced
@@ -146,7 +147,9 @@ class LogProgress(_Steps):
             return
         self.closed = True
         _open_log_steps -= 1
-        if self._announce():
+        # a long step that reached its end without an update in between logs its end alone
+        long = not self.silent and self._elapsed() >= QUICK_SECONDS
+        if self.announced or long:
             how = "stopped at" if failed else "done"
             logger.info(f"{self.desc}: {how} {self.n} {self.unit} ({self._rate()}){self.postfix}")
 
