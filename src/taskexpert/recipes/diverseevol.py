@@ -30,9 +30,8 @@ round whose files no longer match their marker is an error, never silently trust
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from taskexpert.io import check_output, write_json
 from taskexpert.recipes.diverseevol_rounds import STRATEGIES, RoundRunner
 from taskexpert.records import Record, load_records
 from taskexpert.rundir import CorruptStep, RunDir, corrupt_message, file_sha256, read_json
+from taskexpert.runtime import pinned_threads
 from taskexpert.train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -275,7 +275,8 @@ def run_diverseevol(config: DiverseEvolConfig, run_dir: str | Path) -> DiverseEv
     eval_sha = file_sha256(config.eval) if config.eval else None
     current = identity(config, file_sha256(config.pool), eval_sha)
     rundir = run_directory(run_dir)
-    with rundir.open(), _torch_threads(config.threads):
+    # one thread can be many times faster than two on a shared CPU (docs/design.md)
+    with rundir.open(), pinned_threads(config.threads, blas=False):
         check_identity(rundir, current)
         finished = finished_rounds(rundir, pool, config)
         result = DiverseEvolResult(run_dir, [s for s, _ in finished], len(finished))
@@ -293,22 +294,6 @@ def run_diverseevol(config: DiverseEvolConfig, run_dir: str | Path) -> DiverseEv
             result.rounds.append(summary)
             _write_curve(run_dir, result.rounds)
     return result
-
-
-@contextlib.contextmanager
-def _torch_threads(count: int | None) -> Iterator[None]:
-    """On a shared CPU one thread can be many times faster than two (see docs/design.md)."""
-    if count is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _write_curve(run_dir: Path, summaries: list[dict]) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from taskexpert.io import remove_tree, write_json
 from taskexpert.lm_embed import train_format_ids
+from taskexpert.peft_glue import fresh_lora, load_lora, lora_config
 from taskexpert.records import Record, write_records
 from taskexpert.rundir import MARKER, RunDir, file_sha256
 
@@ -44,31 +45,23 @@ def round_seed(config: DiverseEvolConfig, round_index: int) -> int:
 
 
 def _lora_config(config: DiverseEvolConfig):
-    from peft import LoraConfig
-
     targets = config.lora_targets.strip()
-    return LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=targets if targets == "all-linear" else targets.split(","),
-        task_type="CAUSAL_LM",
-    )
+    modules = targets if targets == "all-linear" else targets.split(",")
+    return lora_config(config.lora_r, config.lora_alpha, modules, dropout=config.lora_dropout)
 
 
 def trainable_model(model, config: DiverseEvolConfig, round_index: int):
     """A model to train from the base: a fresh LoRA on a copy of it, or a full copy."""
     import torch
 
-    torch.manual_seed(round_seed(config, round_index))  # the LoRA init draws random numbers
+    seed = round_seed(config, round_index)
+    if config.lora:
+        return fresh_lora(model, _lora_config(config), seed=seed)
+    torch.manual_seed(seed)  # the same generator state as a LoRA round starts training with
     model = copy.deepcopy(model)
-    if not config.lora:
-        for param in model.parameters():
-            param.requires_grad_(True)
-        return model
-    from peft import get_peft_model
-
-    return get_peft_model(model, _lora_config(config))
+    for param in model.parameters():
+        param.requires_grad_(True)
+    return model
 
 
 def load_round_model(base, round_dir: Path, config: DiverseEvolConfig, trainable: bool):
@@ -77,17 +70,14 @@ def load_round_model(base, round_dir: Path, config: DiverseEvolConfig, trainable
 
     path = round_dir / "model"
     if config.lora:
-        from peft import PeftModel
+        return load_lora(base, path, trainable=trainable)
+    from transformers import AutoModelForCausalLM
 
-        model = PeftModel.from_pretrained(copy.deepcopy(base), path, is_trainable=trainable)
-    else:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, config.dtype), use_safetensors=True
-        ).to(next(base.parameters()).device)
-        for param in model.parameters():
-            param.requires_grad_(trainable)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=getattr(torch, config.dtype), use_safetensors=True
+    ).to(next(base.parameters()).device)
+    for param in model.parameters():
+        param.requires_grad_(trainable)
     return model.train(trainable) if trainable else model.eval()
 
 
