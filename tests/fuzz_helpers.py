@@ -121,6 +121,17 @@ def first_bad_utf8_line(data: bytes) -> int | None:
     return None
 
 
+def check_undecodable(result: list[Record] | InputError, data: bytes, encoding: str) -> None:
+    """A file in another encoding: UTF-16/32 is named on line 1, bytes that are not UTF-8
+    are reported on the line that holds the first of them."""
+    if encoding in ("utf-16", "utf-32"):
+        assert isinstance(result, InputError) and result.line == 1
+        assert f"not UTF-8 text ({encoding.upper()}; save it as UTF-8)" in str(result)
+    elif first_bad_utf8_line(data) is not None:
+        assert isinstance(result, InputError) and "not UTF-8" in str(result)
+        assert result.line == first_bad_utf8_line(data)
+
+
 def dumps_line(value: Any, ascii_only: bool = True) -> bytes:
     """One JSONL line; with ascii_only=False a lone surrogate goes out as raw (invalid) bytes."""
     return (json.dumps(value, ensure_ascii=ascii_only) + "\n").encode("utf-8", "surrogatepass")

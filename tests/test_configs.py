@@ -95,7 +95,8 @@ def test_the_fields_keep_the_old_option_names_and_defaults():
 
 
 def test_select_experts_defaults_agree_with_the_group_choice():
-    """GroupingConfig still states its defaults itself: they must be ExpertSelectionConfig's."""
+    """GroupingConfig reads its defaults from ExpertSelectionConfig, and grouping() maps every
+    field, renamed ones included."""
     from taskexpert.experts.grouping import GroupingConfig
 
     assert ExpertSelectionConfig().grouping() == GroupingConfig()

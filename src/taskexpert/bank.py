@@ -252,6 +252,19 @@ def validate_adapter(
     return problems
 
 
+def require_fit(
+    adapter: LoraAdapter,
+    base_model: torch.nn.Module,
+    label: str,
+    path: str | Path,
+    allow_other_base: bool = False,
+) -> None:
+    """Raise the first fatal problem as an InputError: '<label> does not fit the base model'."""
+    fatal = [p.message for p in validate_adapter(adapter, base_model, allow_other_base) if p.fatal]
+    if fatal:
+        raise InputError(f"{label} does not fit the base model: {fatal[0]}", path)
+
+
 def _summary(errors: list[str], shown: int = 2) -> str:
     """The first problems in full and a count of the rest (a foreign adapter fails everywhere)."""
     more = len(errors) - shown

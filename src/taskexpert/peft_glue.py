@@ -126,13 +126,10 @@ def attach_checked(
 ) -> PeftModel:
     """The adapter on `model` itself for evaluation, after our own check that it fits (PEFT's
     own errors on a misfit are shape dumps, or silence). `loaded`: the adapter already read."""
-    from taskexpert.bank import load_adapter, validate_adapter
+    from taskexpert.bank import load_adapter, require_fit
 
     loaded = loaded or load_adapter(adapter_dir, allow_pickle=allow_pickle)
-    problems = validate_adapter(loaded, model, allow_other_base)
-    fatal = [p.message for p in problems if p.fatal]
-    if fatal:
-        raise InputError(f"the adapter does not fit the base model: {fatal[0]}", adapter_dir)
+    require_fit(loaded, model, "the adapter", adapter_dir, allow_other_base)
     return load_lora(model, adapter_dir, on_copy=False)
 
 

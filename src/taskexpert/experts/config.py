@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from taskexpert.experts.grouping import GroupingConfig
     from taskexpert.experts.scoring import ScoringConfig
 
-_GROUPING_NAMES = {"objective": "group_objective"}  # GroupingConfig's name -> ours
+GROUPING_NAMES = {"objective": "group_objective"}  # GroupingConfig's name -> ours
 
 
 class ExpertSelectionConfig(BaseModel):
@@ -147,5 +147,5 @@ class ExpertSelectionConfig(BaseModel):
         """GroupingConfig's fields, by name (`objective` is `group_objective` here)."""
         from taskexpert.experts.grouping import GroupingConfig
 
-        named = {f.name: _GROUPING_NAMES.get(f.name, f.name) for f in fields(GroupingConfig)}
+        named = {f.name: GROUPING_NAMES.get(f.name, f.name) for f in fields(GroupingConfig)}
         return GroupingConfig(**{key: getattr(self, name) for key, name in named.items()})

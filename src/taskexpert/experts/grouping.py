@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from taskexpert.errors import TaskexpertError
+from taskexpert.experts.config import GROUPING_NAMES, ExpertSelectionConfig
 from taskexpert.experts.coverage import TokenTable, best_covering_group
 from taskexpert.experts.diverse_group import (
     best_mean_with,
@@ -30,33 +31,44 @@ EPS = 1e-9
 OBJECTIVES = ("diversity", "coverage")
 
 
+def _default(name: str):
+    """ExpertSelectionConfig's default of the setting this field carries."""
+    field_name = GROUPING_NAMES.get(name, name)
+    return ExpertSelectionConfig.model_fields[field_name].default
+
+
 @dataclass
 class GroupingConfig:
-    """Every knob of the group choice; the defaults are the paper's (N=4) or docs/design.md's."""
+    """Every knob of the group choice. The defaults are ExpertSelectionConfig's (the paper's N=4
+    or docs/design.md's), read from there so that each is written once."""
 
-    n: int = 4
-    m: int | None = None  # candidates kept by quality; None: 2N
-    tolerance: float = 0.1  # on the 0..1 quality scale: groups this close to the best qualify
-    em_weight: float = 1.0
-    perplexity_weight: float = 1.0  # 0 ranks by EM alone
-    diversity: bool = True  # False: plain top-N by quality (an ablation)
+    n: int = _default("n")
+    m: int | None = _default("m")  # candidates kept by quality; None: 2N
+    # on the 0..1 quality scale: groups this close to the best qualify
+    tolerance: float = _default("tolerance")
+    em_weight: float = _default("em_weight")
+    perplexity_weight: float = _default("perplexity_weight")  # 0 ranks by EM alone
+    diversity: bool = _default("diversity")  # False: plain top-N by quality (an ablation)
     # "diversity": the paper's rule; "coverage": lowest routed RPPL among the candidates
-    objective: str = "diversity"
-    coverage_tolerance: float = 0.02  # coverage: relative slack on routed RPPL for diversity
+    objective: str = _default("objective")
+    # coverage: relative slack on routed RPPL for diversity
+    coverage_tolerance: float = _default("coverage_tolerance")
     # coverage: the smallest group within that slack of the best N-group (N becomes a ceiling)
-    shrink: bool = False
-    drop_below_base: bool = True
+    shrink: bool = _default("shrink")
+    drop_below_base: bool = _default("drop_below_base")
     # off by default (not in the paper): an adapter that predicts the K-shot rationales worse
     # than the base model does is no reasoner, whatever its EM (the blind guesser's signature)
-    drop_above_base_perplexity: bool = False
+    drop_above_base_perplexity: bool = _default("drop_above_base_perplexity")
     # off by default (not in the paper): an adapter whose rationale likelihood depends on the
     # question less than the base model's does (contrast score, scoring.reasoning_score, above
     # the base's by more than `grounding_tolerance`) writes the format, not the reasoning:
     # the format-mimic's signature, which plain reasoning perplexity misses
-    drop_ungrounded: bool = False
-    grounding_tolerance: float = 0.05
-    max_pair_similarity: float | None = 0.9  # near-duplicates never share a group if avoidable
-    exhaustive_limit: int = 200_000  # largest C(M, N) enumerated; greedy beyond
+    drop_ungrounded: bool = _default("drop_ungrounded")
+    grounding_tolerance: float = _default("grounding_tolerance")
+    # near-duplicates never share a group if avoidable
+    max_pair_similarity: float | None = _default("max_pair_similarity")
+    # largest C(M, N) enumerated; greedy beyond
+    exhaustive_limit: int = _default("exhaustive_limit")
 
     def candidates(self) -> int:
         m = self.m if self.m is not None else 2 * self.n

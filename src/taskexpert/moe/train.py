@@ -27,7 +27,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskexpert.artifacts import read_experts_document
-from taskexpert.bank import LoraAdapter, bank_entries, load_adapter, validate_adapter
+from taskexpert.bank import LoraAdapter, bank_entries, load_adapter, require_fit
 from taskexpert.errors import InputError
 from taskexpert.io import atomic_dir, atomic_open, check_output, remove_tree, write_json
 from taskexpert.moe.config import CONFIG_FILE, MoeConfig
@@ -180,12 +180,8 @@ def check_experts_fit(
 ) -> None:
     """Every expert fits the base model; the error names the adapter and what does not fit."""
     for adapter in adapters:
-        problems = validate_adapter(adapter, base_model, allow_other_base)
-        fatal = [p.message for p in problems if p.fatal]
-        if fatal:
-            raise InputError(
-                f"expert {adapter.name!r} does not fit the base model: {fatal[0]}", adapter.path
-            )
+        label = f"expert {adapter.name!r}"
+        require_fit(adapter, base_model, label, adapter.path, allow_other_base)
 
 
 def load_experts(
