@@ -209,8 +209,9 @@ def verb_command(model: type[BaseModel]) -> Callable[[Callable], Callable]:
     return decorate
 
 
-def read_config_file(model: type[BaseModel], path: str | Path) -> dict[str, Any]:
-    """The settings a YAML file holds; an unreadable file or an unknown key is an InputError."""
+def read_yaml_mapping(path: str | Path) -> tuple[dict[str, Any], str]:
+    """A YAML file's top-level mapping (empty for an empty file) and its text; an unreadable
+    file, bad YAML or a non-mapping is an InputError naming the file (and line)."""
     import yaml
 
     path = Path(path)
@@ -226,9 +227,16 @@ def read_config_file(model: type[BaseModel], path: str | Path) -> dict[str, Any]
         line = mark.line + 1 if mark is not None else None
         raise InputError(f"not valid YAML: {problem}", path, line) from None
     if data is None:
-        return {}
+        return {}, text
     if not isinstance(data, dict):
         raise InputError(f"expected a mapping of settings, got {type(data).__name__}", path)
+    return data, text
+
+
+def read_config_file(model: type[BaseModel], path: str | Path) -> dict[str, Any]:
+    """The settings a YAML file holds; an unreadable file or an unknown key is an InputError."""
+    path = Path(path)
+    data, _ = read_yaml_mapping(path)
     known = file_fields(model)
     for key in data:
         if key not in known:
