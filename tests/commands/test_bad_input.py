@@ -49,8 +49,8 @@ class Setup:
 
 
 def build_setup(root: Path) -> Setup:
-    from taskexpert.commands.train_moe import run_train_moe
     from taskexpert.recipes.diverseevol import DiverseEvolConfig, run_diverseevol
+    from taskexpert.recipes.train_moe import run_train_moe
     from taskexpert.train import TrainConfig
 
     world = build_world(root)

@@ -22,12 +22,13 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskexpert.artifacts import read_experts_document
 from taskexpert.bank import LoraAdapter, bank_entries, load_adapter, require_fit
+from taskexpert.configs import Cli
 from taskexpert.errors import InputError
 from taskexpert.io import atomic_dir, atomic_open, check_output, remove_tree, write_json
 from taskexpert.moe.config import CONFIG_FILE, MoeConfig
@@ -40,32 +41,47 @@ RUN_FILE = IDENTITY_FILE  # in the work directory
 
 
 class MoeTrainConfig(BaseModel):
-    """Every knob of `train-moe`; defaults are the paper's (5 epochs, lr 5e-5, batch 64, top-2)."""
+    """Every knob of `train-moe`; defaults are the paper's (5 epochs, lr 5e-5, batch 64, top-2).
+
+    The descriptions are the verb's option help (`configs.verb_command`).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    top_k: int = Field(2, ge=1, description="experts per token")
+    top_k: int = Field(2, ge=1, description="Experts per token (paper: 2).")
     router_init: Literal["fresh", "kshot"] = Field(
-        "fresh", description="routers from noise or K-shot"
+        "fresh", description="fresh (small random) or kshot (K-shot hidden states)."
     )
-    kshot_temperature: float | None = Field(None, gt=0, description="K-shot router logit scale")
-    load_balancing_coef: float = Field(0.0, ge=0, description="switch-style aux loss; 0 = off")
-    epochs: float = Field(5.0, gt=0)
-    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
-    lr: float = Field(5e-5, gt=0)
+    kshot_temperature: float | None = Field(
+        None,
+        gt=0,
+        description="Logit scale of K-shot routers (--router-init kshot) [default: the mixture's].",
+    )
+    load_balancing_coef: Annotated[float, Cli(flag="--lb-coef")] = Field(
+        0.0, ge=0, description="Load-balancing loss coefficient (0: off, as in the paper)."
+    )
+    epochs: float = Field(5.0, gt=0, description="Passes over the data (paper: 5).")
+    max_steps: int | None = Field(None, gt=0, description="Optimizer steps; overrides --epochs.")
+    lr: float = Field(5e-5, gt=0, description="Learning rate of the experts (and routers).")
     router_lr: float | None = Field(
-        None, ge=0, description="routers' own learning rate; None: lr, like the experts"
+        None, ge=0, description="Learning rate of the routers [default: --lr]."
     )
-    batch_size: int = Field(64, gt=0, description="examples per optimizer step (accumulated)")
-    micro_batch_size: int = Field(8, gt=0, description="examples per forward pass")
-    max_length: int = Field(512, gt=1)
-    warmup_ratio: float = Field(0.03, ge=0, le=1)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    weight_decay: float = Field(0.0, ge=0)
-    seed: int = 0
-    log_every: int = Field(5, gt=0, description="optimizer steps between log lines")
-    checkpoint_every: int = Field(50, ge=0, description="optimizer steps; 0: no checkpoints")
-    progress: bool = True
+    batch_size: int = Field(
+        64, gt=0, description="Examples per optimizer step, by gradient accumulation."
+    )
+    micro_batch_size: int = Field(8, gt=0, description="Examples per forward pass (memory).")
+    max_length: int = Field(512, gt=1, description="Tokens per example.")
+    warmup_ratio: float = Field(0.03, ge=0, le=1, description="Share of the steps warming up.")
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate schedule after the warmup."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    seed: int = Field(0, description="Seed of the routers and of the data order.")
+    log_every: int = Field(5, gt=0, description="Optimizer steps between log lines.")
+    checkpoint_every: int = Field(
+        50, ge=0, description="Optimizer steps between checkpoints (0: none)."
+    )
+    progress: Annotated[bool, Cli(option=False, file=False)] = True
 
     def moe_config(self) -> MoeConfig:
         extra = (
