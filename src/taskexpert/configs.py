@@ -22,6 +22,8 @@ Mapping from a field to its option:
   * bool: a plain flag, `--x` for a False default; a True default is turned off by `--no-x`
     (or the flag `Cli(flag=..., help=...)` names, with help for the flag, since the
     description says what the field means);
+  * a True-default bool with `Cli(on="--x", flag="--y")`: the pair `--x/--y`, so an old
+    explicit on flag keeps working;
   * `X | None` with a None default: no default shown;
   * Literal: a text option whose metavar lists the choices; the model checks the value, so a
     bad choice is the same InputError from the file and the command line;
@@ -57,6 +59,7 @@ class Cli:
 
     flag: str | None = None  # the option's name; for a bool, the flag that sets the opposite
     help: str | None = None  # the flag's help, when it is not the field's description
+    on: str | None = None  # a True-default bool: also a flag that sets it (an --on/--off pair)
     option: bool = True  # a command-line option
     file: bool = True  # a key of the config file (and of --print-config)
 
@@ -76,8 +79,8 @@ def file_fields(model: type[BaseModel]) -> dict[str, FieldInfo]:
 
 
 def _inverted(info: FieldInfo) -> bool:
-    """A bool defaulting to True: its flag turns it off."""
-    return info.annotation is bool and info.default is True
+    """A bool defaulting to True with one flag, which turns it off."""
+    return info.annotation is bool and info.default is True and not _cli(info).on
 
 
 def flag_of(name: str, info: FieldInfo) -> str:
@@ -120,6 +123,9 @@ def _parameter(name: str, info: FieldInfo) -> inspect.Parameter:
     cli = _cli(info)
     help_text = cli.help or info.description
     kind = inspect.Parameter.KEYWORD_ONLY
+    if info.annotation is bool and cli.on:
+        option = typer.Option(f"{cli.on}/{flag_of(name, info)}", help=help_text)
+        return inspect.Parameter(name, kind, default=True, annotation=Annotated[bool, option])
     if info.annotation is bool:
         option = typer.Option(flag_of(name, info), help=help_text)
         return inspect.Parameter(name, kind, default=False, annotation=Annotated[bool, option])

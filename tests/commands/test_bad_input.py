@@ -407,7 +407,7 @@ CASES = [
     bad("diverseevol-bad-strategy", "diverseevol", "--strategy coreset",
         lambda e: diverseevol(e, "--strategy", "coreset"), "--strategy", "'coreset'"),
     bad("diverseevol-init-0", "diverseevol", "--init 0",
-        lambda e: diverseevol(e, "--init", "0"), "--init", "greater than 0"),
+        lambda e: diverseevol(e, "--init", "0"), "field 'init'", "greater than 0"),
     bad("diverseevol-duplicate-ids", "diverseevol", "pool with a duplicate id",
         lambda e: diverseevol(e, pool=dup_pool(e)), "pool.jsonl:6", "duplicate id"),
     bad("diverseevol-base-missing", "diverseevol", "--base does not exist",

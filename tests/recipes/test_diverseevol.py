@@ -339,7 +339,7 @@ def test_cli_runs_and_reports_bad_input(world, tmp_path):
     result = CliRunner().invoke(app, [*common, *small, "--strategy", "nope", "--out", str(out)])
     assert isinstance(result.exception, InputError) and "unknown strategy" in str(result.exception)
     result = CliRunner().invoke(app, [*common, "--init", "0", "--out", str(out)])
-    assert isinstance(result.exception, InputError) and result.exception.field == "--init"
+    assert isinstance(result.exception, InputError) and result.exception.field == "init"
 
 
 def test_on_the_micro_testbed(micro_testbed, tmp_path):

@@ -34,9 +34,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from taskexpert.configs import Cli
 from taskexpert.errors import InputError
 from taskexpert.io import check_output, write_json
 from taskexpert.recipes.diverseevol_rounds import STRATEGIES, RoundRunner
@@ -55,55 +57,115 @@ RUNTIME_FIELDS = frozenset(
 TRAIN_RUNTIME_FIELDS = frozenset({"checkpoint_dir", "checkpoint_every", "resume", "progress"})
 
 
+LORA_LR, FULL_LR = 2e-4, 2e-5  # the learning rate when none is given: LoRA / every weight
+
+
 def default_train_config() -> TrainConfig:
-    """Three epochs as in the paper; the learning rate suits a LoRA (use ~2e-5 for --full)."""
-    return TrainConfig(epochs=3.0, lr=2e-4, batch_size=16, max_length=512)
+    """Three epochs as in the paper; the learning rate suits a LoRA (FULL_LR for --full)."""
+    return TrainConfig(epochs=3.0, lr=LORA_LR, batch_size=16, max_length=512)
 
 
-class DiverseEvolConfig(BaseModel):
-    """Every option of a run. The schedule defaults are the paper's (100 random, +100 x 10
-    rounds, restart from the base, last layer, Euclidean); training defaults to a LoRA (the
-    paper fine-tunes every weight: `lora=False`), which is what fits on one CPU or GPU."""
+class _Common(BaseModel):
+    """The settings DiverseEvolConfig and DiverseEvolSettings share, written once. The schedule
+    defaults are the paper's (100 random, +100 x 10 rounds, restart from the base, last layer,
+    Euclidean); training defaults to a LoRA (the paper fine-tunes every weight: `lora=False`),
+    which is what fits on one CPU or GPU."""
 
     model_config = ConfigDict(extra="forbid")
 
-    base: str = Field(description="base model directory, or 'smollm2'")
-    pool: Path
-    init: int = Field(100, gt=0, description="random items trained in round 0")
-    per_round: int = Field(100, gt=0, description="items added per round")
-    rounds: int = Field(10, gt=0, description="rounds after round 0")
-    strategy: str = "kcenter"
-    embed_layer: str = Field("last", description="'last' or a hidden-state index")
+    init: int = Field(100, gt=0, description="Random items trained in round 0.")
+    per_round: int = Field(100, gt=0, description="Items added per round.")
+    rounds: int = Field(10, gt=0, description="Rounds after round 0 (may grow on a rerun).")
+    strategy: str = Field(
+        "kcenter",
+        description="kcenter, random, least-confidence, margin, entropy or kcenter-oneshot.",
+    )
+    embed_layer: str = Field("last", description="'last' or a hidden-state index (0: embeddings).")
     outlier_share: float = Field(
         0.0,
         ge=0.0,
         lt=1.0,
-        description="share of the pool K-center never picks: the rows farthest from a random "
-        "sample of the pool (outliers.far_outliers); 0 is the paper's K-center",
+        description="K-center never picks this share of the pool: the rows farthest from a "
+        "random sample of it (outliers.far_outliers; 0: paper).",
     )
-    restart_from_base: bool = Field(True, description="False: keep training the last model")
-    lora: bool = Field(True, description="False: full fine-tune")
-    lora_r: int = Field(8, gt=0)
-    lora_alpha: float = Field(16.0, gt=0)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    lora_targets: str = Field("all-linear", description="comma-separated module names")
-    train: TrainConfig = Field(default_factory=default_train_config)
-    eval: Path | None = None
-    eval_max_new_tokens: int = Field(64, gt=0)
-    seed: int = 0
-    dtype: str = "float32"
+    restart_from_base: Annotated[
+        bool,
+        Cli(
+            on="--restart-from-base",
+            flag="--continue",
+            help="Train each round from the base model (paper), or keep training the last one.",
+        ),
+    ] = Field(True, description="Train each round from the base model (False: the last one).")
+    lora: Annotated[
+        bool,
+        Cli(on="--lora", flag="--full", help="Train a LoRA (default) or every weight."),
+    ] = Field(True, description="Train a LoRA (False: every weight, a full fine-tune).")
+    lora_r: int = Field(8, gt=0, description="LoRA rank.")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA alpha.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    lora_targets: str = Field(
+        "all-linear", description="'all-linear' or comma-separated module names."
+    )
+    eval_max_new_tokens: int = Field(64, gt=0, description="Generation length for --eval.")
+    seed: int = Field(0, description="Round-0 draw, LoRA init, batches.")
+    dtype: str = Field("float32", description="float32, bfloat16 or float16.")
     # runtime only
-    embed_batch_size: int = Field(32, gt=0)
-    eval_batch_size: int = Field(32, gt=0)
-    checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints")
-    device: str = "auto"
-    threads: int | None = Field(None, gt=0, description="torch CPU threads; None: torch's")
-    progress: bool = True
+    embed_batch_size: int = Field(32, gt=0, description="Sequences per embedding/scoring batch.")
+    eval_batch_size: int = Field(32, gt=0, description="Sequences per generation batch (--eval).")
+    checkpoint_every: int = Field(
+        0, ge=0, description="Checkpoint training every N optimizer steps (0: off)."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda, mps.")
+    threads: int | None = Field(
+        None, gt=0, description="Torch CPU threads [default: torch's own choice]."
+    )
+    progress: Annotated[bool, Cli(option=False, file=False)] = True
 
     @field_validator("embed_layer", mode="before")
     @classmethod
     def _layer_as_text(cls, value: object) -> object:
         return str(value).strip().lower() if isinstance(value, (int, str)) else value
+
+
+class DiverseEvolConfig(_Common):
+    """Every option of a run: the shared settings, the data and the whole TrainConfig."""
+
+    base: str = Field(description="base model directory, or 'smollm2'")
+    pool: Path
+    train: TrainConfig = Field(default_factory=default_train_config)
+    eval: Path | None = None
+
+
+_TRAIN = default_train_config()
+
+
+class DiverseEvolSettings(_Common):
+    """The diverseevol verb's settings: the shared ones and the few TrainConfig knobs it
+    exposes, flat. Its data (--base, --pool, --eval, --out) are plain options."""
+
+    epochs: float = Field(_TRAIN.epochs, description="Training epochs per round.")
+    lr: float | None = Field(
+        None,
+        description=f"Learning rate [default: {LORA_LR:g} for a LoRA, {FULL_LR:g} for --full].",
+    )
+    batch_size: int = Field(_TRAIN.batch_size, description="Training batch size.")
+    max_length: int = Field(_TRAIN.max_length, description="Tokens per example.")
+
+    def run_config(
+        self, base: str, pool: str | Path, eval: str | Path | None = None
+    ) -> DiverseEvolConfig:
+        """The run's config, the knobs folded into TrainConfig; a bad value is an InputError."""
+        lr = self.lr if self.lr is not None else (LORA_LR if self.lora else FULL_LR)
+        knobs = {"epochs": self.epochs, "lr": lr}
+        knobs |= {"batch_size": self.batch_size, "max_length": self.max_length}
+        common = self.model_dump(include=set(_Common.model_fields))
+        try:
+            train = TrainConfig.model_validate(_TRAIN.model_dump() | knobs)
+            return DiverseEvolConfig(base=base, pool=pool, eval=eval, train=train, **common)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = str(error["loc"][0]).replace("_", "-") if error["loc"] else None
+            raise InputError(error["msg"], field=field) from None
 
 
 @dataclass
