@@ -1,0 +1,278 @@
+"""Was the mixture worth it? Mean scores with bootstrap intervals and one honest sentence.
+
+Every method is scored on the same test items, some over several seeds. Two things make a
+score uncertain: which items happened to be in the test set, and which seed a trained method
+happened to get. The interval is a two-level bootstrap: each replicate resamples the items
+(one draw shared by all methods, so comparisons are paired: an easy item is easy for every
+method) and, per method, its seeds. The difference between two methods is bootstrapped the
+same way, replicate by replicate, which is far tighter than comparing two separate intervals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from pydantic import BaseModel
+
+# Methods that need no seed: one run is all there is, so one seed says nothing is missing.
+DETERMINISTIC = frozenset({"base", "best_adapter", "uniform_merge"})
+
+LABELS: dict[str, str] = {
+    "moe": "the mixture",
+    "plain_lora": "the plain LoRA",
+    "base": "the base model",
+    "best_adapter": "the best bank adapter",
+    "uniform_merge": "the uniform merge",
+    "kshot_lora": "the K-shot LoRA",
+    "matched_lora": "the parameter-matched LoRA",
+}
+
+
+def label(name: str) -> str:
+    """The display name of a method (unknown names shown as they are)."""
+    return LABELS.get(name, name)
+
+
+class MethodScore(BaseModel):
+    """One method's mean score over seeds and items, its interval, and each seed's mean."""
+
+    method: str
+    mean: float
+    low: float
+    high: float
+    per_seed: list[float]
+    n_items: int
+
+
+class Comparison(BaseModel):
+    """`method` against `baseline` on paired items: the difference and whether it is noise."""
+
+    method: str
+    baseline: str
+    diff: float
+    low: float
+    high: float
+    within_noise: bool
+    sentence: str
+
+
+class Verdict(BaseModel):
+    """The whole answer: every method best first, the winner, the comparison that matters."""
+
+    methods: list[MethodScore]
+    winner: str
+    comparison: Comparison | None
+    sentence: str
+    n_items: int
+    confidence: float
+    resamples: int
+    warnings: list[str]
+
+
+def _arrays(scores: Mapping[str, Sequence[Sequence[float]]]) -> dict[str, np.ndarray]:
+    """(seeds, items) arrays; every run must cover the same items, else nothing is paired."""
+    if not scores:
+        raise ValueError("no methods to compare")
+    arrays: dict[str, np.ndarray] = {}
+    first: tuple[str, int, int] | None = None
+    for name, runs in scores.items():
+        if len(runs) == 0:
+            raise ValueError(f"method {name!r} has no runs")
+        for seed, run in enumerate(runs):
+            if first is None:
+                first = (name, seed, len(run))
+            elif len(run) != first[2]:
+                raise ValueError(
+                    f"method {name!r} run {seed} scored {len(run)} test items but method "
+                    f"{first[0]!r} run {first[1]} scored {first[2]}: every run must be scored "
+                    "on the same test items in the same order"
+                )
+        array = np.asarray([list(run) for run in runs], dtype=np.float64)
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"method {name!r} has a score that is not a finite number")
+        arrays[name] = array
+    if first is None or first[2] == 0:
+        raise ValueError("no test items were scored")
+    return arrays
+
+
+def _replicates(
+    arrays: Mapping[str, np.ndarray], resamples: int, seed: int
+) -> dict[str, np.ndarray]:
+    """Each method's mean in every bootstrap replicate (items shared, seeds per method)."""
+    rng = np.random.default_rng(seed)
+    n_items = next(iter(arrays.values())).shape[1]
+    # item draw as counts per replicate: (resamples, items); shared by every method
+    item_counts = rng.multinomial(n_items, np.full(n_items, 1.0 / n_items), size=resamples)
+    result = {}
+    for name, array in arrays.items():
+        n_seeds = array.shape[0]
+        per_seed = array @ item_counts.T / n_items  # (seeds, resamples)
+        seed_counts = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=resamples)
+        result[name] = np.einsum("rs,sr->r", seed_counts, per_seed) / n_seeds
+    return result
+
+
+def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(values, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def _percent(confidence: float) -> str:
+    return f"{confidence * 100:g}%"
+
+
+def _compare(
+    method: str,
+    baseline: str,
+    diff: float,
+    low: float,
+    high: float,
+    confidence: float,
+) -> Comparison:
+    """The comparison and its sentence: who beats whom by how much, or that it is noise."""
+    within = low <= 0.0 <= high
+    pct = _percent(confidence)
+    if within:
+        sentence = (
+            f"{label(method)} is within noise of {label(baseline)} (difference {diff:+.3f}, "
+            f"{pct} interval {low:.3f} to {high:.3f})"
+        )
+    elif diff > 0:
+        sentence = (
+            f"{label(method)} beats {label(baseline)} by {diff:.3f} "
+            f"({pct} interval {low:.3f} to {high:.3f})"
+        )
+    else:
+        sentence = (
+            f"{label(baseline)} beats {label(method)} by {-diff:.3f} "
+            f"({pct} interval {-high:.3f} to {-low:.3f})"
+        )
+    return Comparison(
+        method=method,
+        baseline=baseline,
+        diff=diff,
+        low=low,
+        high=high,
+        within_noise=within,
+        sentence=sentence,
+    )
+
+
+def decide(
+    scores: Mapping[str, Sequence[Sequence[float]]],
+    *,
+    method: str = "moe",
+    baseline: str = "plain_lora",
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+    min_items: int = 30,
+) -> Verdict:
+    """Score every method and say whether `method` beat `baseline` beyond noise.
+
+    `scores[name]`: one list per seed of per-item scores, all over the same items in the same
+    order (ValueError otherwise). The winner is the highest mean; the sentence says when it is
+    within noise of what it is compared with. Deterministic for a given `seed`.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be between 0 and 1, not {confidence}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, not {resamples}")
+    arrays = _arrays(scores)
+    n_items = next(iter(arrays.values())).shape[1]
+    boot = _replicates(arrays, resamples, seed)
+
+    rows = []
+    for name, array in arrays.items():
+        low, high = _interval(boot[name], confidence)
+        per_seed = array.mean(axis=1)
+        rows.append(
+            MethodScore(
+                method=name,
+                mean=float(per_seed.mean()),
+                low=low,
+                high=high,
+                per_seed=[float(v) for v in per_seed],
+                n_items=n_items,
+            )
+        )
+    rows.sort(key=lambda row: -row.mean)  # stable: ties keep the caller's order
+    winner = rows[0]
+
+    def paired(a: str, b: str) -> Comparison:
+        diff = float(arrays[a].mean() - arrays[b].mean())
+        low, high = _interval(boot[a] - boot[b], confidence)
+        return _compare(a, b, diff, low, high, confidence)
+
+    comparison = None
+    if method in arrays and baseline in arrays and method != baseline:
+        comparison = paired(method, baseline)
+        sentence = comparison.sentence
+        if winner.method not in (method, baseline):
+            sentence += f"; the best score is {label(winner.method)}'s ({winner.mean:.3f})"
+    elif len(rows) > 1:
+        runner_up = rows[1]
+        versus = paired(winner.method, runner_up.method)
+        sentence = f"{label(winner.method)} scores best ({winner.mean:.3f})"
+        if versus.within_noise:
+            sentence += f", but {versus.sentence}"
+        else:
+            sentence += f": {versus.sentence}"
+    else:
+        sentence = f"{label(winner.method)} is the only method ({winner.mean:.3f})"
+
+    warnings = []
+    if n_items < min_items:
+        warnings.append(
+            f"{n_items} test items are too few to separate methods reliably (at least "
+            f"{min_items} recommended); treat the intervals as rough"
+        )
+    single = [name for name, array in arrays.items() if array.shape[0] == 1]
+    single = [name for name in single if name not in DETERMINISTIC]
+    if single:
+        names = ", ".join(label(name) for name in single)
+        warnings.append(
+            f"one seed only for {names}: seed-to-seed spread is not measured, so the "
+            "interval counts only the choice of test items"
+        )
+    return Verdict(
+        methods=rows,
+        winner=winner.method,
+        comparison=comparison,
+        sentence=sentence,
+        n_items=n_items,
+        confidence=confidence,
+        resamples=resamples,
+        warnings=warnings,
+    )
+
+
+def table(verdict: Verdict) -> str:
+    """The verdict as aligned plain text: one row per method, then the sentence and warnings."""
+    pct = _percent(verdict.confidence)
+    header = ("method", "mean", f"{pct} interval", "seeds")
+    cells = [
+        (
+            label(row.method),
+            f"{row.mean:.3f}",
+            f"{row.low:.3f} to {row.high:.3f}",
+            str(len(row.per_seed)),
+        )
+        for row in verdict.methods
+    ]
+    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(4)]
+    lines = []
+    for row in [header, *cells]:
+        lines.append(
+            "  ".join(
+                [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+            ).rstrip()
+        )
+    lines.append(f"({verdict.n_items} test items, {verdict.resamples} bootstrap resamples)")
+    lines.append("")
+    lines.append(verdict.sentence)
+    lines += [f"warning: {w}" for w in verdict.warnings]
+    return "\n".join(lines)

@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+
+from taskexpert.verdict import LABELS, Verdict, decide, table
+
+TOL = 1e-12  # float comparisons of means computed two ways
+
+
+def _runs(rate: float, n_items: int, seeds: int, seed: int) -> list[list[float]]:
+    rng = np.random.default_rng(seed)
+    return [(rng.random(n_items) < rate).astype(float).tolist() for _ in range(seeds)]
+
+
+def test_identical_methods_are_within_noise():
+    runs = _runs(0.5, 100, 3, 0)
+    verdict = decide({"moe": runs, "plain_lora": [list(r) for r in runs]})
+    comparison = verdict.comparison
+    assert comparison is not None and comparison.within_noise
+    assert abs(comparison.diff) < TOL
+    assert comparison.low <= 0.0 <= comparison.high
+    assert comparison.sentence.startswith("the mixture is within noise of the plain LoRA")
+    assert "difference +0.000, 95% interval" in comparison.sentence
+    assert verdict.sentence == comparison.sentence
+
+
+def test_a_clearly_better_method_beats_with_an_interval_excluding_zero():
+    verdict = decide({"moe": _runs(0.9, 100, 3, 1), "plain_lora": _runs(0.3, 100, 3, 2)})
+    comparison = verdict.comparison
+    assert verdict.winner == "moe" and [m.method for m in verdict.methods] == ["moe", "plain_lora"]
+    assert not comparison.within_noise and comparison.low > 0.3
+    assert comparison.low <= comparison.diff <= comparison.high
+    expected = (
+        f"the mixture beats the plain LoRA by {comparison.diff:.3f} "
+        f"(95% interval {comparison.low:.3f} to {comparison.high:.3f})"
+    )
+    assert comparison.sentence == expected
+
+
+def test_a_worse_mixture_is_reported_as_the_baseline_winning():
+    verdict = decide({"moe": _runs(0.3, 100, 3, 1), "plain_lora": _runs(0.9, 100, 3, 2)})
+    comparison = verdict.comparison
+    assert verdict.winner == "plain_lora" and comparison.diff < 0
+    assert comparison.sentence == (
+        f"the plain LoRA beats the mixture by {-comparison.diff:.3f} "
+        f"(95% interval {-comparison.high:.3f} to {-comparison.low:.3f})"
+    )
+
+
+def test_same_seed_same_verdict_other_seed_other_interval():
+    scores = {"moe": _runs(0.6, 80, 3, 3), "plain_lora": _runs(0.5, 80, 3, 4)}
+    one, two = decide(scores, seed=7), decide(scores, seed=7)
+    assert one.model_dump() == two.model_dump()
+    assert decide(scores, seed=8).model_dump() != one.model_dump()  # the draw does matter
+
+
+def test_the_interval_contains_the_mean_and_per_seed_means_are_right():
+    runs = _runs(0.4, 50, 4, 5)
+    verdict = decide({"moe": runs, "base": [runs[0]]})
+    for row in verdict.methods:
+        assert row.low <= row.mean <= row.high
+        assert row.n_items == 50
+    moe = next(m for m in verdict.methods if m.method == "moe")
+    assert len(moe.per_seed) == 4
+    assert abs(moe.per_seed[2] - np.mean(runs[2])) < TOL
+    assert abs(moe.mean - np.mean(runs)) < TOL
+
+
+def test_seed_spread_widens_the_interval():
+    """Same items, same overall mean: seeds that disagree give a wider interval than
+    seeds that agree, because seeds are resampled too."""
+    rng = np.random.default_rng(0)
+    base = rng.random(60)
+    steady = [base.tolist()] * 3
+    spread = [np.clip(base + shift, 0, 1).tolist() for shift in (-0.3, 0.0, 0.3)]
+    v_steady = decide({"moe": steady}, resamples=3000)
+    v_spread = decide({"moe": spread}, resamples=3000)
+    steady_width = v_steady.methods[0].high - v_steady.methods[0].low
+    spread_width = v_spread.methods[0].high - v_spread.methods[0].low
+    assert abs(v_steady.methods[0].mean - v_spread.methods[0].mean) < 0.02
+    assert spread_width > 2 * steady_width
+
+
+def test_runs_of_different_lengths_raise():
+    with pytest.raises(ValueError, match="same test items"):
+        decide({"moe": [[1, 0, 1]], "plain_lora": [[1, 0, 1], [1, 0]]})
+    with pytest.raises(ValueError, match="no runs"):
+        decide({"moe": []})
+
+
+def test_few_items_and_single_seeds_warn():
+    verdict = decide({"moe": [[1, 0] * 5], "base": [[0, 1] * 5]})
+    assert any(
+        w.startswith("10 test items are too few to separate methods") for w in verdict.warnings
+    )
+    single = [w for w in verdict.warnings if "one seed only" in w]
+    assert len(single) == 1 and "the mixture" in single[0] and "base model" not in single[0]
+    enough = decide({"moe": _runs(0.5, 40, 2, 0), "base": _runs(0.5, 40, 1, 1)})
+    assert enough.warnings == []
+
+
+def test_without_the_compared_pair_the_sentence_names_the_winner():
+    verdict = decide({"base": _runs(0.2, 100, 1, 0), "best_adapter": _runs(0.9, 100, 1, 1)})
+    assert verdict.comparison is None and verdict.winner == "best_adapter"
+    assert verdict.sentence.startswith("the best bank adapter scores best")
+    assert "beats the base model" in verdict.sentence
+
+
+def test_json_round_trip_and_table():
+    verdict = decide(
+        {"moe": _runs(0.7, 40, 3, 0), "plain_lora": _runs(0.6, 40, 3, 1), "odd": [[0.5] * 40]}
+    )
+    again = Verdict.model_validate_json(verdict.model_dump_json())
+    assert again == verdict
+    assert Verdict.model_validate(verdict.model_dump()) == verdict
+    text = table(verdict)
+    lines = text.splitlines()
+    assert lines[0].split()[:2] == ["method", "mean"]
+    assert any(line.startswith(LABELS["moe"]) for line in lines)
+    assert any(line.startswith("odd") for line in lines)  # unknown names shown as is
+    assert verdict.sentence in lines
+    assert "warning: one seed only for odd" in text
