@@ -89,8 +89,9 @@ def test_best_adapter_needs_scores():
 def test_uniform_merge_is_base_plus_the_mean_delta_and_loads_back(tmp_path, tiny_llama):
     reference = {n: p.detach().clone() for n, p in tiny_llama.named_parameters()}
     paths = [
-        _random_lora(tiny_llama, tmp_path / "a", seed=1),
+        # rsLoRA first: the merged config is copied from the first adapter's
         _random_lora(tiny_llama, tmp_path / "b", seed=2, r=2, alpha=3, use_rslora=True),
+        _random_lora(tiny_llama, tmp_path / "a", seed=1),
         _random_lora(tiny_llama, tmp_path / "c.v1", seed=3, targets=("q_proj",)),
     ]
     adapters = [(p.name, p) for p in paths]
