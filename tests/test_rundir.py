@@ -197,3 +197,51 @@ def test_opening_clears_a_killed_runs_leftovers_and_a_failed_fresh_dir_goes(tmp_
     with pytest.raises(InputError), RunDir(fresh, kind="demo").open():
         raise InputError("bad --base")
     assert not fresh.exists()
+
+
+def test_in_place_steps_mark_fixed_paths_and_catch_changes(tmp_path):
+    """Steps whose outputs stay where other code reads them (the testbed's `base/`,
+    `bank/<adapter>/`): the marker goes under `.steps/`, with checksums of the outputs."""
+    run = RunDir(tmp_path, kind="demo", noun="phase")
+    assert run.finished_in_place("base", {"phase": "base"}) is None
+    meta = {"phase": "base"}
+    with run.step_in_place("base", meta) as root:
+        (root / "base").mkdir()
+        (root / "base" / "w.bin").write_bytes(b"weights")
+        meta["info"] = {"seconds": 1.5}  # read as the block ends
+    marker = run.finished_in_place("base", {"phase": "base"})
+    assert marker["info"] == {"seconds": 1.5} and set(marker["files"]) == {"base/w.bin"}
+    assert (tmp_path / ".steps" / "base" / rundir.MARKER).is_file()
+    with run.step_in_place("data", {"phase": "data"}, ["pool.jsonl", "tasks"]) as root:
+        (root / "pool.jsonl").write_text("{}\n")
+        (root / "tasks" / "t").mkdir(parents=True)
+        (root / "tasks" / "t" / "kshot.jsonl").write_text("{}\n")
+    files = run.finished_in_place("data", {"phase": "data"})["files"]
+    assert set(files) == {"pool.jsonl", "tasks/t/kshot.jsonl"}
+    assert run.finished_in_place("data", {"phase": "other"}, strict=False) is None
+    # a changed output: an error, or (not strict) the step is forgotten and reruns
+    (tmp_path / "base" / "w.bin").write_bytes(b"weightz")
+    with pytest.raises(rundir.CorruptStep, match="changed after the phase finished"):
+        run.finished_in_place("base", {"phase": "base"})
+    assert run.finished_in_place("base", {"phase": "base"}, strict=False) is None
+    assert not (tmp_path / ".steps" / "base" / rundir.MARKER).exists()
+    # a failed block leaves no marker (and drops the one it replaces)
+    with pytest.raises(RuntimeError), run.step_in_place("data", {"phase": "data"}, ["tasks"]):
+        raise RuntimeError("killed")
+    assert run.finished_in_place("data", {"phase": "data"}) is None
+
+
+def test_forget_takes_nested_in_place_steps_along(tmp_path):
+    run = RunDir(tmp_path, kind="demo")
+    for name in ("bank/a", "bank/b", "bank"):
+        with run.step_in_place(name, {"step": name}) as root:
+            (root / name).mkdir(parents=True, exist_ok=True)
+            (root / name / "f").write_text(name)
+    run.forget("bank", nested=False)  # the bank is no longer finished, its adapters are
+    assert run.finished_in_place("bank", {}) is None
+    assert run.finished_in_place("bank/a", {"step": "bank/a"}) is not None
+    run.forget("bank")
+    assert run.finished_in_place("bank/a", {}) is None and not (tmp_path / ".steps").joinpath(
+        "bank"
+    ).exists()
+    assert (tmp_path / "bank" / "a" / "f").is_file()  # outputs are the caller's business

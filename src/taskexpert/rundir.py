@@ -16,6 +16,11 @@ here once (docs/design.md, "Layering"):
   marker (`COMPLETE.json`) with size and sha256 of every file. A step counts only with a
   marker whose checksums match; a step without a marker (a kill between steps) is discarded
   with the later ones; one whose files changed afterwards is an error, never trusted.
+- **Steps in place** (`RunDir.step_in_place`, `RunDir.finished_in_place`, `RunDir.forget`):
+  for a run whose outputs must sit at fixed paths that other code reads (the testbed's
+  `base/`, `bank/<adapter>/`, `pool.jsonl`): the step writes its outputs itself, each
+  atomically, and the marker goes to `.steps/<name>/COMPLETE.json`, listing size and sha256
+  of every output file by its path in the run directory. Same rule: no marker, not finished.
 - **Leftovers** (`clear_leftovers`): temp entries (`io.is_temp_name`) of a killed run, removed
   while holding the lock, so no live writer owns them.
 """
@@ -42,6 +47,7 @@ log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
 IDENTITY_FILE = "run.json"
 MARKER = "COMPLETE.json"
+STEPS_DIR = ".steps"  # markers of steps built in place (`RunDir.step_in_place`)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -349,3 +355,80 @@ class RunDir:
             check_marker(directory, {meta_key: index}, self.noun)
             finished.append(directory)
         return finished
+
+    # ---- steps built in place ------------------------------------------------------------
+
+    def marker_path(self, name: str | Path) -> Path:
+        """Where the marker of the in-place step `name` lives: `.steps/<name>/COMPLETE.json`."""
+        return self.path / STEPS_DIR / name / MARKER
+
+    @contextlib.contextmanager
+    def step_in_place(
+        self,
+        name: str | Path,
+        meta: Mapping[str, Any],
+        outputs: list[str | Path] | None = None,
+    ) -> Iterator[Path]:
+        """One step whose outputs stay where the block writes them (each written atomically
+        by the block): `outputs` are paths in the run directory, files or directories
+        (default: `name` itself); yields the run directory's path. The step's old marker goes
+        first (the block may replace what it described); on success a new marker holds
+        `meta` (read as the block ends, so the block may add its record to it) and size and
+        sha256 of every output file, written last. A block that fails leaves no marker."""
+        self.forget(name, nested=False)
+        yield self.path
+        files = {}
+        for output in outputs if outputs is not None else [name]:
+            target = self.path / output
+            found = [target] if target.is_file() else sorted(target.rglob("*"))
+            for path in found:
+                if path.is_file() and not is_temp_name(path.name):
+                    rel = path.relative_to(self.path).as_posix()
+                    files[rel] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
+        write_json(self.marker_path(name), {**meta, "files": files})
+
+    def finished_in_place(
+        self, name: str | Path, meta: Mapping[str, Any], *, strict: bool = True
+    ) -> dict | None:
+        """The marker of a finished in-place step, after checking `meta` and every listed
+        file; None when there is no marker. A file that is missing or changed raises
+        `CorruptStep` (`strict`), or (not strict) forgets the step and returns None, so the
+        caller reruns it."""
+        path = self.marker_path(name)
+        if not path.exists():
+            return None
+        try:
+            marker = read_json(path)
+            files = marker["files"]
+            if not isinstance(files, dict) or any(marker.get(k) != v for k, v in meta.items()):
+                raise ValueError("marker does not describe this step")
+        except (InputError, ValueError, KeyError, TypeError):
+            if not strict:
+                log.warning("%s: unreadable completion marker, rerunning the step", path)
+                self.forget(name, nested=False)
+                return None
+            reason = "its completion marker is unreadable"
+            raise CorruptStep(corrupt_message(self.noun, reason), path) from None
+        for rel, expected in files.items():
+            file = self.path / rel
+            if not file.is_file():
+                reason = f"a file listed in {MARKER} is missing"
+            elif file.stat().st_size != expected["size"] or file_sha256(file) != expected["sha256"]:
+                reason = f"the file changed after the {self.noun} finished"
+            else:
+                continue
+            if strict:
+                raise CorruptStep(corrupt_message(self.noun, reason), file)
+            log.warning("%s: %s; rerunning %s %s", file, reason, self.noun, name)
+            self.forget(name, nested=False)
+            return None
+        return marker
+
+    def forget(self, name: str | Path, *, nested: bool = True) -> None:
+        """The in-place step `name` is no longer finished: its marker goes, and with `nested`
+        the markers of the steps inside it (`bank` takes `bank/<adapter>` along). The step's
+        outputs stay: removing them is the caller's business."""
+        if nested:
+            remove_tree(self.path / STEPS_DIR / name)
+        else:
+            self.marker_path(name).unlink(missing_ok=True)

@@ -104,7 +104,7 @@ def test_interrupted_build_is_resumed_not_trusted(micro_testbed, tmp_path):
     root = tmp_path / "tb"
     shutil.copytree(micro_testbed.root, root)
     # an interruption during the last phase: no marker, no testbed.json
-    (root / ".complete").unlink()
+    (root / ".steps" / "truth" / "COMPLETE.json").unlink()
     (root / "testbed.json").unlink()
     assert not is_complete(root)
     with pytest.raises(InputError, match="not a finished testbed"):
@@ -140,12 +140,10 @@ def test_an_auto_thread_count_is_asked_again_per_phase_and_recorded(
     answers = iter([1, 2])  # the machine goes quiet between the two phases
     used = {}
     monkeypatch.setattr(build, "auto_threads", lambda: next(answers))
-    state_file = tmp_path / "tb" / ".build" / "state.json"
+    marker = tmp_path / "tb" / ".steps" / "baselines" / "COMPLETE.json"
     shutil.copytree(micro_testbed.root, tmp_path / "tb")
-    state = json.loads(state_file.read_text())
-    kept = state["phases"].pop("baselines")  # baselines and truth rerun
-    state_file.write_text(json.dumps(state))
-    (tmp_path / "tb" / ".complete").unlink()
+    kept = json.loads(marker.read_text())["info"]
+    marker.unlink()  # baselines and truth rerun
 
     def baselines(*_args, **_kwargs):  # its files are still there: only record the threads
         used["baselines"] = torch.get_num_threads()
@@ -174,11 +172,9 @@ def test_a_given_thread_count_holds_for_every_phase(micro_testbed):
 def test_a_build_by_an_older_recipe_is_not_reused(micro_testbed, tmp_path):
     root = tmp_path / "tb"
     shutil.copytree(micro_testbed.root, root)
-    for path in (root / ".complete", root / ".build" / "state.json"):
-        data = json.loads(path.read_text())
-        fingerprint = data.get("fingerprint", data)
-        fingerprint["recipe"] = "an-older-recipe"
-        path.write_text(json.dumps(data))
+    run = json.loads((root / "run.json").read_text())
+    run["identity"]["recipe"] = "an-older-recipe"
+    (root / "run.json").write_text(json.dumps(run))
     assert not is_complete(root, "micro", 0)
     with pytest.raises(InputError, match="older testbed recipe.*--force"):
         build_testbed(root, "micro", 0, progress=False)
@@ -224,8 +220,9 @@ def test_an_older_recipe_is_readable_but_flagged(micro_testbed, tmp_path):
     assert micro_testbed.recipe_current
     copy = tmp_path / "old"
     shutil.copytree(micro_testbed.root, copy)
-    marker = copy / ".complete"
-    marker.write_text(json.dumps({**json.loads(marker.read_text()), "recipe": "0" * 16}))
+    run = json.loads((copy / "run.json").read_text())
+    run["identity"]["recipe"] = "0" * 16
+    (copy / "run.json").write_text(json.dumps(run))
     with pytest.warns(UserWarning, match="older testbed recipe"):
         old = Testbed.load(copy)
     assert not old.recipe_current and old.targets == micro_testbed.targets
@@ -271,16 +268,14 @@ def test_the_bank_runs_one_process_per_thread_on_cpu_and_one_on_a_gpu(monkeypatc
 def test_a_build_killed_between_phases_or_writes_resumes_cleanly(micro_testbed, tmp_path):
     """What a SIGKILL can leave: the write probe, temp files and directories of atomic
     writes. The probe does not make the directory foreign; temp entries are cleared."""
-    from taskexpert.testbed.build import _fingerprint, _prepare
-    from taskexpert.testbed.presets import get_preset
+    from taskexpert.testbed.build_state import refuse_foreign
 
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     (fresh / ".lock").write_text("")
     (fresh / ".write_probe").write_text("")  # killed between writing and removing it
     (fresh / ".build.k1ll.old.tmp").mkdir()  # killed while an earlier start cleared the dir
-    state = _prepare(fresh, _fingerprint(get_preset("micro"), 0), force=False)
-    assert state["phases"] == {}
+    refuse_foreign(fresh)  # ours, not foreign
 
     root = tmp_path / "tb"
     shutil.copytree(micro_testbed.root, root)
@@ -289,7 +284,7 @@ def test_a_build_killed_between_phases_or_writes_resumes_cleanly(micro_testbed, 
     for directory in leftovers:
         directory.mkdir()
         (directory / "model.safetensors").write_bytes(b"half")
-    (root / ".build" / ".state.json.k1ll.tmp").write_text('{"fingerprint": ')
+    (root / ".steps" / "truth" / ".COMPLETE.json.k1ll.tmp").write_text('{"phase": ')
     build_testbed(root, "micro", 0, progress=False)
     assert is_complete(root, "micro", 0)
     assert not [p for p in root.rglob("*") if p.name.endswith(".tmp")]
@@ -313,5 +308,69 @@ def test_adapters_of_an_older_base_go_when_an_earlier_phase_reruns(
     with pytest.raises(KeyboardInterrupt):
         build_testbed(root, "micro", 0, progress=False)
     assert (root / "pool.jsonl").is_file() and not (root / "bank").exists()
-    state = json.loads((root / ".build" / "state.json").read_text())
-    assert list(state["phases"]) == ["tokenizer", "base", "data"]
+    finished = [p for p in PHASES if (root / ".steps" / p / "COMPLETE.json").is_file()]
+    assert finished == ["tokenizer", "base", "data"]
+    assert not (root / ".steps" / "bank").exists()  # nor the adapters' markers
+
+
+def _to_legacy(root) -> None:
+    """Rewrite a build into the format before run.json: `.build/state.json` with the
+    fingerprint and the phases' records, `.complete` when finished."""
+    run = json.loads((root / "run.json").read_text())
+    phases = {}
+    for phase in PHASES:
+        marker = root / ".steps" / phase / "COMPLETE.json"
+        if marker.is_file():
+            phases[phase] = json.loads(marker.read_text())["info"]
+    fingerprint = run["identity"]
+    (root / ".build" / "state.json").write_text(
+        json.dumps({"fingerprint": fingerprint, "phases": phases})
+    )
+    if "truth" in phases:
+        (root / ".complete").write_text(json.dumps({**fingerprint, "finished": "then"}))
+    (root / "run.json").unlink()
+    shutil.rmtree(root / ".steps")
+
+
+def test_a_build_in_the_format_before_run_json_is_migrated_not_rebuilt(micro_testbed, tmp_path):
+    root = tmp_path / "tb"
+    shutil.copytree(micro_testbed.root, root)
+    _to_legacy(root)
+    assert Testbed.load(root).recipe_current  # readers take the old format as it is
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    migrated = build_testbed(root, "micro", 0, progress=False)
+    assert migrated.truth == micro_testbed.truth and is_complete(root, "micro", 0)
+    assert not (root / ".complete").exists() and not (root / ".build" / "state.json").exists()
+    assert json.loads((root / "run.json").read_text())["identity"]["preset"] == "micro"
+    for path, stamp in stamps.items():  # nothing rebuilt
+        if path.exists():
+            assert path.stat().st_mtime_ns == stamp, path
+
+
+def test_a_half_built_legacy_build_resumes_in_the_bank(micro_testbed, tmp_path):
+    root = tmp_path / "tb"
+    shutil.copytree(micro_testbed.root, root)
+    for phase in ("bank", "baselines", "truth"):  # killed in the bank phase
+        (root / ".steps" / phase / "COMPLETE.json").unlink()
+    (root / "testbed.json").unlink()
+    shutil.rmtree(root / "bank" / "expert_shift")
+    _to_legacy(root)
+    kept = root / "bank" / "expert_add" / "adapter_model.safetensors"
+    pool, kept_stamp = (root / "pool.jsonl").stat().st_mtime_ns, kept.stat().st_mtime_ns
+    resumed = build_testbed(root, "micro", 0, progress=False)
+    assert resumed.truth["baselines"] == micro_testbed.truth["baselines"]
+    assert (root / "pool.jsonl").stat().st_mtime_ns == pool  # the data phase was kept
+    assert kept.stat().st_mtime_ns == kept_stamp  # and the adapters on disk
+    assert (root / "bank" / "expert_shift" / "adapter_model.safetensors").is_file()
+
+
+def test_a_changed_phase_file_reruns_that_phase(micro_testbed, tmp_path):
+    """The markers hold checksums: a file changed after its phase finished is not trusted."""
+    root = tmp_path / "tb"
+    shutil.copytree(micro_testbed.root, root)
+    truth = root / "testbed.json"
+    truth.write_text(truth.read_text().replace('"schema_version"', '"schema_version" ', 1))
+    assert not is_complete(root, "micro", 0)
+    rebuilt = build_testbed(root, "micro", 0, progress=False, threads=1)
+    assert is_complete(root, "micro", 0)
+    assert {**rebuilt.truth, "build": None} == {**micro_testbed.truth, "build": None}

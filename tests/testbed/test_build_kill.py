@@ -20,7 +20,7 @@ from kill_resume import (
 )
 from safetensors.torch import load_file
 
-from taskexpert.testbed.build import PHASES, _phase_outputs, is_complete
+from taskexpert.testbed.build_state import PHASES, is_complete, phase_outputs
 
 # torch threads pinned by --threads 1 in every run: the same computation, so equal up to
 # float32 summation order
@@ -42,11 +42,9 @@ def reference(tmp_path_factory):
     return root, json.loads((root / "testbed.json").read_text())["build"]["timings"]
 
 
-def _state(root) -> dict:
-    try:
-        return json.loads((root / ".build" / "state.json").read_text())
-    except (OSError, ValueError):
-        return {}
+def _finished(root) -> list[str]:
+    """The phases whose completion marker (rundir's in-place steps) is on disk."""
+    return [p for p in PHASES if (root / ".steps" / p / "COMPLETE.json").is_file()]
 
 
 def _bank(root) -> list[str]:
@@ -69,7 +67,7 @@ def test_a_killed_build_resumes_to_the_uninterrupted_files(
         window=0.4 * timings[phase],  # within the phase, whatever the machine's speed
         log=log,
     )
-    phases = list(_state(root).get("phases", {}))
+    phases = _finished(root)
     bank = _bank(root)
     kill.where = (
         f"seed {seed}, in phase {phase}: phases done {phases}, bank adapters on disk {len(bank)}"
@@ -78,8 +76,8 @@ def test_a_killed_build_resumes_to_the_uninterrupted_files(
 
     # (b) whole files only; no marker, so nobody may use the build yet
     assert assert_no_partial_files(root) > 0
-    assert not is_complete(root) and not (root / ".complete").exists()
-    kept = [p for phase in phases for p in _phase_outputs(root, phase) if p.is_file()]
+    assert not is_complete(root) and not (root / ".steps" / "truth" / "COMPLETE.json").exists()
+    kept = [p for phase in phases for p in phase_outputs(root, phase) if p.is_file()]
     kept += [root / "bank" / name / "adapter_model.safetensors" for name in bank]
     stamps = {p: p.stat().st_mtime_ns for p in kept}
 
@@ -89,7 +87,7 @@ def test_a_killed_build_resumes_to_the_uninterrupted_files(
     # (a) finished phases and adapters were kept, not redone, and the files are the reference's
     assert is_complete(root, "micro", 0)
     assert {p: p.stat().st_mtime_ns for p in kept} == stamps
-    assert list(_state(root)["phases"]) == list(PHASES)
+    assert _finished(root) == list(PHASES)
     ours = {p.relative_to(root) for p in final_files(root)}
     theirs = {p.relative_to(ref_root) for p in final_files(ref_root)}
     assert ours == theirs
@@ -100,13 +98,14 @@ def test_a_killed_build_resumes_to_the_uninterrupted_files(
             assert tensors.keys() == ref_tensors.keys(), rel
             for key, value in ref_tensors.items():
                 torch.testing.assert_close(tensors[key], value, rtol=RTOL, atol=ATOL, msg=key)
-        elif rel.suffix == ".json" or rel.name == ".complete":
+        elif rel.suffix == ".json":
             actual, expected = json.loads(mine.read_text()), json.loads(ref.read_text())
-            # the state lists the adapters each process trained: a resumed one trains fewer;
+            # the bank's marker lists the adapters each process trained: a resumed one trains
+            # fewer; markers hold checksums of files compared above within float tolerance;
             # a saved tokenizer config records whether its loader ran offline (HF_HUB_OFFLINE
             # as transformers saw it at import): the environment's, not the build's
             drop = TIMINGS | {
-                "state.json": {"adapters"},
+                "COMPLETE.json": {"adapters", "files"},
                 "tokenizer_config.json": {"local_files_only"},
             }.get(rel.name, set())
             actual, expected = without(actual, drop), without(expected, drop)

@@ -1,31 +1,39 @@
-"""`taskexpert testbed build`: the offline tiny model, LoRA bank, pool and target tasks."""
+"""`taskexpert testbed build`: the offline tiny model, LoRA bank, pool and target tasks.
+
+Its settings are `TestbedBuildConfig` (recipes/testbed_build.py), so they come from options
+or `--config FILE.yaml` alike, and `--print-config` shows them; the output directory and
+`--force` stay plain options."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from taskexpert.configs import verb_command
+from taskexpert.recipes.testbed_build import TestbedBuildConfig
 
+
+@verb_command(TestbedBuildConfig)
 def main(
-    out: Path = typer.Option(..., "--out", help="directory to build (or resume) the testbed in"),
-    preset: str = typer.Option("micro", "--preset", help="micro (tests) or standard (demo)"),
-    seed: int = typer.Option(0, "--seed", help="everything is deterministic per seed"),
-    force: bool = typer.Option(False, "--force", help="rebuild even if a build is there"),
-    threads: int = typer.Option(
-        0, "--threads", help="torch threads (0: every core if the machine is quiet, else 1)"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", help="directory to build (or resume) the testbed in")
+    ],
+    force: Annotated[
+        bool, typer.Option("--force", help="rebuild even if a build is there")
+    ] = False,
+    *,
+    config: TestbedBuildConfig,
 ) -> None:
     """Build the offline testbed (cached per preset and seed; resumes a half-built one)."""
     import time
 
-    from taskexpert.testbed import build_testbed
+    from taskexpert.recipes.testbed_build import run_testbed_build
     from taskexpert.testbed.baselines import format_table
 
     began = time.perf_counter()
-    testbed = build_testbed(
-        out, preset, seed, force=force, threads=threads or None
-    )
+    testbed = run_testbed_build(out, config, force=force)
     build = testbed.truth["build"]
     typer.echo(format_table(testbed.truth))
     typer.echo(

@@ -1,11 +1,10 @@
-"""Build the testbed in phases, each written atomically and recorded, so a build is cached,
-resumable and never mistaken for complete when it is not.
+"""The testbed build's phases: tokenizer -> base -> data -> bank -> baselines -> truth.
 
-Phases: tokenizer -> base -> data -> bank -> baselines -> truth. `.build/state.json` records
-the finished phases with the build's fingerprint (preset, seed, format version); the marker
-`.complete` is written last. A call with the same preset and seed on a complete directory
-returns at once; on a half-built one it resumes at the first phase whose record or files are
-missing (bank adapters already on disk are kept) and redoes every phase after it.
+Each phase writes its outputs at the fixed paths other code reads (`base/`, `bank/<adapter>/`,
+`pool.jsonl`, ...), every file or directory atomically. The run around them (lock, identity,
+one completion marker per phase and per bank adapter, resume) is the project's run directory
+(`taskexpert.rundir`), driven by `taskexpert.recipes.testbed_build`; build_state.py says what
+a rerun may keep. `build_testbed` is the Python entry point.
 """
 
 from __future__ import annotations
@@ -13,33 +12,25 @@ from __future__ import annotations
 import functools
 import random
 import time
-from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 from taskexpert.io import atomic_dir, remove_tree, write_json
 from taskexpert.progress import is_quiet, logger
 from taskexpert.progress import progress as progress_bar
 from taskexpert.records import Record, write_records
-from taskexpert.runtime import auto_threads, pin_process_threads, pinned_threads, resolve_device
+from taskexpert.runtime import auto_threads, pin_process_threads, resolve_device
 from taskexpert.testbed.bank import AdapterSpec, bank_specs, train_adapter
-
-# the build's state (what a rerun may keep) lives in build_state.py; these names keep
-# build_testbed's body, and what other modules import from here, as they were
-from taskexpert.testbed.build_state import LOCK_FILE, PHASES, is_complete
-from taskexpert.testbed.build_state import check_writable as _check_writable
-from taskexpert.testbed.build_state import clear_leftovers as _clear_leftovers
-from taskexpert.testbed.build_state import fingerprint as _fingerprint
-from taskexpert.testbed.build_state import phase_outputs as _phase_outputs
-from taskexpert.testbed.build_state import prepare as _prepare
-from taskexpert.testbed.build_state import refuse_foreign as _refuse_foreign
-from taskexpert.testbed.build_state import save_state as _save_state
+from taskexpert.testbed.build_state import (
+    PHASES,
+    adapter_step,
+    is_complete,
+    run_directory,
+)
 from taskexpert.testbed.families import FAMILIES, held_out_records, make_record
 from taskexpert.testbed.layout import (
     BANK_DIR,
     BASE_DIR,
     CALIBRATION_DIR,
-    MARKER,
     POOL_FILE,
     POOL_TRUTH_FILE,
     STATE_DIR,
@@ -61,30 +52,20 @@ from taskexpert.testbed.tasks import TARGETS
 from taskexpert.testbed.tokenizer import build_tokenizer, corpus_words
 from taskexpert.testbed.truth import ground_truth
 
-__all__ = ["PHASES", "RECIPE_VERSION", "build_testbed", "ground_truth", "is_complete", "recipe_id"]
+__all__ = [
+    "PHASES",
+    "RECIPE_VERSION",
+    "auto_threads",
+    "build_testbed",
+    "ground_truth",
+    "is_complete",
+    "recipe_id",
+]
 
 
 def _log(message: str, progress: bool) -> None:
     if progress and not is_quiet():
         logger.info(message)
-
-
-@contextmanager
-def _exclusive(root: Path):
-    """One build per directory at a time: a second caller waits, then finds it cached."""
-    handle = open(root / LOCK_FILE, "a+")  # noqa: SIM115 - held for the whole build
-    try:
-        try:
-            import fcntl
-
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        except ImportError:  # no advisory locks on this platform: run unguarded
-            pass
-        yield
-    finally:
-        handle.close()
-
-
 
 
 # ---- phases --------------------------------------------------------------------------------
@@ -195,16 +176,18 @@ def _train_one_adapter(root: Path, preset_name: str, seed: int, name: str) -> di
         foreign_spec = preset.model.model_copy(update={"hidden": preset.model.hidden + 16})
         foreign = make_base_model(foreign_spec, tokenizer, seed + 1, attention=build_attention())
     began = time.perf_counter()
-    result = train_adapter(
-        spec,
-        model,
-        foreign,
-        tokenizer,
-        root / BANK_DIR / spec.name,
-        n_records=preset.adapter_records,
-        config=runnable(preset.adapter).model_copy(update={"progress": False}),
-        pair_share=preset.adapter_pair_share,
-    )
+    # an in-place step of its own: an interrupted bank keeps the adapters it finished
+    with run_directory(root).step_in_place(adapter_step(name), {"adapter": name}):
+        result = train_adapter(
+            spec,
+            model,
+            foreign,
+            tokenizer,
+            root / BANK_DIR / spec.name,
+            n_records=preset.adapter_records,
+            config=runnable(preset.adapter).model_copy(update={"progress": False}),
+            pair_share=preset.adapter_pair_share,
+        )
     return {"seconds": round(time.perf_counter() - began, 2), **result.to_dict()}
 
 
@@ -229,13 +212,16 @@ def _phase_bank(
     root: Path, preset: Preset, seed: int, progress: bool, *, keep_existing: bool, workers: int
 ) -> dict:
 
+    rundir = run_directory(root)
     if not keep_existing:
+        rundir.forget(BANK_DIR)  # the phase's marker and every adapter's
         remove_tree(root / BANK_DIR)
-    # an adapter on disk was written atomically by an earlier, interrupted run of this phase
+    # an adapter whose marker checks out was finished by an earlier, interrupted run of this
+    # phase; one without (killed after writing it, or changed since) is trained again
     todo = [
         s.name
         for s in bank_specs(seed, preset.lora_r, preset.lora_alpha)
-        if not (root / BANK_DIR / s.name / "adapter_model.safetensors").is_file()
+        if rundir.finished_in_place(adapter_step(s.name), {"adapter": s.name}, strict=False) is None
     ]
     timings: dict[str, dict] = {}
     bar = progress_bar(total=len(todo), desc="bank", unit="adapter", enabled=progress)
@@ -289,7 +275,7 @@ def _specs_by_name(seed: int, preset: Preset) -> dict[str, AdapterSpec]:
     return {s.name: s for s in bank_specs(seed, preset.lora_r, preset.lora_alpha)}
 
 
-# ---- orchestration -------------------------------------------------------------------------
+# ---- the entry point -----------------------------------------------------------------------
 
 
 def build_testbed(
@@ -305,63 +291,9 @@ def build_testbed(
 
     `threads` pins torch's intra-op threads during the build (None: each phase takes every
     core if the machine is quiet as it starts, one if it is busy; see `auto_threads`).
+    The run itself: `taskexpert.recipes.testbed_build.run_testbed_build`.
     """
-    spec = get_preset(preset)
-    root = Path(out)
-    fingerprint = _fingerprint(spec, seed)
-    if not force and is_complete(root, preset, seed):
-        return Testbed.load(root)
-    _refuse_foreign(root)
-    _check_writable(root)
-    with _exclusive(root):
-        if not force and is_complete(root, preset, seed):
-            return Testbed.load(root)  # built by another process while we waited
-        state = _prepare(root, fingerprint, force)
-        _clear_leftovers(root)
-        (root / MARKER).unlink(missing_ok=True)
-        # given: every phase runs with it. Else each phase asks again as it starts (issue 20:
-        # picked once on a busy machine, it kept a quiet one at 1 thread for the whole build)
-        # and records what it ran with, so testbed.json reports what was used.
-        count: dict[str, int] = {}  # the current phase's, set as it starts
-        rerun = {"earlier": False}  # once a phase reruns, every later phase reruns too
-        runners: dict[str, Callable[[], dict]] = {
-            "tokenizer": lambda: _phase_tokenizer(root, spec, seed, progress),
-            "base": lambda: _phase_base(root, spec, seed, progress),
-            "data": lambda: _phase_data(root, spec, seed, progress),
-            "bank": lambda: _phase_bank(
-                root,
-                spec,
-                seed,
-                progress,
-                keep_existing=not rerun["earlier"],
-                workers=bank_workers(count["threads"]) if spec.parallel_bank else 1,
-            ),
-            "baselines": lambda: _phase_baselines(root, spec, seed, progress),
-            "truth": lambda: _phase_truth(root, spec, seed, state, count["threads"]),
-        }
-        for phase in PHASES:
-            done = phase in state["phases"] and all(p.exists() for p in _phase_outputs(root, phase))
-            if done and not rerun["earlier"]:
-                continue
-            for later in PHASES[PHASES.index(phase) :]:
-                state["phases"].pop(later, None)
-            _save_state(root, state)
-            if PHASES.index(phase) < PHASES.index("bank"):
-                # adapters trained on the old base must go now, not when the bank phase
-                # starts: a build killed in between would resume and keep them
-                remove_tree(root / BANK_DIR)
-            count["threads"] = threads or auto_threads()
-            _log(f"testbed: phase {phase} ...", progress)
-            began = time.perf_counter()
-            with pinned_threads(count["threads"], blas=False):
-                info = runners[phase]()
-            info["seconds"] = time.perf_counter() - began
-            info["threads"] = count["threads"]
-            state["phases"][phase] = info
-            _save_state(root, state)
-            took = f"{info['seconds']:.1f}s on {info['threads']} thread(s)"
-            _log(f"testbed: phase {phase} done in {took}", progress)
-            rerun["earlier"] = True
-        finished = time.strftime("%Y-%m-%dT%H:%M:%S")
-        write_json(root / MARKER, {**fingerprint, "finished": finished})
-    return Testbed.load(root)
+    from taskexpert.recipes.testbed_build import TestbedBuildConfig, run_testbed_build
+
+    config = TestbedBuildConfig(preset=preset, seed=seed, threads=threads or 0)
+    return run_testbed_build(out, config, force=force, progress=progress)

@@ -1,19 +1,26 @@
 """What a testbed build keeps between runs, so a killed build resumes and a finished one is reused.
 
-`.build/state.json` records the finished phases under the build's fingerprint (preset, seed,
-format and recipe); `phase_outputs` names the files each phase guarantees, checked before its
-record is trusted. build.py runs the phases; this module decides what may be kept.
+The build is a run directory (`taskexpert.rundir`, like DiverseEvol and train-moe): `.lock`
+(held for the whole build; a second build waits), `run.json` (the identity: preset, seed,
+layout format and recipe id, plus the package version) and one in-place step per phase,
+built at the fixed paths other code reads, with its marker under `.steps/<phase>/COMPLETE.json`
+(the phase's record and the size and sha256 of every file it wrote). Each bank adapter is a
+step of its own (`.steps/bank/<adapter>/COMPLETE.json`), so an interrupted bank keeps the
+adapters it finished. The build is finished when every phase's marker checks out.
+
+A directory in the format before this one (`.build/state.json` and `.complete`) is migrated
+in place, nothing rebuilt: `migrate_legacy`. recipes/testbed_build.py runs the phases; this
+module decides what may be kept.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 from taskexpert.errors import InputError
-from taskexpert.io import is_temp_name, remove_tree, write_json
+from taskexpert.io import is_temp_name, remove_tree
+from taskexpert.rundir import LOCK_FILE, STEPS_DIR, CorruptStep, RunDir
 from taskexpert.testbed.bank import bank_specs
 from taskexpert.testbed.families import FAMILIES
 from taskexpert.testbed.layout import (
@@ -23,9 +30,10 @@ from taskexpert.testbed.layout import (
     BASELINES_FILE,
     CALIBRATION_DIR,
     FORMAT_VERSION,
-    MARKER,
+    LEGACY_MARKER,
     POOL_FILE,
     POOL_TRUTH_FILE,
+    RUN_FILE,
     STATE_DIR,
     TASKS_DIR,
     TOKENIZER_DIR,
@@ -34,13 +42,35 @@ from taskexpert.testbed.layout import (
 from taskexpert.testbed.presets import Preset, get_preset, recipe_id
 from taskexpert.testbed.tasks import TARGETS
 
+__all__ = ["LOCK_FILE", "PHASES", "is_complete", "run_directory"]
+
 PHASES = ("tokenizer", "base", "data", "bank", "baselines", "truth")
-STATE_FILE = "state.json"
-LOCK_FILE = ".lock"
+RUN_VERSION = 1  # of run.json and the step markers
+LEGACY_STATE_FILE = "state.json"  # in STATE_DIR, the format before run.json
 PROBE_FILE = ".write_probe"
+REMEDY = "pass force=True / --force to rebuild it, or choose another --out"
+
+# what each phase writes, as paths in the build directory (its step marker covers them)
+PHASE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "tokenizer": (TOKENIZER_DIR,),
+    "base": (BASE_DIR,),
+    "data": (POOL_FILE, TASKS_DIR, CALIBRATION_DIR, f"{STATE_DIR}/{POOL_TRUTH_FILE}"),
+    "bank": (BANK_DIR,),
+    "baselines": (BASELINES_DIR, BASELINES_FILE),
+    "truth": (TRUTH_FILE,),
+}
 
 
-def fingerprint(preset: Preset, seed: int) -> dict:
+def run_directory(root: str | Path) -> RunDir:
+    """The build directory as a run directory."""
+    return RunDir(
+        Path(root), kind="testbed build", version=RUN_VERSION, noun="phase", remedy=REMEDY
+    )
+
+
+def identity(preset: Preset, seed: int) -> dict:
+    """What decides a build's content: the preset (by name and, through the recipe id, by
+    every size in it and the generator's version), the seed and the layout's format."""
     return {
         "preset": preset.name,
         "seed": seed,
@@ -49,16 +79,18 @@ def fingerprint(preset: Preset, seed: int) -> dict:
     }
 
 
-def read_state(root: Path) -> dict | None:
-    path = root / STATE_DIR / STATE_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+def phase_meta(phase: str) -> dict:
+    return {"phase": phase}
+
+
+def adapter_step(name: str) -> str:
+    """The in-place step of one bank adapter."""
+    return f"{BANK_DIR}/{name}"
 
 
 def phase_outputs(root: Path, phase: str) -> list[Path]:
-    """Files whose presence a finished phase guarantees (checked before trusting it)."""
+    """Files whose presence a finished phase guarantees (what the format before run.json
+    checked; `migrate_legacy` still does)."""
     if phase == "tokenizer":
         return [root / TOKENIZER_DIR / "tokenizer.json"]
     if phase == "base":
@@ -88,81 +120,107 @@ def check_writable(root: Path) -> None:
         raise InputError(f"cannot write the testbed here ({exc.strerror or exc})", root) from None
 
 
+def is_build_dir(root: Path) -> bool:
+    """Holds a testbed build, finished or not, in this format or the one before."""
+    return (root / RUN_FILE).is_file() or (root / STATE_DIR).is_dir() or (root / STEPS_DIR).is_dir()
+
+
 def refuse_foreign(root: Path) -> None:
     """Never build into, or leave a lock file in, a directory that holds something else."""
-    # what a build killed before its state was saved may have left: the lock, the write
-    # probe, temp entries of atomic writes and removals
+    # what a build killed before its identity was recorded may have left: the lock, the
+    # write probe, temp entries of atomic writes and removals
     ours = {LOCK_FILE, PROBE_FILE}
     has_content = root.is_dir() and any(
         p.name not in ours and not is_temp_name(p.name) for p in root.iterdir()
     )
-    if read_state(root) is None and has_content and not (root / STATE_DIR).is_dir():
+    if has_content and not is_build_dir(root):
         raise InputError(
             "directory is not empty and is not a testbed build; choose another --out", root
         )
 
 
-def prepare(root: Path, fingerprint: dict, force: bool) -> dict:
-    """The state to resume from; refuses to touch a directory that is not this build's."""
-    refuse_foreign(root)
-    state = read_state(root)
-    if state is not None and state.get("fingerprint") != fingerprint:
-        if not force:
-            old = state.get("fingerprint", {})
-            same = (old.get("preset"), old.get("seed")) == (
-                fingerprint["preset"],
-                fingerprint["seed"],
-            )
-            what = (
-                "was built by an older testbed recipe"
-                if same
-                else f"holds a testbed built with preset {old.get('preset')!r} "
-                f"seed {old.get('seed')}"
-            )
-            raise InputError(
-                f"{what} (pass force=True / --force to rebuild it, or choose another --out)", root
-            )
-        state = None
-    if state is None or force:
-        for name in (MARKER, TRUTH_FILE, BASELINES_FILE, POOL_FILE):
-            (root / name).unlink(missing_ok=True)
-        # the state directory goes last: a build killed in here is still recognised as ours
-        for name in (TOKENIZER_DIR, BASE_DIR, BANK_DIR, BASELINES_DIR, TASKS_DIR, CALIBRATION_DIR):
-            remove_tree(root / name)
-        remove_tree(root / STATE_DIR)
-        state = {"fingerprint": fingerprint, "phases": {}}
-    return state
+def refusal(root: Path, stored: dict, current: dict) -> InputError:
+    """Why a directory holding another build is not reused."""
+    same = (stored.get("preset"), stored.get("seed")) == (current["preset"], current["seed"])
+    what = (
+        "was built by an older testbed recipe"
+        if same
+        else f"holds a testbed built with preset {stored.get('preset')!r} seed {stored.get('seed')}"
+    )
+    return InputError(f"{what} ({REMEDY})", root / RUN_FILE)
 
 
-def clear_leftovers(root: Path) -> None:
-    """Remove the temp files and directories of a killed build (we hold the lock, so no other
-    build is writing them); finished files never carry a temp name."""
-    for directory, dirs, files in os.walk(root):
-        for name in [d for d in dirs if is_temp_name(d)]:
-            dirs.remove(name)
-            shutil.rmtree(Path(directory) / name, ignore_errors=True)
-        for name in files:
-            if is_temp_name(name):
-                (Path(directory) / name).unlink(missing_ok=True)
-
-
-def save_state(root: Path, state: dict) -> None:
-    write_json(root / STATE_DIR / STATE_FILE, state)
-
-
-def is_complete(root: Path, preset: str | None = None, seed: int | None = None) -> bool:
-    """True if `root` holds a finished build (of this preset and seed, when given)."""
-    root = Path(root)
+def read_legacy_state(root: Path) -> dict | None:
     try:
-        marker = json.loads((root / MARKER).read_text())
+        state = json.loads((root / STATE_DIR / LEGACY_STATE_FILE).read_text())
     except (OSError, json.JSONDecodeError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def migrate_legacy(rundir: RunDir) -> bool:
+    """Turn a build of the format before run.json (`.build/state.json` with the finished
+    phases' records, `.complete` when finished) into this one in place: run.json from its
+    fingerprint, a step marker per recorded phase whose files are all there (up to the first
+    that is not) and per bank adapter on disk. Nothing is rebuilt. state.json goes last, so a
+    migration cut short runs again. Call while holding the lock; True if it migrated."""
+    root = rundir.path
+    state = read_legacy_state(root)
+    if state is None:
+        if (root / STATE_DIR / LEGACY_STATE_FILE).exists():  # unreadable: nothing to keep
+            (root / STATE_DIR / LEGACY_STATE_FILE).unlink(missing_ok=True)
         return False
-    if preset is not None and marker.get("preset") != preset:
+    fingerprint = state.get("fingerprint") or {}
+    rundir.record_identity(
+        {k: fingerprint.get(k) for k in ("preset", "seed", "format", "recipe")},
+        migrated_from=f"{STATE_DIR}/{LEGACY_STATE_FILE}",
+    )
+    phases = state.get("phases") or {}
+    for adapter in sorted((root / BANK_DIR).glob("*/adapter_model.safetensors")):
+        with rundir.step_in_place(
+            adapter_step(adapter.parent.name), {"adapter": adapter.parent.name}
+        ):
+            pass
+    for phase in PHASES:
+        if phase not in phases or not all(p.exists() for p in phase_outputs(root, phase)):
+            break
+        meta = {**phase_meta(phase), "info": phases[phase]}
+        with rundir.step_in_place(phase, meta, list(PHASE_OUTPUTS[phase])):
+            pass
+    (root / LEGACY_MARKER).unlink(missing_ok=True)
+    (root / STATE_DIR / LEGACY_STATE_FILE).unlink()
+    return True
+
+
+def finished_phase(rundir: RunDir, phase: str, *, strict: bool = False) -> dict | None:
+    """The record of a finished phase (its marker's `info`), None if it must run."""
+    marker = rundir.finished_in_place(phase, phase_meta(phase), strict=strict)
+    return None if marker is None else marker.get("info", {})
+
+
+def is_complete(root: str | Path, preset: str | None = None, seed: int | None = None) -> bool:
+    """True if `root` holds a finished build (of this preset and seed, when given) of the
+    current layout and recipe, every phase's files as its marker lists them."""
+    rundir = run_directory(root)
+    try:
+        stored = rundir.stored_identity()
+    except InputError:
         return False
-    if seed is not None and marker.get("seed") != seed:
+    if stored is None or stored.get("format") != FORMAT_VERSION:
         return False
-    if marker.get("format") != FORMAT_VERSION:
+    if preset is not None and stored.get("preset") != preset:
         return False
-    if preset is not None and marker.get("recipe") != recipe_id(get_preset(preset)):
+    if seed is not None and stored.get("seed") != seed:
+        return False
+    if preset is not None and stored.get("recipe") != recipe_id(get_preset(preset)):
         return False  # built by another version of the recipe: rebuild, do not reuse
-    return all(p.exists() for phase in PHASES for p in phase_outputs(root, phase))
+    try:
+        return all(finished_phase(rundir, phase, strict=True) is not None for phase in PHASES)
+    except CorruptStep:
+        return False
+
+
+def drop_bank(rundir: RunDir) -> None:
+    """The bank's adapters and their markers go (they were trained on an older base)."""
+    rundir.forget(BANK_DIR)
+    remove_tree(rundir.path / BANK_DIR)

@@ -20,8 +20,27 @@ BASELINES_DIR = "baselines"
 BASELINES_FILE = "baselines.json"
 TRUTH_FILE = "testbed.json"
 STATE_DIR = ".build"
-MARKER = ".complete"
 POOL_TRUTH_FILE = "pool_truth.json"  # in STATE_DIR: the pool's truth until testbed.json
+# the build is a run directory (taskexpert.rundir, build_state.py): its identity, and the
+# marker of its last phase, which is written only once every phase before it is finished
+RUN_FILE = "run.json"
+FINISHED_MARKER = ".steps/truth/COMPLETE.json"
+LEGACY_MARKER = ".complete"  # the finished-build marker of the format before run.json
+
+
+def _finished(root: Path) -> bool:
+    """A finished build (cheap: the last phase's marker; `is_complete` checks every file)."""
+    return (root / FINISHED_MARKER).is_file() or (root / LEGACY_MARKER).is_file()
+
+
+def _recipe(root: Path) -> str | None:
+    """The recipe id the build was made with (run.json, or the legacy marker)."""
+    try:
+        if (root / RUN_FILE).is_file():
+            return json.loads((root / RUN_FILE).read_text())["identity"].get("recipe")
+        return json.loads((root / LEGACY_MARKER).read_text()).get("recipe")
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -37,7 +56,7 @@ class Testbed:
     def load(cls, root: str | Path) -> Testbed:
         """Open a finished build; a half-built or foreign directory is an error, never used."""
         root = Path(root)
-        if not (root / MARKER).is_file() or not (root / TRUTH_FILE).is_file():
+        if not _finished(root) or not (root / TRUTH_FILE).is_file():
             raise InputError("not a finished testbed build (run `taskexpert testbed build`)", root)
         try:
             truth = json.loads((root / TRUTH_FILE).read_text())
@@ -59,9 +78,8 @@ class Testbed:
         from taskexpert.testbed.presets import get_preset, recipe_id
 
         try:
-            marker = json.loads((self.root / MARKER).read_text())
-            return marker.get("recipe") == recipe_id(get_preset(self.truth["build"]["preset"]))
-        except (OSError, json.JSONDecodeError, KeyError, InputError):
+            return _recipe(self.root) == recipe_id(get_preset(self.truth["build"]["preset"]))
+        except (KeyError, InputError):
             return False
 
     @property

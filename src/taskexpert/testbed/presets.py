@@ -128,6 +128,38 @@ PRESETS: dict[str, Preset] = {
         eval_batch_size=64,
         max_new_tokens=112,
     ),
+    # `make demo`: `standard` scaled down to build cold in minutes (README: presets). Same model,
+    # families and pretraining mix; fewer pretraining and adapter steps, a smaller pool and
+    # fewer test, calibration and ceiling items. initials_and_max is its two-skill showcase.
+    "demo": Preset(
+        name="demo",
+        model=ModelSpec(hidden=160, layers=2, heads=4, max_positions=256),
+        vocab_sample=150,
+        pretrain_records=48_000,
+        pretrain_full_share=0.6,
+        pretrain_canonical_share=0.0,
+        pretrain_family_weights={"add": 2.0, "reverse": 2.0, "consonants": 2.0},
+        pretrain_pair_share=0.0,
+        pretrain=_train(max_steps=1500, batch_size=32, lr=2e-3, warmup_ratio=0.03),
+        lora_r=16,
+        lora_alpha=32,
+        adapter_records=2560,
+        adapter_pair_share=0.3,
+        adapter=_train(max_steps=80, batch_size=32, lr=5e-3, warmup_ratio=0.05),
+        parallel_bank=True,
+        pool_family_total=4000,
+        pool_relevant_per_target=60,
+        pool_near_duplicate_share=0.04,
+        pool_noise_share=0.02,
+        kshot=32,
+        test=60,
+        calibration=20,
+        kshot_lora=_train(max_steps=30, batch_size=16, lr=2e-3, warmup_ratio=0.05),
+        ceiling_records=800,
+        ceiling=_train(max_steps=250, batch_size=32, lr=3e-3, warmup_ratio=0.05),
+        eval_batch_size=64,
+        max_new_tokens=112,
+    ),
 }
 
 
