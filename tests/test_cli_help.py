@@ -8,10 +8,14 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from taskexpert.cli import TESTBED_VERBS, VERBS, app
+from taskexpert.cli import CONFIG_VERBS, TESTBED_VERBS, VERBS, app
 
 runner = CliRunner()
-ALL_VERBS = [[verb] for verb in VERBS] + [["testbed", verb] for verb in TESTBED_VERBS]
+ALL_VERBS = (
+    [[verb] for verb in VERBS]
+    + [["testbed", verb] for verb in TESTBED_VERBS]
+    + [["config", verb] for verb in CONFIG_VERBS]
+)
 
 
 @pytest.mark.parametrize("verb", ALL_VERBS, ids=" ".join)
@@ -28,5 +32,5 @@ def test_help_renders_cleanly(verb):
 def test_top_level_help_lists_every_verb():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for verb in [*VERBS, "testbed"]:
+    for verb in [*VERBS, "testbed", "config"]:
         assert re.search(rf"^\s+{verb}\s", result.output, re.MULTILINE), verb

@@ -28,6 +28,8 @@ testbed_app = typer.Typer(
     help="The offline tiny model, LoRA bank, pool and target tasks.", rich_markup_mode=None
 )
 app.add_typer(testbed_app, name="testbed")
+config_app = typer.Typer(help="Run config files for `taskexpert run`.", rich_markup_mode=None)
+app.add_typer(config_app, name="config")
 
 # verb name -> module under taskexpert.commands; a module missing here is a verb not built yet.
 VERBS = {
@@ -39,8 +41,10 @@ VERBS = {
     "train-moe": "train_moe",
     "evaluate": "evaluate",
     "diverseevol": "diverseevol",
+    "run": "run",
 }
 TESTBED_VERBS = {"build": "testbed_build"}
+CONFIG_VERBS = {"example": "config_example"}
 
 
 def _set_quiet(value: bool) -> None:
@@ -88,6 +92,7 @@ def _register(target: typer.Typer, verbs: dict[str, str]) -> None:
 
 _register(app, VERBS)
 _register(testbed_app, TESTBED_VERBS)
+_register(config_app, CONFIG_VERBS)
 
 
 # typer ships its own copy of click (or uses click itself, in older versions): find the error

@@ -1,57 +1,39 @@
-"""`taskexpert demo`: the pipeline on the built-in sample, no ../shared needed (for now Stage 2)."""
+"""`taskexpert demo`: build (or reuse) the demo testbed and run the whole method on it."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
 import typer
 
-from taskexpert.data import SAMPLE_KSHOT, SAMPLE_POOL
-
-
-def format_report(summary: dict[str, Any]) -> str:
-    """The source mix and timings as a short human-readable block."""
-    selected = summary["selected"]
-    lines = [
-        f"selected {selected} of {summary['pool_size']} pool records for "
-        f"{summary['kshot_size']} GSM8K K-shot items (encoder {summary['encoder']})",
-        "source mix:",
-    ]
-    width = max((len(s) for s in summary["selected_per_source"]), default=0)
-    for source, count in summary["selected_per_source"].items():
-        lines.append(f"  {source:<{width}}  {count:>5}  {100 * count / max(selected, 1):5.1f}%")
-    lines.append(
-        f"removed as near-duplicates (cosine > {summary['dedup_threshold']}): "
-        f"{summary['removed_duplicates']}"
-    )
-    if summary.get("vendi_score") is not None:
-        lines.append(f"Vendi score of the selection: {summary['vendi_score']}")
-    lines.append(
-        "timings: "
-        + ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in summary["timings_s"].items())
-    )
-    return "\n".join(lines)
-
 
 def main(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory for the outputs."),
-    budget: int = typer.Option(100, "--budget", help="How many sample pool records to select."),
-    encoder: str = typer.Option(
-        "default", "--encoder", help="default (MiniLM), static (model2vec) or a model directory."
-    ),
-    cache: Path | None = typer.Option(
-        None,
-        "--cache",
-        help="Embedding cache dir (default: $TASKEXPERT_CACHE/embeddings, or under ~/.cache).",
-    ),
+    out: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/demo"),
+    testbed: Annotated[
+        Path, typer.Option("--testbed", help="Testbed directory (built there if missing).")
+    ] = Path("runs/testbed-demo"),
+    preset: Annotated[
+        str | None, typer.Option("--preset", help="Testbed preset [demo].")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", help="Testbed target task [reverse_and_add].")
+    ] = None,
+    seeds: Annotated[
+        list[int] | None, typer.Option("--seed", help="A seed (repeat for several) [0 1 2].")
+    ] = None,
+    budget: Annotated[
+        int | None, typer.Option("--budget", help="Pool records to select [300].")
+    ] = None,
 ) -> None:
-    """Run select-data on the built-in sample (GSM8K K-shot); print the source mix and timings."""
-    from taskexpert.commands.select_data import run_select_data, summary_path
+    """The whole method on a two-skill testbed target: experts, data, mixture, baselines,
+    verdict. Builds the testbed on first use; reruns reuse every finished stage."""
+    from taskexpert.commands.run import report
+    from taskexpert.progress import is_quiet
+    from taskexpert.recipes.demo import run_demo
 
-    selected = Path(out) / "selected.jsonl"
-    summary = run_select_data(
-        [SAMPLE_POOL], SAMPLE_KSHOT, budget, selected, encoder=encoder, cache_dir=cache
-    )
-    typer.echo(format_report(summary))
-    typer.echo(f"wrote {selected} and {summary_path(selected)}")
+    given = {"preset": preset, "target": target, "seeds": seeds or None, "budget": budget}
+    chosen = {key: value for key, value in given.items() if value is not None}
+    result, config_path = run_demo(out, testbed, progress=not is_quiet(), **chosen)
+    typer.echo(report(result))
+    typer.echo(f"config: {config_path} (edit it and run `taskexpert run {config_path} --resume`)")

@@ -1,0 +1,182 @@
+"""`taskexpert run` end to end on the micro testbed: stages, manifest, verdict, winner, reuse,
+resume after a change (exactly the dependent stages rerun), and bad input that writes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from taskexpert.errors import InputError
+from taskexpert.recipes.run import run_method
+from taskexpert.recipes.run_config import RunConfig, dump_run_config, load_run_config
+from taskexpert.recipes.run_example import testbed_example
+from taskexpert.records import load_records
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TARGET = "mc_add_quiz"
+SMALL = {
+    "seeds": [0, 1],
+    "budget": 24,
+    "runtime": {"device": "cpu"},
+    "select_experts": {"n": 2, "max_new_tokens": 12},
+    "select_data": {"use_cache": False},
+    "train": {"max_steps": 4, "batch_size": 4, "micro_batch_size": 2, "lr": 1e-3},
+    "evaluate": {"max_new_tokens": 12},
+    "verdict": {"resamples": 200},
+}
+
+
+def micro_config(testbed, **changes) -> RunConfig:
+    data = testbed_example(testbed.root, TARGET).model_dump(mode="json")
+    for key, value in {**SMALL, **changes}.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    return RunConfig.model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def first_run(micro_testbed, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    config = micro_config(micro_testbed)
+    return config, out, run_method(config, out, progress=False)
+
+
+def test_every_method_is_scored_and_the_winner_is_written(first_run):
+    config, out, result = first_run
+    verdict = result.verdict
+    assert {m.method for m in verdict.methods} == set(config.methods)
+    for score in verdict.methods:
+        assert score.low <= score.mean <= score.high
+        trained = score.method in ("moe", "plain_lora", "kshot_lora")
+        assert len(score.per_seed) == (2 if trained else 1)
+    assert verdict.winner == max(verdict.methods, key=lambda m: m.mean).method
+    assert verdict.comparison is not None and verdict.comparison.method == "moe"
+    assert "mixture" in verdict.sentence
+    assert json.loads((out / "verdict.json").read_text())["winner"] == verdict.winner
+    winner = json.loads((out / "final" / "winner.json").read_text())
+    assert winner["method"] == verdict.winner
+    loadable = {"peft-lora": "adapter", "taskexpert-moe": "moe", "base-model": None}
+    folder = loadable[winner["kind"]]
+    if folder:
+        assert (out / "final" / folder).is_dir()
+
+
+def test_manifest_records_config_versions_inputs_and_costs(first_run):
+    config, out, _ = first_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["seeds"] == [0, 1]
+    assert manifest["versions"]["torch"] and manifest["versions"]["taskexpert"]
+    assert set(manifest["inputs"]) >= {"base", "bank", "kshot", "pool0", "test"}
+    stages = manifest["stages"]
+    for name in ("split", "select-experts", "select-data", "train/moe-seed1", "eval/base",
+                 "eval/plain_lora-seed0", "uniform-merge", "best-adapter", "verdict"):  # fmt: skip
+        assert name in stages, name
+        assert stages[name]["seconds"] >= 0 and stages[name]["peak_rss_mb"] > 0
+
+
+def test_mixture_and_plain_lora_train_on_the_same_records(first_run):
+    _, out, _ = first_run
+    moe = json.loads((out / "stages/train/moe-seed0/model/train_summary.json").read_text())
+    lora = json.loads((out / "stages/train/plain_lora-seed0/train_summary.json").read_text())
+    kshot = json.loads((out / "stages/train/kshot_lora-seed0/train_summary.json").read_text())
+    assert lora["records"] == moe["data"]["total"]
+    assert kshot["records"] == moe["data"]["kshot"]
+
+
+def test_rerun_reuses_every_stage(first_run):
+    config, out, result = first_run
+    again = run_method(config, out, progress=False)
+    assert again.ran == []
+    assert again.verdict == result.verdict
+
+
+def test_resume_after_a_change_reruns_exactly_what_depends_on_it(first_run, micro_testbed):
+    _, out, _ = first_run
+    changed = micro_config(micro_testbed, lora={"lr": 5e-3})
+    manifest = (out / "manifest.json").read_bytes()
+    with pytest.raises(InputError, match="another config.*lora.lr.*--resume"):
+        run_method(changed, out, progress=False)
+    assert (out / "manifest.json").read_bytes() == manifest  # refused: nothing touched
+    result = run_method(changed, out, resume=True, progress=False)
+    expected = {f"{stage}/{m}-seed{s}" for stage in ("train", "eval")
+                for m in ("plain_lora", "kshot_lora") for s in (0, 1)}  # fmt: skip
+    assert set(result.ran) == expected | {"verdict"}
+
+
+def test_holdout_split_keeps_scored_items_out_of_selection_and_training(micro_testbed, tmp_path):
+    config = micro_config(micro_testbed, methods=["base", "best_adapter"], test=None)
+    result = run_method(config, tmp_path / "run", progress=False)
+    split = tmp_path / "run" / "stages" / "split"
+    learn = {r.id for r in load_records(split / "kshot.jsonl")}
+    scored = {r.id for r in load_records(split / "test.jsonl")}
+    assert learn and scored and not learn & scored
+    assert learn | scored == {r.id for r in load_records(config.kshot)}
+    assert result.split == {"source": "held-out K-shot", "kshot": len(learn), "test": len(scored)}
+    experts = json.loads((tmp_path / "run/stages/select-experts/experts.json").read_text())
+    assert experts["kshot"]["size"] == len(learn)
+    assert any("too few" in w for w in result.verdict.warnings)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"kshot": "missing.jsonl"}, "not found"),
+        ({"budget": 10**9}, "exceeds the pool size"),
+        ({"test": "EMPTY"}, "no records"),
+        ({"base": "no-such-model"}, "base model not found"),
+    ],
+)
+def test_bad_input_is_one_clear_error_and_writes_nothing(
+    micro_testbed, tmp_path, change, message
+):
+    if change.get("test") == "EMPTY":
+        (tmp_path / "empty.jsonl").write_text("")
+        change = {"test": str(tmp_path / "empty.jsonl")}
+    data = micro_config(micro_testbed).model_dump(mode="json") | change
+    config = RunConfig.model_validate(data).resolved(tmp_path)
+    with pytest.raises(InputError, match=message):
+        run_method(config, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_key_names_its_path_and_line(micro_testbed, tmp_path):
+    text = dump_run_config(micro_config(micro_testbed)).replace("  top_k:", "  topk:")
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError) as error:
+        load_run_config(path)
+    assert error.value.field == "train.topk"
+    assert "did you mean" in str(error.value) and "top_k" in str(error.value)
+    assert error.value.line == text.splitlines().index("  topk: 2") + 1
+
+
+def test_run_owned_and_runtime_keys_are_refused_in_sections(tmp_path):
+    path = tmp_path / "run.yaml"
+    base = {"base": "smollm2", "bank": "b", "kshot": "k.jsonl", "pools": ["p"], "budget": 5}
+    for section, key, hint in (("train", "seed", "seeds"), ("evaluate", "device", "runtime")):
+        path.write_text(yaml.safe_dump({**base, section: {key: 1}}))
+        with pytest.raises(InputError, match=hint):
+            load_run_config(path)
+
+
+def test_example_config_round_trips(micro_testbed, tmp_path):
+    config = testbed_example(micro_testbed.root, TARGET)
+    path = tmp_path / "example.yaml"
+    path.write_text(dump_run_config(config))
+    assert load_run_config(path) == config
+
+
+def test_relative_paths_read_from_the_config_folder(tmp_path):
+    path = tmp_path / "sub" / "run.yaml"
+    path.parent.mkdir()
+    path.write_text(
+        "base: smollm2\nbank: bank\nkshot: k.jsonl\npools: [p.jsonl]\nbudget: 5\n"
+    )
+    config = load_run_config(path)
+    assert config.base == "smollm2"
+    assert config.kshot == (tmp_path / "sub" / "k.jsonl").resolve()
+    assert config.pools == [(tmp_path / "sub" / "p.jsonl").resolve()]
+    assert isinstance(config.bank, Path)
