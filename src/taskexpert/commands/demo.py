@@ -47,7 +47,7 @@ def main(
     ),
 ) -> None:
     """Run select-data on the built-in sample (GSM8K K-shot); print the source mix and timings."""
-    from taskexpert.commands.select_data import run_select_data, summary_path
+    from taskexpert.recipes.select_data import run_select_data, summary_path
 
     selected = Path(out) / "selected.jsonl"
     summary = run_select_data(
