@@ -16,13 +16,13 @@ import typer.main
 from typer.testing import CliRunner
 
 from taskexpert.cli import app
-from taskexpert.commands.evaluate import EvaluateConfig
 from taskexpert.commands.kcenter import KcenterConfig
-from taskexpert.commands.select_data import SelectDataConfig
-from taskexpert.commands.select_experts import SelectExpertsConfig
 from taskexpert.configs import build_config, choices_of, cli_type, flag_of, option_fields
 from taskexpert.errors import InputError
 from taskexpert.experts.config import ExpertSelectionConfig
+from taskexpert.recipes.evaluate import EvaluateConfig
+from taskexpert.recipes.select_data import SelectDataConfig
+from taskexpert.recipes.select_experts import SelectExpertsConfig
 
 # verb -> (its config model, its data options: plain options, not settings)
 ADOPTED = {
@@ -204,7 +204,7 @@ def test_a_config_file_drives_a_real_run(tmp_path):
 
 
 def test_python_callers_pass_settings_as_keywords(tmp_path):
-    from taskexpert.commands.select_data import run_select_data
+    from taskexpert.recipes.select_data import run_select_data
 
     with pytest.raises(InputError, match="field 'mode'.*got 'nearest'"):
         run_select_data([tmp_path / "pool.jsonl"], tmp_path / "k.jsonl", 1, tmp_path / "o.jsonl",

@@ -299,7 +299,9 @@ def dump_config(config: BaseModel, title: str = "") -> str:
 
 
 def shared_field(option: Any) -> Any:
-    """A field for one of `commands.options`' shared options (default and help kept there)."""
+    """A field for one of `recipes.common_options`' shared settings (default and help kept there).
+
+    Anything with `default` and `help` will do (a `SharedOption`, or a typer option)."""
     from pydantic import Field
 
     return Field(option.default, description=option.help)

@@ -8,7 +8,6 @@ import pytest
 from expert_helpers import memory_adapter
 
 from taskexpert.bank import SAFETENSORS_FILE, load_bank
-from taskexpert.commands.select_experts import run_select_experts
 from taskexpert.errors import InputError, TaskexpertError
 from taskexpert.experts.distributed import (
     AdapterStream,
@@ -17,6 +16,7 @@ from taskexpert.experts.distributed import (
     shard_items,
 )
 from taskexpert.experts.scoring import BASE_ROW, ScoringConfig, prepare_kshot
+from taskexpert.recipes.select_experts import run_select_experts
 from taskexpert.records import load_records
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -13,8 +13,8 @@ from expert_helpers import save_random_lora
 from kill_resume import assert_json_close, assert_no_partial_files, kill_midway, rerun, without
 from tiny_models import make_char_tokenizer, make_tiny_llama
 
-from taskexpert.commands.select_experts import score_dir
 from taskexpert.experts import scoring
+from taskexpert.recipes.select_experts import score_dir
 from taskexpert.records import Record, write_records
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

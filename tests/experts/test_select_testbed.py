@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from taskexpert.commands.select_experts import run_select_experts
 from taskexpert.experts.scoring import BASE_ROW
+from taskexpert.recipes.select_experts import run_select_experts
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

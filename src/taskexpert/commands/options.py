@@ -1,19 +1,26 @@
-"""CLI options shared by every verb that loads a base model, defined once so they read alike."""
+"""CLI options shared by every verb that loads a base model, so they read alike.
+
+The settings themselves (flag, default, help) are written once in
+`taskexpert.recipes.common_options`; this module only makes them typer options.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
-ALLOW_PICKLE = typer.Option(
-    False, "--allow-pickle", help="Also load pickle (.bin) weights; they can run code."
-)
-TRUST_REMOTE_CODE = typer.Option(
-    False, "--trust-remote-code", help="Run model code shipped with the base model."
-)
-DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, mps.")
-DTYPE = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.")
-ALLOW_OTHER_BASE = typer.Option(
-    False,
-    "--allow-other-base",
-    help="Use adapters whose adapter_config.json names another base model (refused otherwise).",
-)
+from taskexpert.recipes import common_options
+from taskexpert.recipes.common_options import SharedOption
+
+
+def typer_option(spec: SharedOption) -> Any:
+    """The typer option for a shared setting."""
+    return typer.Option(spec.default, spec.flag, help=spec.help)
+
+
+ALLOW_PICKLE = typer_option(common_options.ALLOW_PICKLE)
+TRUST_REMOTE_CODE = typer_option(common_options.TRUST_REMOTE_CODE)
+DEVICE = typer_option(common_options.DEVICE)
+DTYPE = typer_option(common_options.DTYPE)
+ALLOW_OTHER_BASE = typer_option(common_options.ALLOW_OTHER_BASE)
