@@ -123,13 +123,13 @@ def peft_with(base, dirs: dict):
     return model.eval()
 
 
-def uniform_merge(base, dirs: dict):
-    """PEFT add_weighted_adapter, combination 'cat', weights 1/N: exactly the mean update."""
-    model = peft_with(base, dirs)
-    names = list(dirs)
-    model.add_weighted_adapter(names, [1.0 / len(names)] * len(names), "uniform", "cat")
-    model.set_adapter("uniform")
-    return model.eval()
+def uniform_merge(base, dirs: dict, out: Path):
+    """The package's uniform merge (PEFT "cat", weights 1/N: exactly the mean update), saved
+    to `out` and loaded back, as `taskexpert run` evaluates it."""
+    from taskexpert.lora_baselines import uniform_merge as merge
+
+    merge(base, list(dirs.items()), out)
+    return peft_with(base, {"uniform": out})
 
 
 def kshot_loss(model, tokenizer, kshot, max_length: int) -> float:
@@ -198,21 +198,13 @@ def train_moe(base, tokenizer, adapters, records, kshot, config, out: Path):
     return model.eval(), summary
 
 
-def lora_params_per_rank(mixture) -> int:
-    from taskexpert.moe import mixture_layers
-
-    return sum(
-        layer.base_layer.in_features + layer.base_layer.out_features
-        for layer in mixture_layers(mixture).values()
-    )
-
-
 # --- one target -----------------------------------------------------------------------------
 
 
 def run_target(args, testbed, target: str, base, tokenizer, work: Path) -> dict:
     from taskexpert.bank import load_adapter
     from taskexpert.evaluate import evaluate_exact_match
+    from taskexpert.lora_baselines import matched_rank as rank_for
     from taskexpert.moe import attach_mixture, fixed_gates, freeze_base
     from taskexpert.moe.train import MoeTrainConfig
     from taskexpert.records import load_records
@@ -303,7 +295,8 @@ def run_target(args, testbed, target: str, base, tokenizer, work: Path) -> dict:
             model = peft_with(base, {best: testbed.adapter_dir(best)})
             record(method, em(model), t0, adapter=best, testbed_em=bank_table[best])
         elif method == "uniform_merge":
-            model = uniform_merge(base, {n: testbed.adapter_dir(n) for n in names})
+            dirs = {n: testbed.adapter_dir(n) for n in names}
+            model = uniform_merge(base, dirs, cache / "uniform_merge")
             record(method, em(model), t0)
 
     for seed in args.seeds:
@@ -332,7 +325,7 @@ def run_target(args, testbed, target: str, base, tokenizer, work: Path) -> dict:
             elif method == "lora_param_matched":
                 if matched_rank is None:
                     probe = attach_mixture(copy.deepcopy(base), adapters)
-                    matched_rank = max(1, round(freeze_base(probe) / lora_params_per_rank(probe)))
+                    matched_rank = rank_for(base, freeze_base(probe), target_modules)
                 model, _ = train_lora(
                     base, tokenizer, data, matched_rank, target_modules, lora_seed
                 )
