@@ -12,7 +12,7 @@ import yaml
 from taskexpert.errors import InputError
 from taskexpert.recipes.run import run_method
 from taskexpert.recipes.run_config import RunConfig, dump_run_config, load_run_config
-from taskexpert.recipes.run_example import testbed_example
+from taskexpert.recipes.run_example import example_for_testbed
 from taskexpert.records import load_records
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -31,7 +31,7 @@ SMALL = {
 
 
 def micro_config(testbed, **changes) -> RunConfig:
-    data = testbed_example(testbed.root, TARGET).model_dump(mode="json")
+    data = example_for_testbed(testbed.root, TARGET).model_dump(mode="json")
     for key, value in {**SMALL, **changes}.items():
         data[key] = {**data[key], **value} if isinstance(value, dict) else value
     return RunConfig.model_validate(data)
@@ -163,7 +163,7 @@ def test_run_owned_and_runtime_keys_are_refused_in_sections(tmp_path):
 
 
 def test_example_config_round_trips(micro_testbed, tmp_path):
-    config = testbed_example(micro_testbed.root, TARGET)
+    config = example_for_testbed(micro_testbed.root, TARGET)
     path = tmp_path / "example.yaml"
     path.write_text(dump_run_config(config))
     assert load_run_config(path) == config

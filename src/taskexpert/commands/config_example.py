@@ -20,7 +20,7 @@ def main(
     """Print a commented `taskexpert run` config (every setting, with its default)."""
     from taskexpert.errors import InputError
     from taskexpert.recipes.run_config import dump_run_config
-    from taskexpert.recipes.run_example import generic_example, testbed_example
+    from taskexpert.recipes.run_example import generic_example, example_for_testbed
 
     if (testbed is None) != (target is None):
         raise InputError("give --testbed and --target together", field="target")
@@ -28,4 +28,4 @@ def main(
         typer.echo(dump_run_config(generic_example()), nl=False)
     else:
         title = f"taskexpert run on testbed {testbed}, target {target}"
-        typer.echo(dump_run_config(testbed_example(testbed, target), title), nl=False)
+        typer.echo(dump_run_config(example_for_testbed(testbed, target), title), nl=False)

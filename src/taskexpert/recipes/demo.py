@@ -13,7 +13,7 @@ from pathlib import Path
 from taskexpert.io import atomic_open
 from taskexpert.recipes.run import RunResult, run_method
 from taskexpert.recipes.run_config import dump_run_config
-from taskexpert.recipes.run_example import testbed_example
+from taskexpert.recipes.run_example import example_for_testbed
 
 DEMO_PRESET = "demo"
 DEMO_TARGET = "reverse_and_add"  # two skills, each held by one bank expert
@@ -36,7 +36,7 @@ def run_demo(
     from taskexpert.testbed import build_testbed
 
     bed = build_testbed(testbed, preset, 0, progress=progress)
-    config = testbed_example(bed.root, target, budget)
+    config = example_for_testbed(bed.root, target, budget)
     if seeds is not None:
         config = config.model_copy(update={"seeds": list(seeds)})
     out = Path(out)

@@ -28,7 +28,7 @@ from typing import Any
 
 from taskexpert.errors import InputError
 from taskexpert.io import atomic_dir, write_json
-from taskexpert.recipes.run_config import TRAINED, RunConfig, settings_dict
+from taskexpert.recipes.run_config import RUNTIME_KEYS, TRAINED, RunConfig, settings_dict
 from taskexpert.recipes.run_dir import RunDirectory, fingerprint, stage_key
 from taskexpert.records import Record, load_records, write_records
 
@@ -383,7 +383,7 @@ def _eval_stage(run: _Run, name: str, test: Path, model: dict[str, Any], upstrea
     from taskexpert.recipes.evaluate import run_evaluate
 
     config = run.config
-    settings = config.evaluate.model_dump(exclude={"metric"})
+    settings = config.evaluate.model_dump(exclude={"metric", *RUNTIME_KEYS})
 
     def build(tmp: Path) -> None:
         run_evaluate(

@@ -176,13 +176,19 @@ def _section_model(model: type[BaseModel], key: str) -> type[BaseModel] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
+def _hidden(model: type[BaseModel]) -> set[str]:
+    """The keys a section may not set: those the run sets (none at the top, in `runtime`)."""
+    return set() if model in (RunConfig, RuntimeSettings) else HIDDEN
+
+
 def _check_keys(data: dict, model: type[BaseModel], path: Path, prefix: str = "") -> None:
     """An unknown or run-owned key is an error naming its full path and the closest key."""
-    known = [k for k in model.model_fields if not (prefix and k in HIDDEN)]
+    hidden = _hidden(model)
+    known = [k for k in model.model_fields if k not in hidden]
     for key, value in data.items():
         where = f"{prefix}{key}"
         if key not in known:
-            if prefix and key in HIDDEN:
+            if key in hidden:
                 instead = {"seed": "the top-level 'seeds'", "progress": "--quiet"}.get(
                     key, f"'runtime.{key}'"
                 )
@@ -249,8 +255,9 @@ def _dump_model(config: BaseModel, indent: str = "") -> list[str]:
 
     lines: list[str] = []
     fields = file_fields(type(config))
+    hidden = _hidden(type(config))
     for name, info in fields.items():
-        if indent and name in HIDDEN:
+        if name in hidden:
             continue
         value = getattr(config, name)
         lines.append("")
@@ -263,7 +270,9 @@ def _dump_model(config: BaseModel, indent: str = "") -> list[str]:
         data = str(data) if isinstance(data, Path) else data
         if isinstance(data, list):
             data = [str(v) if isinstance(v, Path) else v for v in data]
-        text = yaml.safe_dump({name: data}, sort_keys=False, default_flow_style=None).rstrip()
+        flow = isinstance(data, list)  # lists on one line, the rest in block style
+        text = yaml.safe_dump({name: data}, sort_keys=False, default_flow_style=flow).rstrip()
+        text = text[1:-1] if flow and text.startswith("{") else text
         lines.extend(f"{indent}{line}" for line in text.splitlines())
     return lines
 

@@ -36,7 +36,7 @@ def generic_example() -> RunConfig:
     )
 
 
-def testbed_example(testbed: str | Path, target: str, budget: int | None = None) -> RunConfig:
+def example_for_testbed(testbed: str | Path, target: str, budget: int | None = None) -> RunConfig:
     """A config that runs on `target` of the built testbed at `testbed` (absolute paths)."""
     from taskexpert.testbed.layout import Testbed
 
