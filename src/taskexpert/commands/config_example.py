@@ -20,7 +20,7 @@ def main(
     """Print a commented `taskexpert run` config (every setting, with its default)."""
     from taskexpert.errors import InputError
     from taskexpert.recipes.run_config import dump_run_config
-    from taskexpert.recipes.run_example import generic_example, example_for_testbed
+    from taskexpert.recipes.run_example import example_for_testbed, generic_example
 
     if (testbed is None) != (target is None):
         raise InputError("give --testbed and --target together", field="target")

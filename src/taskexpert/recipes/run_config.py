@@ -173,7 +173,8 @@ def _section_model(model: type[BaseModel], key: str) -> type[BaseModel] | None:
     if info is None:
         return None
     annotation = info.annotation
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    return annotation if is_section else None
 
 
 def _hidden(model: type[BaseModel]) -> set[str]:
