@@ -16,7 +16,7 @@ from taskexpert.recipes.run_config import dump_run_config
 from taskexpert.recipes.run_example import example_for_testbed
 
 DEMO_PRESET = "demo"
-DEMO_TARGET = "reverse_and_add"  # two skills, each held by one bank expert
+DEMO_TARGET = "initials_and_max"  # two skills, each held by one bank expert
 DEMO_SEEDS = [0, 1, 2]
 
 
