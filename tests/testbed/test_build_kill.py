@@ -12,6 +12,7 @@ import torch
 from kill_resume import (
     assert_json_close,
     assert_no_partial_files,
+    cli_env,
     final_files,
     kill_midway,
     rerun,
@@ -66,6 +67,9 @@ def test_a_killed_build_resumes_to_the_uninterrupted_files(
         rng=rng,
         window=0.4 * timings[phase],  # within the phase, whatever the machine's speed
         log=log,
+        # the phase log lines are the kill points: the reference's in-process --quiet run
+        # left TASKEXPERT_QUIET in this process's environment, which the child would inherit
+        env=cli_env(TASKEXPERT_QUIET="0"),
     )
     phases = _finished(root)
     bank = _bank(root)
