@@ -1,7 +1,7 @@
 """Settings shared by every run that loads a base model, written once (flag, default, help).
 
-Typer-free so recipes' configs can use them (`configs.shared_field`); `commands.options`
-turns the same specs into typer options for verbs that still declare them by hand.
+Typer-free so recipes' configs (and the run config's `runtime` section) use them through
+`configs.shared_field`; verb_command turns those fields into the verbs' options.
 """
 
 from __future__ import annotations

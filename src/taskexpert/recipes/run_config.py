@@ -15,9 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from taskexpert.configs import shared_field
 from taskexpert.errors import InputError
 from taskexpert.experts.config import ExpertSelectionConfig
 from taskexpert.moe.train import MoeTrainConfig
+from taskexpert.recipes import common_options as options
 from taskexpert.recipes.evaluate import EvaluateConfig
 from taskexpert.recipes.select_data import SelectDataConfig
 
@@ -35,15 +37,11 @@ class RuntimeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    device: str = Field("auto", description="auto, cpu, cuda or mps.")
-    dtype: str = Field("float32", description="float32, bfloat16 or float16.")
-    allow_pickle: bool = Field(
-        False, description="Also load pickle (.bin) weights; they can run code."
-    )
-    allow_other_base: bool = Field(
-        False, description="Use adapters made for another base model (refused otherwise)."
-    )
-    trust_remote_code: bool = Field(False, description="Run model code shipped with the base.")
+    device: str = shared_field(options.DEVICE)
+    dtype: str = shared_field(options.DTYPE)
+    allow_pickle: bool = shared_field(options.ALLOW_PICKLE)
+    allow_other_base: bool = shared_field(options.ALLOW_OTHER_BASE)
+    trust_remote_code: bool = shared_field(options.TRUST_REMOTE_CODE)
 
 
 class LoraBaselineConfig(BaseModel):

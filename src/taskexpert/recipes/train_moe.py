@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
-from taskexpert.configs import build_config
+from taskexpert.configs import build_config, shared_field
 from taskexpert.errors import InputError
 from taskexpert.moe.train import MoeTrainConfig
+from taskexpert.recipes import common_options as options
 
 
 class TrainMoeConfig(MoeTrainConfig):
@@ -23,19 +22,11 @@ class TrainMoeConfig(MoeTrainConfig):
     Its data (--base, --experts, --data, --out, --kshot, --bank, --resume) are plain options.
     """
 
-    allow_pickle: bool = Field(
-        False, description="Also load pickle (.bin) weights; they can run code."
-    )
-    allow_other_base: bool = Field(
-        False,
-        description="Use adapters whose adapter_config.json names another base model "
-        "(refused otherwise).",
-    )
-    trust_remote_code: bool = Field(
-        False, description="Run model code shipped with the base model."
-    )
-    device: str = Field("auto", description="auto, cpu, cuda, mps.")
-    dtype: str = Field("float32", description="float32, bfloat16 or float16.")
+    allow_pickle: bool = shared_field(options.ALLOW_PICKLE)
+    allow_other_base: bool = shared_field(options.ALLOW_OTHER_BASE)
+    trust_remote_code: bool = shared_field(options.TRUST_REMOTE_CODE)
+    device: str = shared_field(options.DEVICE)
+    dtype: str = shared_field(options.DTYPE)
 
     def training(self) -> MoeTrainConfig:
         """The training's own settings: what the work directory records and --resume checks."""
