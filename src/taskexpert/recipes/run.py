@@ -18,99 +18,24 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-import shutil
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from taskexpert.errors import InputError
-from taskexpert.io import atomic_dir, write_json
+from taskexpert.io import write_json
 from taskexpert.recipes.run_config import RUNTIME_KEYS, TRAINED, RunConfig, settings_dict
 from taskexpert.recipes.run_dir import RunDirectory, fingerprint, stage_key
-from taskexpert.records import Record, load_records, write_records
+from taskexpert.recipes.run_outcome import item_scores, representative_seed, write_final
+from taskexpert.recipes.run_split import NEEDS_DATA, Split, check_inputs
+from taskexpert.records import load_records, write_records
 
 log = logging.getLogger(__name__)
 
 VERDICT_FILE = "verdict.json"
 FINAL_DIR = "final"
-WINNER_FILE = "winner.json"
 NEEDS_EXPERTS = ("moe", "uniform_merge", "best_adapter")
-NEEDS_DATA = ("moe", "plain_lora")
-
-
-@dataclass(frozen=True)
-class Split:
-    """The K-shot the run may learn from and the items every method is scored on."""
-
-    kshot: list[Record]
-    test: list[Record]
-    source: str  # "test set" or "held-out K-shot"
-
-
-def split_kshot(config: RunConfig) -> Split:
-    """The test set when given; else a seeded `holdout` share of the K-shot (never used for
-    selection or training). Reads and checks every input file the split needs."""
-    kshot = load_records(config.kshot)
-    if not kshot:
-        raise InputError("no records", config.kshot, field="kshot")
-    if config.test is not None:
-        test = load_records(config.test)
-        if not test:
-            raise InputError("the test set has no records", config.test, field="test")
-        overlap = {r.id for r in kshot} & {r.id for r in test}
-        if overlap:
-            raise InputError(
-                f"{len(overlap)} test records share an id with the K-shot "
-                f"(e.g. {sorted(overlap)[0]!r}): scoring on them would reward memorising",
-                config.test,
-                field="test",
-            )
-        return Split(kshot, test, "test set")
-    order = sorted(kshot, key=lambda r: r.id)
-    random.Random(0).shuffle(order)
-    held = round(len(order) * config.holdout)
-    if held < 1 or held >= len(order):
-        raise InputError(
-            f"holdout {config.holdout} of {len(order)} K-shot records leaves an empty part; "
-            "give a test set or more K-shot records",
-            config.kshot,
-            field="holdout",
-        )
-    test_ids = {r.id for r in order[:held]}
-    return Split(
-        [r for r in kshot if r.id not in test_ids],
-        [r for r in kshot if r.id in test_ids],
-        "held-out K-shot",
-    )
-
-
-def check_inputs(config: RunConfig) -> Split:
-    """Every input readable and consistent, before anything is written."""
-    from taskexpert.recipes.select_data import PoolFiles
-
-    for path, key in ((config.bank, "bank"), (config.kshot, "kshot")):
-        if not Path(path).exists():
-            raise InputError("not found", path, field=key)
-    if config.base != "smollm2" and not Path(config.base).exists():
-        raise InputError("base model not found", config.base, field="base")
-    for pool in config.pools:
-        if not pool.is_file():
-            raise InputError("pool file not found", pool, field="pools")
-    if config.test is not None and not config.test.is_file():
-        raise InputError("test file not found", config.test, field="test")
-    split = split_kshot(config)
-    if any(m in config.methods for m in NEEDS_DATA):
-        size = PoolFiles(config.pools).validate()
-        if config.budget > size:
-            raise InputError(
-                f"budget {config.budget} exceeds the pool size {size}",
-                config.pools[0],
-                field="budget",
-            )
-    return split
 
 
 def plan_methods(config: RunConfig) -> list[tuple[str, int | None]]:
@@ -402,51 +327,6 @@ def _eval_stage(run: _Run, name: str, test: Path, model: dict[str, Any], upstrea
     return run.stage(f"eval/{name}", parts, build) / "eval.json"
 
 
-def item_scores(report: dict, metric: str) -> list[float]:
-    """One 0/1 score per test item: option scoring where a record has choices (auto)."""
-    scores = []
-    for prediction in report["predictions"]:
-        if metric == "multiple_choice" or (metric == "auto" and "mc_correct" in prediction):
-            if "mc_correct" not in prediction:
-                raise InputError(
-                    f"record {prediction['id']!r} has no choices to score "
-                    "(evaluate.metric: multiple_choice)",
-                    field="evaluate.metric",
-                )
-            scores.append(float(prediction["mc_correct"]))
-        else:
-            scores.append(float(prediction["correct"]))
-    return scores
-
-
-def _representative(scores: dict[int | None, float]) -> int | None:
-    """The seed whose score is the median of the method's seeds (no cherry-picking the best
-    seed on the test items)."""
-    middle = statistics.median_low(scores.values())
-    return next(seed for seed, score in scores.items() if score == middle)
-
-
-def _write_final(run: _Run, winner: str, seed: int | None, models: dict) -> Path:
-    """The winner in a form PEFT or taskexpert loads back, with winner.json saying how."""
-    final = run.dir.path / FINAL_DIR
-    model = models[(winner, seed)]
-    with atomic_dir(final) as tmp:
-        info: dict[str, Any] = {"method": winner, "seed": seed, "base": run.config.base}
-        if model.get("adapter"):
-            shutil.copytree(model["adapter"], tmp / "adapter")
-            info["load"] = "PeftModel.from_pretrained(base_model, 'final/adapter')"
-            info["kind"] = "peft-lora"
-        elif model.get("moe"):
-            shutil.copytree(model["moe"], tmp / "moe")
-            info["load"] = "taskexpert.moe.load_mixture(base_model, 'final/moe')"
-            info["kind"] = "taskexpert-moe"
-        else:
-            info["kind"] = "base-model"
-            info["load"] = "the base model itself: nothing to load"
-        write_json(tmp / WINNER_FILE, info)
-    return final
-
-
 @dataclass
 class RunResult:
     """What a finished run returns: the verdict and where everything is."""
@@ -538,8 +418,8 @@ def run_method(
 
         verdict = Verdict.model_validate_json((verdict_dir / VERDICT_FILE).read_text())
         write_json(out / VERDICT_FILE, verdict.model_dump(mode="json"))
-        winner_seed = _representative(per_seed[verdict.winner])
-        final = _write_final(run, verdict.winner, winner_seed, models)
+        winner_seed = representative_seed(per_seed[verdict.winner])
+        final = write_final(out / FINAL_DIR, config.base, verdict.winner, winner_seed, models)
         directory.drop_stale(run.kept)
     return RunResult(
         verdict=verdict,
