@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 from peft import PeftModel
+from tiny_models import random_lora
 
 from taskexpert.artifacts import ExpertsDocument
 from taskexpert.bank import load_adapter
@@ -16,7 +17,7 @@ from taskexpert.lora_baselines import (
     train_lora,
     uniform_merge,
 )
-from taskexpert.peft_glue import fresh_lora, lora_config, save_lora
+from taskexpert.peft_glue import fresh_lora, lora_config
 from taskexpert.prompts import format_prompt
 from taskexpert.records import Record
 from taskexpert.train import TrainConfig
@@ -24,21 +25,6 @@ from taskexpert.train import TrainConfig
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
 ATOL = 1e-5  # logits of a merged adapter vs the manual sum, float32
-
-
-def _random_lora(base, out, seed, r=4, alpha=8, targets=("q_proj", "v_proj"), **extra):
-    """A saved LoRA with non-zero B (a fresh one has B = 0 and changes nothing)."""
-    config = lora_config(r, alpha, targets)
-    for key, value in extra.items():
-        setattr(config, key, value)
-    model = fresh_lora(base, config, seed=seed, base_name="tiny")
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
-    save_lora(model, out)
-    return out
 
 
 def _logits(model):
@@ -90,9 +76,9 @@ def test_uniform_merge_is_base_plus_the_mean_delta_and_loads_back(tmp_path, tiny
     reference = {n: p.detach().clone() for n, p in tiny_llama.named_parameters()}
     paths = [
         # rsLoRA first: the merged config is copied from the first adapter's
-        _random_lora(tiny_llama, tmp_path / "b", seed=2, r=2, alpha=3, use_rslora=True),
-        _random_lora(tiny_llama, tmp_path / "a", seed=1),
-        _random_lora(tiny_llama, tmp_path / "c.v1", seed=3, targets=("q_proj",)),
+        random_lora(tiny_llama, tmp_path / "b", seed=2, r=2, alpha=3, use_rslora=True),
+        random_lora(tiny_llama, tmp_path / "a", seed=1),
+        random_lora(tiny_llama, tmp_path / "c.v1", seed=3, targets=("q_proj",)),
     ]
     adapters = [(p.name, p) for p in paths]
     out = uniform_merge(tiny_llama, adapters, tmp_path / "merged")

@@ -5,6 +5,7 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors import safe_open
+from tiny_models import random_lora
 
 from taskexpert.bank import load_adapter
 from taskexpert.errors import InputError
@@ -22,21 +23,6 @@ from taskexpert.peft_glue import (
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
-
-
-def _random_lora(base, out, seed, r=4, alpha=8, targets=("q_proj", "v_proj"), **extra):
-    """A saved LoRA with non-zero B (a fresh one has B = 0 and changes nothing)."""
-    config = lora_config(r, alpha, targets)
-    for key, value in extra.items():
-        setattr(config, key, value)
-    model = fresh_lora(base, config, seed=seed, base_name="tiny")
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
-    save_lora(model, out)
-    return out
 
 
 def _logits(model):
@@ -82,7 +68,7 @@ def test_a_fresh_lora_leaves_the_base_alone_is_seeded_and_saves_what_peft_and_we
 
 
 def test_load_lora_on_a_copy_or_in_place_for_eval_or_training(tmp_path, tiny_llama):
-    path = _random_lora(tiny_llama, tmp_path / "a", seed=1)
+    path = random_lora(tiny_llama, tmp_path / "a", seed=1)
     reference = {n: p.detach().clone() for n, p in tiny_llama.named_parameters()}
     evaluated = load_lora(tiny_llama, path)
     assert _untouched(tiny_llama, reference) and not evaluated.training
@@ -101,7 +87,7 @@ def test_load_lora_on_a_copy_or_in_place_for_eval_or_training(tmp_path, tiny_lla
 
 
 def test_a_merged_lora_computes_what_the_peft_model_does(tmp_path, tiny_llama):
-    path = _random_lora(tiny_llama, tmp_path / "a", seed=2)
+    path = random_lora(tiny_llama, tmp_path / "a", seed=2)
     merged = merged_lora(tiny_llama, path)
     assert not hasattr(merged, "peft_config") and not merged.training
     assert not any("lora" in n for n, _ in tiny_llama.named_modules())
@@ -110,7 +96,7 @@ def test_a_merged_lora_computes_what_the_peft_model_does(tmp_path, tiny_llama):
 
 
 def test_config_for_keeps_each_modules_rank_and_alpha(tmp_path, tiny_llama):
-    path = _random_lora(
+    path = random_lora(
         tiny_llama,
         tmp_path / "mixed",
         seed=4,
@@ -132,9 +118,9 @@ def test_switching_adapters_in_memory_equals_loading_each_and_restores_the_base(
     tmp_path, tiny_llama
 ):
     paths = [
-        _random_lora(tiny_llama, tmp_path / "a", seed=5),
-        _random_lora(tiny_llama, tmp_path / "b", seed=6, r=2, alpha=4, targets=("up_proj",)),
-        _random_lora(
+        random_lora(tiny_llama, tmp_path / "a", seed=5),
+        random_lora(tiny_llama, tmp_path / "b", seed=6, r=2, alpha=4, targets=("up_proj",)),
+        random_lora(
             tiny_llama,
             tmp_path / "c",
             seed=7,
@@ -157,11 +143,11 @@ def test_attach_checked_refuses_a_misfit_before_peft_sees_it(tmp_path, tiny_llam
     from tiny_models import make_tiny_llama
 
     wide = make_tiny_llama(tiny_llama.config.vocab_size, hidden=48)
-    foreign = _random_lora(wide, tmp_path / "foreign", seed=8)
+    foreign = random_lora(wide, tmp_path / "foreign", seed=8)
     with pytest.raises(InputError, match="does not fit the base model"):
         attach_checked(tiny_llama, foreign, allow_other_base=True)
     assert not any("lora" in n for n, _ in tiny_llama.named_modules())
-    fitting = _random_lora(tiny_llama, tmp_path / "fits", seed=9)
+    fitting = random_lora(tiny_llama, tmp_path / "fits", seed=9)
     expected = _logits(load_lora(tiny_llama, fitting))
     attached = attach_checked(tiny_llama, fitting, loaded=load_adapter(fitting))
     torch.testing.assert_close(_logits(attached), expected)

@@ -54,3 +54,20 @@ def save_tiny_base(directory: Path, **sizes) -> Path:
     make_tiny_llama(len(tokenizer), **sizes).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def random_lora(base, out, seed, r=4, alpha=8, targets=("q_proj", "v_proj"), **extra):
+    """A saved PEFT LoRA with non-zero B (a fresh one has B = 0 and changes nothing)."""
+    from taskexpert.peft_glue import fresh_lora, lora_config, save_lora
+
+    config = lora_config(r, alpha, targets)
+    for key, value in extra.items():
+        setattr(config, key, value)
+    model = fresh_lora(base, config, seed=seed, base_name="tiny")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    save_lora(model, out)
+    return out

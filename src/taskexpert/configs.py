@@ -305,3 +305,9 @@ def shared_field(option: Any) -> Any:
     from pydantic import Field
 
     return Field(option.default, description=option.help)
+
+
+def own_settings(model: type[BaseModel], config: BaseModel):
+    """The part of a verb's config that is `model`'s own settings (a library config inside a
+    verb config that adds how to run it), validated as `model`."""
+    return model.model_validate(config.model_dump(include=set(model.model_fields)))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from taskexpert.configs import build_config, shared_field
+from taskexpert.configs import build_config, own_settings, shared_field
 from taskexpert.errors import InputError
 from taskexpert.experts.config import ExpertSelectionConfig
 from taskexpert.io import check_output, remove_tree, write_json
@@ -40,8 +40,7 @@ class SelectExpertsConfig(ExpertSelectionConfig):
 
     def selection(self) -> ExpertSelectionConfig:
         """The selection's own settings (what experts.json records)."""
-        own = set(ExpertSelectionConfig.model_fields)
-        return ExpertSelectionConfig.model_validate(self.model_dump(include=own))
+        return own_settings(ExpertSelectionConfig, self)
 
 
 def run_select_experts(

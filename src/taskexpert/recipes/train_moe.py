@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from taskexpert.configs import build_config, shared_field
+from taskexpert.configs import build_config, own_settings, shared_field
 from taskexpert.errors import InputError
 from taskexpert.moe.train import MoeTrainConfig
 from taskexpert.recipes import common_options as options
@@ -30,8 +30,7 @@ class TrainMoeConfig(MoeTrainConfig):
 
     def training(self) -> MoeTrainConfig:
         """The training's own settings: what the work directory records and --resume checks."""
-        own = set(MoeTrainConfig.model_fields)
-        return MoeTrainConfig.model_validate(self.model_dump(include=own))
+        return own_settings(MoeTrainConfig, self)
 
 
 def run_train_moe(
