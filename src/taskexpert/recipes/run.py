@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 VERDICT_FILE = "verdict.json"
 FINAL_DIR = "final"
 NEEDS_EXPERTS = ("moe", "uniform_merge", "best_adapter")
+SIMPLER_FIRST = ("base", "best_adapter", "uniform_merge", "kshot_lora", "plain_lora", "moe")
 
 
 def plan_methods(config: RunConfig) -> list[tuple[str, int | None]]:
@@ -399,10 +400,12 @@ def run_method(
             scores.setdefault(method, []).append(values)
             per_seed.setdefault(method, {})[seed] = sum(values) / len(values)
         settings = config.verdict
+        # a tie goes to the simpler method: listed first, it stays first in decide's stable sort
+        by_simplicity = {m: scores[m] for m in SIMPLER_FIRST if m in scores}
 
         def build(tmp: Path) -> None:
             verdict = decide(
-                scores,
+                by_simplicity,
                 confidence=settings.confidence,
                 resamples=settings.resamples,
                 min_items=settings.min_items,
