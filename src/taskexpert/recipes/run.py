@@ -413,6 +413,7 @@ def run_method(
             write_json(tmp / VERDICT_FILE, verdict.model_dump(mode="json"))
 
         parts = {
+            "order": list(by_simplicity),  # decides ties
             "settings": settings.model_dump(),
             "evals": {run_name(m, s): run.digest(f"eval/{run_name(m, s)}") for m, s in models},
         }
