@@ -17,7 +17,7 @@ def main(
         str | None, typer.Option("--preset", help="Testbed preset [demo].")
     ] = None,
     target: Annotated[
-        str | None, typer.Option("--target", help="Testbed target task [initials_and_max].")
+        str | None, typer.Option("--target", help="Testbed target task [count_chat].")
     ] = None,
     seeds: Annotated[
         list[int] | None, typer.Option("--seed", help="A seed (repeat for several) [0 1 2].")
