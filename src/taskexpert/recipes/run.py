@@ -89,6 +89,20 @@ class _Run:
     def digest(self, name: str) -> str:
         return self.dir.digest(name)
 
+    def load_base(self):
+        """(model, tokenizer) of the base, loaded as the runtime section says."""
+        from taskexpert.models import load_base
+
+        runtime = self.config.runtime
+        return load_base(
+            self.config.base,
+            dtype=runtime.dtype,
+            device=runtime.device,
+            trust_remote_code=runtime.trust_remote_code,
+            allow_pickle=runtime.allow_pickle,
+            progress=self.progress,
+        )
+
 
 def _split_stage(run: _Run, split: Split) -> Path:
     config = run.config
@@ -184,21 +198,13 @@ def _lora_stage(run: _Run, method: str, seed: int, experts: Path, data: Path | N
 
     def build(tmp: Path) -> None:
         from taskexpert.lora_baselines import train_lora
-        from taskexpert.models import load_base
         from taskexpert.moe.train import read_experts, training_records
 
         kshot_records = load_records(kshot)
         data_records = load_records(data) if data is not None else []
         records, _ = training_records(kshot_records, data_records, kshot, data)
         adapters = read_experts(experts, bank=config.bank, allow_pickle=config.runtime.allow_pickle)
-        model, tokenizer = load_base(
-            config.base,
-            dtype=config.runtime.dtype,
-            device=config.runtime.device,
-            trust_remote_code=config.runtime.trust_remote_code,
-            allow_pickle=config.runtime.allow_pickle,
-            progress=run.progress,
-        )
+        model, tokenizer = run.load_base()
         moe_params = _moe_params(run, seed) if method == "plain_lora" else None
         lora = lora_shape(model, adapters, config, moe_params)
         train = config.train.model_copy(
@@ -282,18 +288,10 @@ def _uniform_merge_stage(run: _Run, experts: Path) -> Path:
 
     def build(tmp: Path) -> None:
         from taskexpert.lora_baselines import uniform_merge
-        from taskexpert.models import load_base
         from taskexpert.moe.train import expert_paths, read_experts_file
 
         chosen = expert_paths(read_experts_file(experts), config.bank)
-        model, _ = load_base(
-            config.base,
-            dtype=config.runtime.dtype,
-            device=config.runtime.device,
-            trust_remote_code=config.runtime.trust_remote_code,
-            allow_pickle=config.runtime.allow_pickle,
-            progress=run.progress,
-        )
+        model, _ = run.load_base()
         uniform_merge(model, chosen, tmp / "adapter")
 
     parts = {
