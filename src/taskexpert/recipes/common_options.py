@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 
 @dataclass(frozen=True)
 class SharedOption:
@@ -32,3 +34,22 @@ ALLOW_OTHER_BASE = SharedOption(
     False,
     "Use adapters whose adapter_config.json names another base model (refused otherwise).",
 )
+
+
+def _field(option: SharedOption) -> Any:
+    from pydantic import Field
+
+    return Field(option.default, description=option.help)
+
+
+class LoadSettings(BaseModel):
+    """How a run loads the base model and adapters: the one definition every config that loads
+    a base inherits (select-experts, train-moe, evaluate and the run config's `runtime`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow_pickle: bool = _field(ALLOW_PICKLE)
+    allow_other_base: bool = _field(ALLOW_OTHER_BASE)
+    trust_remote_code: bool = _field(TRUST_REMOTE_CODE)
+    device: str = _field(DEVICE)
+    dtype: str = _field(DTYPE)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from taskexpert.configs import Cli, shared_field
+from taskexpert.configs import Cli
 from taskexpert.errors import InputError
-from taskexpert.recipes import common_options as options
+from taskexpert.recipes.common_options import LoadSettings
 
 
 def attach_for_eval(
@@ -156,7 +156,7 @@ def run_evaluate(
     return report
 
 
-class EvaluateConfig(BaseModel):
+class EvaluateConfig(LoadSettings):
     """evaluate's settings, named as run_evaluate's keywords; its data (--base, --test, --out,
     --adapter, --moe) are plain options."""
 
@@ -176,8 +176,3 @@ class EvaluateConfig(BaseModel):
     multiple_choice: Annotated[bool, Cli(flag="--no-mc", help="Skip multiple-choice scoring.")] = (
         Field(True, description="Score multiple choice where records have choices.")
     )
-    allow_pickle: bool = shared_field(options.ALLOW_PICKLE)
-    allow_other_base: bool = shared_field(options.ALLOW_OTHER_BASE)
-    trust_remote_code: bool = shared_field(options.TRUST_REMOTE_CODE)
-    device: str = shared_field(options.DEVICE)
-    dtype: str = shared_field(options.DTYPE)

@@ -15,11 +15,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from taskexpert.configs import shared_field
 from taskexpert.errors import InputError
 from taskexpert.experts.config import ExpertSelectionConfig
 from taskexpert.moe.train import MoeTrainConfig
-from taskexpert.recipes import common_options as options
+from taskexpert.recipes.common_options import LoadSettings
 from taskexpert.recipes.evaluate import EvaluateConfig
 from taskexpert.recipes.select_data import SelectDataConfig
 
@@ -32,16 +31,9 @@ Method = Literal["moe", "base", "best_adapter", "uniform_merge", "plain_lora", "
 RUN_OWNED = {"seed", "progress"}
 
 
-class RuntimeSettings(BaseModel):
+class RuntimeSettings(LoadSettings):
     """How models load, shared by every stage (the verbs' --device, --dtype, ... options)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    device: str = shared_field(options.DEVICE)
-    dtype: str = shared_field(options.DTYPE)
-    allow_pickle: bool = shared_field(options.ALLOW_PICKLE)
-    allow_other_base: bool = shared_field(options.ALLOW_OTHER_BASE)
-    trust_remote_code: bool = shared_field(options.TRUST_REMOTE_CODE)
 
 
 class LoraBaselineConfig(BaseModel):

@@ -11,28 +11,23 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from taskexpert.configs import build_config, own_settings, shared_field
+from taskexpert.configs import build_config, own_settings
 from taskexpert.errors import InputError
 from taskexpert.experts.config import ExpertSelectionConfig
 from taskexpert.io import check_output, remove_tree, write_json
-from taskexpert.recipes import common_options as options
+from taskexpert.recipes.common_options import LoadSettings
 
 if TYPE_CHECKING:
     from taskexpert.experts.select import ExpertSelection
 
 
-class SelectExpertsConfig(ExpertSelectionConfig):
+class SelectExpertsConfig(ExpertSelectionConfig, LoadSettings):
     """select-experts' settings: the selection's (ExpertSelectionConfig) and how to run it.
 
     Its data (--base, --bank, --kshot, --out) are plain options.
     """
 
     strict: bool = Field(False, description="Stop on the first unusable adapter.")
-    allow_pickle: bool = shared_field(options.ALLOW_PICKLE)
-    allow_other_base: bool = shared_field(options.ALLOW_OTHER_BASE)
-    trust_remote_code: bool = shared_field(options.TRUST_REMOTE_CODE)
-    device: str = shared_field(options.DEVICE)
-    dtype: str = shared_field(options.DTYPE)
     workers: int = Field(
         0, description="Ray actors scoring the bank (0: in-process; needs the 'ray' extra)."
     )

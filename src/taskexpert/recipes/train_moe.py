@@ -10,23 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from taskexpert.configs import build_config, own_settings, shared_field
+from taskexpert.configs import build_config, own_settings
 from taskexpert.errors import InputError
 from taskexpert.moe.train import MoeTrainConfig
-from taskexpert.recipes import common_options as options
+from taskexpert.recipes.common_options import LoadSettings
 
 
-class TrainMoeConfig(MoeTrainConfig):
+class TrainMoeConfig(MoeTrainConfig, LoadSettings):
     """train-moe's settings: the training's (MoeTrainConfig) and how to load the base model.
 
     Its data (--base, --experts, --data, --out, --kshot, --bank, --resume) are plain options.
     """
 
-    allow_pickle: bool = shared_field(options.ALLOW_PICKLE)
-    allow_other_base: bool = shared_field(options.ALLOW_OTHER_BASE)
-    trust_remote_code: bool = shared_field(options.TRUST_REMOTE_CODE)
-    device: str = shared_field(options.DEVICE)
-    dtype: str = shared_field(options.DTYPE)
 
     def training(self) -> MoeTrainConfig:
         """The training's own settings: what the work directory records and --resume checks."""
