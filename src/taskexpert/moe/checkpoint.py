@@ -26,7 +26,6 @@ from taskexpert.moe.model import (
     mixture_layers,
     resolve_gates,
 )
-from taskexpert.peft_glue import peft_weight_key
 
 WEIGHTS_FILE = "moe_model.safetensors"
 PEFT_CONFIG_FILE = "adapter_config.json"
@@ -159,41 +158,13 @@ def export_merged_lora(
     B' = [g_1 s_1 B_1 | g_2 s_2 B_2 | ...], rank = sum of ranks, lora_alpha = rank (scaling 1),
     so B'A' = sum_e g_e s_e B_e A_e exactly. What is lost is the per-token routing.
     """
-    from peft import LoraConfig
-    from safetensors.torch import save_file
+    from taskexpert.moe.fold import write_stacked_lora
 
     path = Path(path)
-    config = mixture_config(model)
     values = resolve_gates(model, gates)
-    kept = [e for e, g in enumerate(values) if g != 0.0]
-    if not kept:
+    if not any(g != 0.0 for g in values):
         raise InputError("all gates are zero; the export would be the base model", field="gates")
-    tensors, ranks = {}, {}
-    for module, layer in mixture_layers(model).items():
-        A = torch.cat([layer.lora_A[e].detach().float() for e in kept], dim=0)
-        B = torch.cat(
-            [layer.lora_B[e].detach().float() * (values[e] * layer.scaling[e]) for e in kept],
-            dim=1,
-        )
-        dtype = layer.lora_A[0].dtype
-        tensors[peft_weight_key(module, "A")] = A.to(dtype).cpu().contiguous()
-        tensors[peft_weight_key(module, "B")] = B.to(dtype).cpu().contiguous()
-        ranks[module] = A.shape[0]
-    rank = max(set(ranks.values()), key=list(ranks.values()).count)
-    pattern = {m: r for m, r in ranks.items() if r != rank}
-    peft_config = LoraConfig(
-        r=rank,
-        lora_alpha=rank,
-        rank_pattern=pattern,
-        alpha_pattern=dict(pattern),
-        target_modules=sorted(ranks),
-        lora_dropout=0.0,
-        bias="none",
-        task_type="CAUSAL_LM",
-        base_model_name_or_path=config.base_model_name,
-    )
     _refuse_foreign_dir(path, PEFT_CONFIG_FILE)
     with atomic_dir(path) as tmp:
-        peft_config.save_pretrained(str(tmp))
-        save_file(tensors, str(tmp / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
+        write_stacked_lora(model, dict.fromkeys(mixture_layers(model), values), tmp)
     return path
