@@ -305,6 +305,7 @@ def _uniform_merge_stage(run: _Run, experts: Path) -> Path:
 def _eval_stage(run: _Run, name: str, test: Path, model: dict[str, Any], upstream: str | None
                 ) -> Path:  # fmt: skip
     from taskexpert.recipes.evaluate import run_evaluate
+    from taskexpert.recipes.routing import ROUTING_FILE, ROUTING_FORMAT, write_routing
 
     config = run.config
     settings = config.evaluate.model_dump(exclude={"metric", *RUNTIME_KEYS})
@@ -314,6 +315,9 @@ def _eval_stage(run: _Run, name: str, test: Path, model: dict[str, Any], upstrea
             config.base, test, tmp / "eval.json", **model, **settings, **run.runtime,
             progress=run.progress,
         )  # fmt: skip
+        if model.get("moe"):  # routing diagnostics beside the mixture's scores
+            write_routing(config.base, model["moe"], test, tmp / ROUTING_FILE, config.runtime,
+                          batch_size=config.evaluate.batch_size, progress=run.progress)  # fmt: skip
 
     parts = {
         "settings": settings,
@@ -323,6 +327,8 @@ def _eval_stage(run: _Run, name: str, test: Path, model: dict[str, Any], upstrea
         "bank": run.fingerprints["bank"] if upstream == "best-adapter" else None,
         "split": run.digest("split"),
     }
+    if model.get("moe"):
+        parts["routing"] = ROUTING_FORMAT
     return run.stage(f"eval/{name}", parts, build) / "eval.json"
 
 
