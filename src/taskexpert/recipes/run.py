@@ -11,7 +11,8 @@ bootstrap intervals (taskexpert.verdict).
 
 Stages (each a directory under stages/, reused when its key is unchanged, see run_dir.py):
 split -> select-experts -> select-data -> train/<method>-seed<s> -> best-adapter,
-uniform-merge -> eval/<method>[-seed<s>] -> verdict; the winner is copied to final/.
+uniform-merge -> eval/<method>[-seed<s>] (a mixture's also holds routing.json, the routing
+diagnostics of recipes/routing.py) -> verdict; the winner is copied to final/.
 """
 
 from __future__ import annotations
