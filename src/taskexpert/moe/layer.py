@@ -134,6 +134,19 @@ class MixtureOfLoraLinear(nn.Module):
         counts = torch.bincount(chosen.reshape(-1), minlength=self.num_experts).float()
         return RoutingStats(entropy, counts / counts.sum(), probs.shape[0])
 
+    def last_gates(
+        self, token_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Renormalised top-k gates [T, k] and chosen experts [T, k] of the last routed forward
+        over the tokens `token_mask` [T] keeps (all when None); None when none was routed."""
+        if self._last_probs is None or self._last_chosen is None:
+            return None
+        probs, chosen = self._last_probs, self._last_chosen
+        if token_mask is not None:
+            probs, chosen = probs[token_mask], chosen[token_mask]
+        top = probs.gather(1, chosen)
+        return top / top.sum(dim=1, keepdim=True), chosen
+
     def expert_delta(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """s_e * B_e A_e x, computed as PEFT does (so one expert at gate 1 equals its LoRA)."""
         return F.linear(F.linear(x, self.lora_A[e]), self.lora_B[e]) * self.scaling[e]

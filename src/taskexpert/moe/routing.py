@@ -153,15 +153,12 @@ class RoutingRecorder:
                 self.selected[name] += (gates != 0).double() * tokens
                 self.counted[name] += tokens
                 return
-            probs, chosen = layer._last_probs, layer._last_chosen
-            if probs is None or chosen is None:
+            routed = layer.last_gates(keep)
+            if routed is None:
                 return
-            if keep is not None:
-                probs, chosen = probs[keep], chosen[keep]
-            top = probs.gather(1, chosen).double()
-            gates = top / top.sum(dim=1, keepdim=True)
+            gates, chosen = routed
             flat = chosen.reshape(-1).cpu()
-            self.gate_sums[name].index_add_(0, flat, gates.reshape(-1).cpu())
+            self.gate_sums[name].index_add_(0, flat, gates.reshape(-1).double().cpu())
             self.selected[name] += torch.bincount(flat, minlength=len(self.experts)).double()
             self.counted[name] += int(chosen.shape[0])
 
