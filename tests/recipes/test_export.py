@@ -115,3 +115,17 @@ def test_merge_refuses_uncollapsed_routing_unless_forced(micro_run, tmp_path):
     summary = json.loads((run / "export-merged/export.json").read_text())
     assert summary["forced"] and not summary["collapsed"]
     assert summary["logit_difference"]["max_abs"] >= summary["logit_difference"]["mean_abs"] >= 0
+
+
+def test_bad_export_requests_are_refused_and_write_nothing(micro_run, tmp_path):
+    run = _copy(micro_run, tmp_path)
+    with pytest.raises(InputError, match="--force only applies to --merge"):
+        run_export(run, None, ExportConfig(force=True))
+    with pytest.raises(InputError, match="no seed 7"):
+        run_export(run, None, ExportConfig(merge=True, seed=7))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("mine")
+    with pytest.raises(InputError, match="not an earlier export"):
+        run_export(run, tmp_path / "mine", ExportConfig())
+    assert (tmp_path / "mine" / "keep.txt").read_text() == "mine"
+    assert not (run / "export").exists() and not (run / "export-merged").exists()
