@@ -23,7 +23,7 @@ DATA = {
     "select-data": {"pool", "kshot", "budget", "out"},
     "select-experts": {"base", "bank", "kshot", "out"},
     "train-moe": {"base", "experts", "data", "out", "kshot", "bank", "resume"},
-    "evaluate": {"base", "test", "out", "adapter", "moe"},
+    "evaluate": {"base", "test", "out", "adapter", "moe", "routing"},
     "diverseevol": {"base", "pool", "out", "eval_path"},
     "testbed build": {"out", "force"},
     "export": {"run_dir", "out"},

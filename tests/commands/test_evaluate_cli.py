@@ -128,3 +128,16 @@ def test_an_adapter_naming_another_base_runs_only_when_allowed(world, tmp_path):
     allowed = evaluate(world, out, "--adapter", named, "--allow-other-base")
     assert allowed.exit_code == 0, allowed.output
     assert json.loads(out.read_text())["n"] == 4
+
+
+def test_routing_diagnostics_of_a_mixture(world, mixture, tmp_path):
+    out, routing = tmp_path / "eval.json", tmp_path / "routing.json"
+    result = evaluate(world, out, "--moe", mixture, "--routing", routing)
+    assert result.exit_code == 0, result.output
+    data = json.loads(routing.read_text())
+    assert len(data["usage"]) == len(data["layers"]) > 0 and data["tokens"] > 0
+    for row in data["usage"]:
+        assert sum(row) == pytest.approx(1.0, abs=1e-6)
+    assert f"wrote {routing}" in result.output
+    refused(evaluate(world, tmp_path / "e.json", "--routing", tmp_path / "r.json"), "--moe")
+    assert not (tmp_path / "e.json").exists() and not (tmp_path / "r.json").exists()

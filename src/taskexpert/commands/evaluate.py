@@ -20,11 +20,16 @@ def main(
     out: Path = typer.Option(..., "--out", help="Where to write eval.json."),
     adapter: Path | None = typer.Option(None, "--adapter", help="A PEFT LoRA adapter directory."),
     moe: Path | None = typer.Option(None, "--moe", help="A mixture directory from train-moe."),
+    routing: Path | None = typer.Option(
+        None, "--routing", help="With --moe: also write its routing diagnostics (JSON) here."
+    ),
     *,
     config: EvaluateConfig,
 ) -> None:
     """Exact match with the task's extractor, plus multiple choice where records have choices."""
-    report = run_evaluate(base, test, out, adapter=adapter, moe=moe, **config.model_dump())
+    report = run_evaluate(
+        base, test, out, adapter=adapter, moe=moe, routing=routing, **config.model_dump()
+    )
     line = f"exact match {report['exact_match']:.4f} ({report['correct']}/{report['n']})"
     if "multiple_choice_accuracy" in report:
         line += (
@@ -34,3 +39,5 @@ def main(
         )
     typer.echo(line)
     typer.echo(f"wrote {out}")
+    if routing is not None:
+        typer.echo(f"wrote {routing} (routing diagnostics; a collapse is logged as a warning)")

@@ -52,6 +52,7 @@ def run_evaluate(
     *,
     adapter: Path | None = None,
     moe: Path | None = None,
+    routing: Path | None = None,
     max_new_tokens: int | None = None,
     batch_size: int = 32,
     kind: str | None = None,
@@ -64,7 +65,9 @@ def run_evaluate(
     dtype: str = "float32",
     progress: bool = True,
 ) -> dict:
-    """Check inputs, load the model, evaluate, write eval.json atomically; returns its content."""
+    """Check inputs, load the model, evaluate, write eval.json atomically; returns its content.
+    `routing`: also write the mixture's routing diagnostics there (recipes/routing.py), on the
+    model already loaded."""
     from taskexpert.bank import load_adapter
     from taskexpert.evaluate import (
         default_max_new_tokens,
@@ -82,6 +85,12 @@ def run_evaluate(
     check_output(out)
     if out.resolve() == Path(test).resolve():
         raise InputError("output would overwrite the test file", out, field="out")
+    if routing is not None:
+        if moe is None:
+            raise InputError("routing diagnostics need a mixture (--moe)", field="routing")
+        check_output(routing, field="routing")
+        if Path(routing).resolve() in (out.resolve(), Path(test).resolve()):
+            raise InputError("would overwrite eval.json or the test file", routing, field="routing")
     if kind not in (None, "letter", "number", "yesno", "text"):
         raise InputError(f"unknown answer kind {kind!r}", field="kind")
     if mc_style not in ("answer", "text"):
@@ -153,6 +162,11 @@ def run_evaluate(
     }
     report = EvalReport.model_validate(report).dump()
     write_json(out, report)
+    if routing is not None:
+        from taskexpert.recipes.routing import measure_split_routing
+
+        diagnostics = measure_split_routing(model, tokenizer, records, test, batch_size)
+        write_json(routing, diagnostics.to_json())
     return report
 
 

@@ -171,7 +171,8 @@ def export_merged(run_dir: Path, out: Path, manifest: dict, settings: ExportConf
     mixture = load_mixture(base, mixture_dir).eval()
     if report is None:  # a run from before routing.json: measure it now
         log.info("no %s for seed %d: measuring routing on %s", ROUTING_FILE, seed, test)
-        report = measure_split_routing(mixture, tokenizer, test, config.evaluate.batch_size)
+        batch = config.evaluate.batch_size
+        report = measure_split_routing(mixture, tokenizer, load_records(test), test, batch)
         _refuse_unless_collapsed(report, settings.force, test)
     gates = gates_from_routing(report, mixture, settings.min_share)
     records = load_records(test)[: settings.check_items]

@@ -306,19 +306,17 @@ def _uniform_merge_stage(run: _Run, experts: Path) -> Path:
 def _eval_stage(run: _Run, name: str, test: Path, model: dict[str, Any], upstream: str | None
                 ) -> Path:  # fmt: skip
     from taskexpert.recipes.evaluate import run_evaluate
-    from taskexpert.recipes.routing import ROUTING_FILE, ROUTING_FORMAT, write_routing
+    from taskexpert.recipes.routing import ROUTING_FILE, ROUTING_FORMAT
 
     config = run.config
     settings = config.evaluate.model_dump(exclude={"metric", *RUNTIME_KEYS})
 
     def build(tmp: Path) -> None:
+        routing = tmp / ROUTING_FILE if model.get("moe") else None  # the mixture's diagnostics
         run_evaluate(
             config.base, test, tmp / "eval.json", **model, **settings, **run.runtime,
-            progress=run.progress,
+            routing=routing, progress=run.progress,
         )  # fmt: skip
-        if model.get("moe"):  # routing diagnostics beside the mixture's scores
-            write_routing(config.base, model["moe"], test, tmp / ROUTING_FILE, config.runtime,
-                          batch_size=config.evaluate.batch_size, progress=run.progress)  # fmt: skip
 
     parts = {
         "settings": settings,
