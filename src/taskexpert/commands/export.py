@@ -33,9 +33,11 @@ def main(
     if summary["mode"] == "merge":
         diff = summary["logit_difference"]
         state = "collapsed" if summary["collapsed"] else "NOT collapsed (--force)"
+        low, high = min(summary["ranks"].values()), max(summary["ranks"].values())
+        ranks = f"rank {high}" if low == high else f"ranks {low} to {high} per module"
         typer.echo(
             f"folded the mixture (seed {summary['seed']}, routing {state}) into one PEFT LoRA "
-            f"of rank {max(summary['ranks'].values())}"
+            f"of {ranks}"
         )
         typer.echo(
             f"logit difference mixture vs fold on {diff['items']} evaluation items "

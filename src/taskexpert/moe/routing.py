@@ -54,7 +54,7 @@ class RoutingReport:
 
     @property
     def entropy(self) -> list[float]:
-        return [-sum(p * math.log(p) for p in row if p > 0) for row in self.usage]
+        return [sum(-p * math.log(p) for p in row if p > 0) for row in self.usage]
 
     @property
     def dominant_share(self) -> list[float]:
