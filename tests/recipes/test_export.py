@@ -88,9 +88,8 @@ def test_merge_folds_a_collapsed_mixture_into_a_matching_lora(micro_run, tmp_pat
     assert summary["logit_difference"]["max_abs"] < EXACT
     assert summary["logit_difference"]["tokens"] > 0
     out = run / "export-merged"
-    assert json.loads((out / "export.json").read_text())["logit_difference"] == (
-        summary["logit_difference"]
-    )
+    written = json.loads((out / "export.json").read_text())
+    assert written["logit_difference"] == summary["logit_difference"]
     assert json.loads((out / "routing.json").read_text())["collapsed"]
     from taskexpert.bank import load_adapter
 
