@@ -26,6 +26,7 @@ DATA = {
     "evaluate": {"base", "test", "out", "adapter", "moe"},
     "diverseevol": {"base", "pool", "out", "eval_path"},
     "testbed build": {"out", "force"},
+    "report": {"run_dir"},
 }
 MACHINERY = {"config_file", "print_config", "quiet"}
 

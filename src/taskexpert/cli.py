@@ -42,6 +42,7 @@ VERBS = {
     "evaluate": "evaluate",
     "diverseevol": "diverseevol",
     "run": "run",
+    "report": "report",
 }
 TESTBED_VERBS = {"build": "testbed_build"}
 CONFIG_VERBS = {"example": "config_example"}
