@@ -48,6 +48,18 @@ def _short(name: str, limit: int = 28) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
+def _tail(name: str, limit: int = 34) -> str:
+    """A module path cut from the left: 'model.layers.23.self_attn.q_proj' differs from its
+    neighbours at the end, not the start."""
+    return name if len(name) <= limit else "…" + name[-(limit - 1) :]
+
+
+def _integer_steps(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def verdict_bars(
     methods: Sequence[str], means: Sequence[float], lows: Sequence[float],
     highs: Sequence[float], winner: str, confidence: float,
@@ -80,9 +92,9 @@ def heatmap(
         image = ax.imshow(values, cmap="viridis", aspect="auto", vmin=vmin, vmax=vmax)
         ax.set_xticks(range(len(cols)), [_short(c, 20) for c in cols], rotation=60, ha="right",
                       fontsize=8)  # fmt: skip
-        ax.set_yticks(range(len(rows)), [_short(r, 28) for r in rows], fontsize=8)
+        ax.set_yticks(range(len(rows)), [_tail(r) for r in rows], fontsize=8)
         for label in [*ax.get_xticklabels(), *ax.get_yticklabels()]:
-            if label.get_text() in {_short(m, 20) for m in marked} | {_short(m) for m in marked}:
+            if label.get_text() in {_short(m, 20) for m in marked} | {_tail(m) for m in marked}:
                 label.set_fontweight("bold")
         if len(rows) * len(cols) <= 64:
             for (i, j), value in np.ndenumerate(values):
@@ -130,6 +142,7 @@ def line_curves(
             ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.4, label=_short(name, 32))
         if reference is not None:
             ax.axhline(reference, color="#888", linestyle="--", linewidth=1, label=reference_label)
+        _integer_steps(ax)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
@@ -144,13 +157,12 @@ def entropy_bars(layers: Sequence[str], entropy: Sequence[float], max_entropy: f
     with _figure(0.22 * len(layers) + 1.5) as (fig, (ax,)):
         y = list(range(len(layers)))[::-1]
         ax.barh(y, entropy, color=PLAIN)
-        ax.axvline(max_entropy, color=HIGHLIGHT, linestyle="--", label="uniform (maximum)")
-        ax.set_yticks(y, [_short(n, 40) for n in layers], fontsize=7)
+        ax.axvline(max_entropy, color=HIGHLIGHT, linestyle="--")
+        ax.set_yticks(y, [_tail(n) for n in layers], fontsize=7)
         top = max([max_entropy, *entropy]) if entropy else max_entropy
         ax.set_xlim(0, top * 1.1 if top > 0 and math.isfinite(top) else 1)
         ax.set_xlabel("router entropy (nats)")
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.set_title(f"{title} (dashed: uniform routing, the maximum)", fontsize=10)
         return _png(fig)
 
 
@@ -164,6 +176,7 @@ def rounds_curve(rounds: Sequence[Mapping], title: str) -> bytes:
         for ax, (key, label) in zip(axes, panels):
             pairs = [(x, r[key]) for x, r in zip(xs, rounds) if r.get(key) is not None]
             ax.plot([p[0] for p in pairs], [p[1] for p in pairs], marker="o", color=PLAIN)
+            _integer_steps(ax)
             ax.set_xlabel("round")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
