@@ -33,10 +33,11 @@ def test_run_report_rewrites_both_files(run_copy):
 
 def test_a_report_failure_is_logged_and_the_run_stands(tmp_path, caplog):
     (tmp_path / "manifest.json").write_text("{not json")
+    (tmp_path / "report.html").write_text("from an earlier run")  # must not outlive it
     with caplog.at_level(logging.ERROR, logger="taskexpert.recipes.report"):
         assert write_run_report(tmp_path) is None
     assert "taskexpert report" in caplog.text and "not valid JSON" in caplog.text
-    assert not (tmp_path / "report.html").exists()
+    assert not (tmp_path / "report.html").exists() and not (tmp_path / "report.md").exists()
 
 
 def test_the_verb_writes_to_out(run_copy, tmp_path):
@@ -52,3 +53,14 @@ def test_the_verb_refuses_a_directory_that_is_not_a_run(tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code != 0
     assert "not a taskexpert run directory" in str(result.exception or result.output)
+
+
+def test_the_run_verb_names_the_report(report_run):
+    from taskexpert.commands.run import report
+    from taskexpert.recipes.run import RunResult
+    from taskexpert.verdict import Verdict
+
+    verdict = Verdict.model_validate_json((report_run / "verdict.json").read_text())
+    split = {"source": "test file", "kshot": 8, "test": 6}
+    result = RunResult(verdict, report_run, report_run / "final", [], [], split)
+    assert f"report: {report_run / 'report.html'} (and report.md)" in report(result)

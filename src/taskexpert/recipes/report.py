@@ -54,10 +54,12 @@ def run_report(run_dir: str | Path, config: ReportConfig | None = None) -> tuple
 def write_run_report(run_dir: Path) -> Path | None:
     """`taskexpert run`'s last step: the report, or None after logging why it failed (the
     verdict is already written; a plotting problem must not turn a finished run into an
-    error)."""
+    error). A report left from an earlier run is removed then, so none describes old stages."""
     try:
         return run_report(run_dir)[0]
     except Exception:  # noqa: BLE001 - any failure here is reported, never fatal
+        for name in (HTML_FILE, MARKDOWN_FILE):
+            (Path(run_dir) / name).unlink(missing_ok=True)
         log.exception("the run's report could not be written; retry: taskexpert report %s",
                       run_dir)  # fmt: skip
         return None
