@@ -92,3 +92,12 @@ def test_markdown_cells_escape_pipes(run_copy):
     path.write_text(json.dumps(experts))
     text = to_markdown(build_sections(collect(run_copy)), "r", "p")
     assert "chosen: a \\| b" in text
+
+
+def test_a_diverseevol_run_shows_only_its_rounds(tmp_path):
+    write_json(tmp_path / "curve.json", ROUNDS)
+    sections = build_sections(collect(tmp_path))
+    assert [s.anchor for s in sections] == ["diverseevol"]
+    assert sections[0].tables[0].headers == ["round", "size", "vendi"]
+    assert sections[0].tables[0].rows == [["0", "20", "4.100"], ["1", "30", "5.300"]]
+    assert len(sections[0].images) == 1

@@ -100,8 +100,8 @@ def heatmap(
             for (i, j), value in np.ndenumerate(values):
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if value < np.nanmean(values) else "black")  # fmt: skip
-        fig.colorbar(image, ax=ax, label=colorbar, fraction=0.046, pad=0.04)
-        ax.set_title(title, fontsize=10)
+        fig.colorbar(image, ax=ax, label=colorbar, fraction=0.046, pad=0.04, shrink=0.9)
+        ax.set_title(title, fontsize=10, pad=10)
         return _png(fig)
 
 

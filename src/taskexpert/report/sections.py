@@ -337,5 +337,8 @@ SECTIONS: tuple[Callable[[ReportData], Section], ...] = (
 
 
 def build_sections(data: ReportData) -> list[Section]:
-    """Every section in reading order: the answer first, then how the run got there."""
+    """Every section in reading order: the answer first, then how the run got there. A
+    DiverseEvol run directory (no manifest) has only its rounds to show."""
+    if data.provenance is None and data.diverseevol is not None:
+        return [diverseevol_section(data)]
     return [make(data) for make in SECTIONS]
