@@ -1,4 +1,5 @@
 import copy
+import json
 
 import pytest
 import torch
@@ -166,8 +167,12 @@ def test_train_lora_lowers_the_loss_and_saves_an_adapter_that_loads(
         alpha=8,
         targets=("q_proj", "v_proj"),
         train=config,
+        log=tmp_path / "train_log.jsonl",
     )
     assert summary["steps"] == 30 and summary["rank"] == 4
+    logged = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in logged] == [10, 20, 30]  # every log_every (10) steps
+    assert logged[-1]["loss"] == pytest.approx(summary["final_loss"], abs=1e-5)
     # a rank-4 LoRA on a random 32-wide model moves the loss by ~0.3 nats (ln 104 ~ 4.6 at start)
     assert summary["final_loss"] < summary["first_loss"] - 0.15
     assert summary["trainable_parameters"] == lora_trainable_params(

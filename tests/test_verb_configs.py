@@ -27,6 +27,7 @@ DATA = {
     "diverseevol": {"base", "pool", "out", "eval_path"},
     "testbed build": {"out", "force"},
     "export": {"run_dir", "out"},
+    "report": {"run_dir"},
 }
 MACHINERY = {"config_file", "print_config", "quiet"}
 

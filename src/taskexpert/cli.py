@@ -43,6 +43,7 @@ VERBS = {
     "diverseevol": "diverseevol",
     "run": "run",
     "export": "export",
+    "report": "report",
 }
 TESTBED_VERBS = {"build": "testbed_build"}
 CONFIG_VERBS = {"example": "config_example"}

@@ -9,13 +9,14 @@ as the mixture. Every trained or merged adapter is written as an ordinary PEFT d
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from taskexpert.errors import InputError
-from taskexpert.io import atomic_dir
+from taskexpert.io import atomic_dir, atomic_open
 
 if TYPE_CHECKING:
     import torch
@@ -145,9 +146,12 @@ def train_lora(
     alpha: float,
     targets: str | Sequence[str],
     train: TrainConfig,
+    log: Path | None = None,
 ) -> dict:
     """Train a fresh LoRA (seeded by `train.seed`) on a copy of `model` and save it atomically
-    as a PEFT adapter in `out_dir`; returns what the manifest records about it."""
+    as a PEFT adapter in `out_dir`; returns what the manifest records about it. `log` gets a
+    train_log.jsonl ({"step", "loss", "lr"} every `train.log_every` steps, like the mixture's)
+    so the run report can draw the baselines' curves beside the mixture's."""
     from taskexpert import peft_glue
     from taskexpert.train import train as run_training
 
@@ -156,8 +160,16 @@ def train_lora(
         model, peft_glue.lora_config(rank, alpha, targets), seed=train.seed, base_name=base_name
     )
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    result = run_training(peft_model, tokenizer, records, train)
+    entries: list[dict] = []
+
+    def on_log(step: int, metrics: dict) -> None:
+        entries.append({"step": step, **{k: round(float(v), 6) for k, v in metrics.items()}})
+
+    result = run_training(peft_model, tokenizer, records, train, on_log=on_log)
     peft_glue.save_lora(peft_model, out_dir)
+    if log is not None:
+        with atomic_open(log) as handle:
+            handle.writelines(json.dumps(entry) + "\n" for entry in entries)
     return {
         "rank": rank,
         "alpha": alpha,

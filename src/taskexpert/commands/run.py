@@ -50,4 +50,6 @@ def report(result) -> str:
         f"winner ({result.verdict.winner}): {result.final_dir}",
         f"stages run: {len(result.ran)}, reused: {len(result.reused)}",
     ]
+    if (result.run_dir / "report.html").is_file():
+        lines.append(f"report: {result.run_dir / 'report.html'} (and report.md)")
     return "\n".join(lines)

@@ -26,6 +26,7 @@ from typing import Any
 
 from taskexpert.errors import InputError
 from taskexpert.io import write_json
+from taskexpert.recipes.report import write_run_report
 from taskexpert.recipes.run_config import RUNTIME_KEYS, TRAINED, RunConfig, settings_dict
 from taskexpert.recipes.run_dir import RunDirectory, fingerprint, stage_key
 from taskexpert.recipes.run_outcome import item_scores, representative_seed, write_final
@@ -214,6 +215,7 @@ def _lora_stage(run: _Run, method: str, seed: int, experts: Path, data: Path | N
         summary = train_lora(
             model, tokenizer, records, tmp / "adapter",
             rank=lora["rank"], alpha=lora["alpha"], targets=lora["targets"], train=train,
+            log=tmp / "train_log.jsonl",
         )  # fmt: skip
         write_json(tmp / "train_summary.json", {**summary, **lora, "records": len(records)})
 
@@ -428,6 +430,7 @@ def run_method(
         winner_seed = representative_seed(per_seed[verdict.winner])
         final = write_final(out / FINAL_DIR, config.base, verdict.winner, winner_seed, models)
         directory.drop_stale(run.kept)
+    write_run_report(out)  # after the verdict: a failed report is logged, the run stands
     return RunResult(
         verdict=verdict,
         run_dir=out,
