@@ -51,7 +51,12 @@ def test_a_real_run_fills_every_section_it_has(report_run):
     assert data.provenance is not None
     assert {"select-experts", "verdict"} <= {s.name for s in data.provenance.stages}
     assert data.provenance.versions["torch"]
-    assert data.routing == [] and data.leakage is None and data.diverseevol is None
+    assert [r.name for r in data.routing] == ["moe-seed0", "moe-seed1"]  # the run's routing.json
+    for routing in data.routing:
+        assert len(routing.usage) == len(routing.layers) == len(routing.entropy)
+        for row in routing.usage:
+            assert sum(row) == pytest.approx(1.0, abs=1e-6)
+    assert data.diverseevol is None
 
 
 def test_a_run_with_only_a_manifest_has_every_other_section_absent(report_run, tmp_path):

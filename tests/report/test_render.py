@@ -33,8 +33,9 @@ def test_every_section_is_drawn_inline_with_no_external_resource(run_copy):
     sections = _full_run(run_copy)
     images = {s.anchor: len(s.images) for s in sections}
     # verdict bars; similarity heat map; source mix + K-shot similarity; loss + router
-    # entropy; usage heat map + entropy per layer; none for leakage; the rounds curve
-    assert images == {"verdict": 1, "experts": 1, "data": 2, "training": 2, "routing": 2,
+    # entropy; per mixture seed (the run's two) a usage heat map + entropy per layer; none for
+    # leakage; the rounds curve
+    assert images == {"verdict": 1, "experts": 1, "data": 2, "training": 2, "routing": 4,
                       "leakage": 0, "diverseevol": 1, "provenance": 0}  # fmt: skip
     assert not any(NOT_IN_RUN in p for s in sections for p in s.paragraphs)
     page = to_html(sections, "report", "/runs/x")
