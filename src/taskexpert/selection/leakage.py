@@ -54,7 +54,9 @@ class LeakageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(
-        True, description="Compare the selected data and the K-shot with the evaluation items."
+        True,
+        description="Before training, compare the prompts (instruction + input) of the "
+        "selected data and the K-shot with the evaluation items'.",
     )
     drop: bool = Field(
         True,
@@ -73,7 +75,9 @@ class LeakageConfig(BaseModel):
         0.95,
         ge=0,
         le=1,
-        description="Embedding cosine at or above which a record leaks (0 turns the check off).",
+        description="Embedding cosine (select_data's encoder) at or above which a record "
+        "leaks, when it is also closer to the item than any other evaluation item is (0 turns "
+        "the check off).",
     )
     batch_size: int = Field(
         1024, ge=1, description="Records checked per batch (memory stays O(batch + eval))."
