@@ -1,4 +1,4 @@
-"""Leakage check: training records that reproduce an evaluation item (docs/design.md, "Leakage").
+"""Leakage check: training records that reproduce an evaluation item (design.md "Leakage check").
 
 Why: a selected pool record (or a K-shot record) that is an evaluation item in disguise lets a
 method score by memory, and the selection step is built to find records *like* the evaluation
@@ -20,7 +20,7 @@ style is still a leak.
   item's cosine to its nearest other evaluation item: MiniLM barely sees numbers, so two items
   of one template with other numbers score above 0.95, and a record no closer to an item than
   the item's own siblings are is a sibling, not a copy (2 of mc_add_quiz's 8 K-shot records
-  scored 0.953 and 0.958 against test items of their template).
+  scored 0.953 and 0.958 against test items of their template; with this rule 1 remains).
 
 Memory is O(eval + batch): the evaluation side (hashes, n-gram hashes, vectors) is held, the
 checked records stream through in batches, so a whole pool can be checked.
