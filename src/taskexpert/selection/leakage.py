@@ -28,7 +28,6 @@ checked records stream through in batches, so a whole pool can be checked.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 import unicodedata
@@ -84,9 +83,17 @@ class LeakageConfig(BaseModel):
     )
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _is_punctuation(char: str) -> bool:
-    return unicodedata.category(char).startswith("P")
+class _PunctuationToSpace(dict):
+    """A `str.translate` table filled on first sight of each character: punctuation (Unicode
+    P*) maps to a space, anything else to itself, so later lookups stay in C."""
+
+    def __missing__(self, code: int) -> str:
+        char = chr(code)
+        self[code] = " " if unicodedata.category(char).startswith("P") else char
+        return self[code]
+
+
+_PUNCTUATION_TO_SPACE = _PunctuationToSpace()
 
 
 def normalize(text: str) -> str:
@@ -96,7 +103,7 @@ def normalize(text: str) -> str:
     case, punctuation and spacing change when a dataset is re-templated or re-tokenised, but
     do not make a different question. Symbols (+, =, <, $) stay: "3 + 4" and "3 = 4" differ."""
     text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join(" " if _is_punctuation(char) else char for char in text)
+    text = text.translate(_PUNCTUATION_TO_SPACE)
     return _SPACE.sub(" ", text).strip()
 
 
@@ -112,7 +119,11 @@ def ngram_digests(text: str, n: int, template: set[bytes] | frozenset[bytes] = f
                   ) -> set[bytes]:  # fmt: skip
     """Hashes of the word n-grams of normalised `text` that lie inside runs of words not
     covered by a `template` gram; a text shorter than n words is one gram, itself."""
-    words = normalize(text).split()
+    return _content_grams(normalize(text).split(), n, template)
+
+
+def _content_grams(words: list[str], n: int, template: set[bytes] | frozenset[bytes]
+                   ) -> set[bytes]:  # fmt: skip
     if len(words) < n:
         return {_digest(" ".join(words))} if words else set()
     grams = _grams(words, n)
@@ -251,10 +262,11 @@ class EvalIndex:
         leaks = []
         for k, text in enumerate(texts):
             matches: dict[str, int] = {}
-            exact = self.exact.get(_digest(normalize(text)))
+            normal = normalize(text)
+            exact = self.exact.get(_digest(normal))
             if exact is not None:
                 matches["exact"] = exact
-            content = ngram_digests(text, self.ngram, self.template)
+            content = _content_grams(normal.split(), self.ngram, self.template)
             shared = [self.grams[g] for g in content if g in self.grams]
             if shared:
                 matches["ngram"] = min(shared)
