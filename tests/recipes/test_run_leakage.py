@@ -140,3 +140,28 @@ def test_disabled_check_has_no_stage_and_trains_on_the_raw_files(
     assert not (stages / "leakage").exists()
     summary = json.loads((stages / "train/plain_lora-seed0/train_summary.json").read_text())
     assert summary["records"] == 9 + 24
+
+
+def test_a_file_that_is_all_leaks_is_an_error_naming_it(tmp_path):
+    from taskexpert.errors import InputError
+    from taskexpert.recipes.leakage import check_training_data
+    from taskexpert.records import Record
+    from taskexpert.selection.leakage import LeakageConfig
+
+    items = [Record(id=f"t{k}", instruction=f"What is {k} + {k}?", output=str(2 * k))
+             for k in range(3)]  # fmt: skip
+    write_records(tmp_path / "test.jsonl", items)
+    write_records(tmp_path / "kshot.jsonl", items)  # the test file given as the K-shot
+    settings = LeakageConfig(cosine=0)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(InputError, match="nothing left to train on") as error:
+        check_training_data(tmp_path / "test.jsonl", tmp_path / "kshot.jsonl", None,
+                            tmp_path / "out", settings)  # fmt: skip
+    assert str(error.value.path) == str(tmp_path / "kshot.jsonl")
+    assert not any((tmp_path / "out").iterdir())  # nothing written
+    report = check_training_data(
+        tmp_path / "test.jsonl", tmp_path / "kshot.jsonl", None, tmp_path / "out",
+        settings.model_copy(update={"drop": False}),
+    )  # fmt: skip
+    assert report["counts"] == {"exact": 3, "ngram": 3, "embedding": 0, "any": 3}
+    assert report["checked"] == {"selected": 0, "kshot": 3, "eval": 3}

@@ -75,13 +75,13 @@ def _write_kept(records: Iterable[Record], result: LeakageResult, out: Path, sou
                 name: str = SELECTED_FILE) -> int:  # fmt: skip
     """Write the records that did not leak to `out/name`; how many were left out."""
     leaked = result.leaked
-    kept = write_records(out / name, (r for k, r in enumerate(records) if k not in leaked))
-    if kept == 0:
+    if len(leaked) == result.checked:
         raise InputError(
             "every record is an evaluation item (leakage check): nothing left to train on; "
             "is the test file the same data?",
             source,
         )
+    write_records(out / name, (r for k, r in enumerate(records) if k not in leaked))
     return len(leaked)
 
 
