@@ -62,15 +62,15 @@ def planted_run(micro_testbed, tmp_path_factory):
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # set up before the function-scoped one_torch_thread applies
     try:
-        run_method(planted_config(micro_testbed, root), out, progress=False)
+        result = run_method(planted_config(micro_testbed, root), out, progress=False)
     finally:
         torch.set_num_threads(before)
-    return root, out
+    return root, out, result
 
 
 def resumed(planted_run, tmp_path, testbed, **changes):
     """A copy of the planted run, resumed with `changes`: (result, run directory)."""
-    root, out = planted_run
+    root, out, _ = planted_run
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
     config = planted_config(testbed, root, **changes)
@@ -78,7 +78,9 @@ def resumed(planted_run, tmp_path, testbed, **changes):
 
 
 def test_planted_test_items_are_counted_dropped_and_reported(planted_run):
-    _, out = planted_run
+    from taskexpert.commands.run import report as printed
+
+    _, out, result = planted_run
     stages = out / "stages"
     selected = ids(stages / "select-data" / "selected.jsonl")
     assert "planted-pool" in selected  # the precondition: retrieval picked the planted item
@@ -97,6 +99,10 @@ def test_planted_test_items_are_counted_dropped_and_reported(planted_run):
     ]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["leakage"] == {k: v for k, v in report.items() if k != "examples"}
+    assert result.leakage == manifest["leakage"]
+    any_ = report["counts"]["any"]
+    assert f"leakage: {any_} of 33 training records match test items (exact 2," in printed(result)
+    assert f"; {any_} dropped" in printed(result)
     assert "leakage" in manifest["stages"]
 
     cleaned_kshot = ids(stages / "leakage" / "kshot.jsonl")

@@ -65,6 +65,7 @@ class _Run:
         self.kept: set[str] = set()
         self.ran: list[str] = []
         self.reused: list[str] = []
+        self.leakage: dict[str, Any] | None = None  # leakage.json less its examples
 
     @property
     def runtime(self) -> dict[str, Any]:
@@ -191,7 +192,8 @@ def _leakage_stage(run: _Run, test: Path, kshot: Path, data: Path | None
     }
     directory = run.stage("leakage", parts, build)
     summary = json.loads((directory / leakage.LEAKAGE_FILE).read_text())
-    run.dir.record("leakage", {k: v for k, v in summary.items() if k != "examples"})
+    run.leakage = {k: v for k, v in summary.items() if k != "examples"}
+    run.dir.record("leakage", run.leakage)
     leakage.report_leaks(summary)
     return leakage.training_inputs(directory, kshot, data)
 
@@ -370,6 +372,7 @@ class RunResult:
     ran: list[str]
     reused: list[str]
     split: dict[str, Any]
+    leakage: dict[str, Any] | None = None  # the leakage check's counts, when it ran
 
 
 def run_method(
@@ -467,4 +470,5 @@ def run_method(
         ran=run.ran,
         reused=run.reused,
         split={"source": split.source, "kshot": len(split.kshot), "test": len(split.test)},
+        leakage=run.leakage,
     )
