@@ -43,6 +43,7 @@ def report(result) -> str:
     lines = [
         f"scored on {split['test']} items ({split['source']}); "
         f"K-shot for selection and training: {split['kshot']}",
+        *([leakage_line(result.leakage)] if result.leakage else []),
         "",
         table(result.verdict),
         "",
@@ -53,3 +54,14 @@ def report(result) -> str:
     if (result.run_dir / "report.html").is_file():
         lines.append(f"report: {result.run_dir / 'report.html'} (and report.md)")
     return "\n".join(lines)
+
+
+def leakage_line(leakage: dict) -> str:
+    """One line of the leakage check's counts (stages/leakage/leakage.json has examples)."""
+    counts, checked = leakage["counts"], leakage["checked"]
+    fate = f"{leakage['dropped']} dropped" if leakage["drop"] else "kept (leakage.drop: false)"
+    return (
+        f"leakage: {counts['any']} of {checked['selected'] + checked['kshot']} training records "
+        f"match test items (exact {counts['exact']}, {leakage['thresholds']['ngram']}-gram "
+        f"{counts['ngram']}, embedding {counts['embedding']}); {fate}"
+    )

@@ -10,9 +10,10 @@ method over several seeds, all on the same held-out items, and `verdict` compare
 bootstrap intervals (taskexpert.verdict).
 
 Stages (each a directory under stages/, reused when its key is unchanged, see run_dir.py):
-split -> select-experts -> select-data -> train/<method>-seed<s> -> best-adapter,
+split -> select-experts -> select-data -> leakage -> train/<method>-seed<s> -> best-adapter,
 uniform-merge -> eval/<method>[-seed<s>] (a mixture's also holds routing.json, the routing
-diagnostics of recipes/routing.py) -> verdict; the winner is copied to final/.
+diagnostics of recipes/routing.py) -> verdict; the winner is copied to final/, and
+report.html / report.md are written last.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class _Run:
         self.kept: set[str] = set()
         self.ran: list[str] = []
         self.reused: list[str] = []
+        self.leakage: dict[str, Any] | None = None  # leakage.json less its examples
 
     @property
     def runtime(self) -> dict[str, Any]:
@@ -90,6 +92,10 @@ class _Run:
 
     def digest(self, name: str) -> str:
         return self.dir.digest(name)
+
+    def keyed_on_leakage(self, parts: dict[str, Any]) -> dict[str, Any]:
+        """`parts` plus the leakage stage's digest when training reads its cleaned files."""
+        return {**parts, "leakage": self.digest("leakage")} if "leakage" in self.kept else parts
 
     def load_base(self):
         """(model, tokenizer) of the base, loaded as the runtime section says."""
@@ -166,6 +172,35 @@ def _select_data_stage(run: _Run, kshot: Path) -> Path:
     return run.stage("select-data", parts, build) / "selected.jsonl"
 
 
+def _leakage_stage(run: _Run, test: Path, kshot: Path, data: Path | None
+                   ) -> tuple[Path, Path | None]:  # fmt: skip
+    """Check the training data against the test split; the K-shot and data to train on."""
+    from taskexpert.recipes import leakage
+
+    config = run.config
+    select = config.select_data
+
+    def build(tmp: Path) -> None:
+        leakage.check_training_data(
+            test, kshot, data, tmp, config.leakage, encoder=select.encoder,
+            device=config.runtime.device, cache_dir=select.cache_dir, use_cache=select.use_cache,
+            progress=run.progress,
+        )  # fmt: skip
+
+    parts = {
+        "settings": config.leakage.model_dump(mode="json"),
+        "encoder": select.encoder,
+        "data": run.digest("select-data") if data is not None else None,
+        "split": run.digest("split"),
+    }
+    directory = run.stage("leakage", parts, build)
+    summary = json.loads((directory / leakage.LEAKAGE_FILE).read_text())
+    run.leakage = {k: v for k, v in summary.items() if k != "examples"}
+    run.dir.record("leakage", run.leakage)
+    leakage.report_leaks(summary)
+    return leakage.training_inputs(directory, kshot, data)
+
+
 def _train_moe_stage(run: _Run, seed: int, experts: Path, data: Path, kshot: Path) -> Path:
     from taskexpert.recipes.train_moe import TrainMoeConfig, run_train_moe
 
@@ -190,6 +225,7 @@ def _train_moe_stage(run: _Run, seed: int, experts: Path, data: Path, kshot: Pat
         "data": run.digest("select-data"),
         "split": run.digest("split"),
     }
+    parts = run.keyed_on_leakage(parts)
     return run.stage(f"train/moe-seed{seed}", parts, build) / "model"
 
 
@@ -231,6 +267,7 @@ def _lora_stage(run: _Run, method: str, seed: int, experts: Path, data: Path | N
     }
     if method == "plain_lora" and config.lora.match_moe_params:
         parts["moe"] = run.digest(f"train/moe-seed{seed}")
+    parts = run.keyed_on_leakage(parts)
     return run.stage(f"train/{method}-seed{seed}", parts, build) / "adapter"
 
 
@@ -343,6 +380,7 @@ class RunResult:
     ran: list[str]
     reused: list[str]
     split: dict[str, Any]
+    leakage: dict[str, Any] | None = None  # the leakage check's counts, when it ran
 
 
 def run_method(
@@ -376,18 +414,21 @@ def run_method(
             experts = _select_experts_stage(run, kshot)
         if methods & set(NEEDS_DATA):
             data = _select_data_stage(run, kshot)
+        train_kshot = kshot  # the K-shot that training reads (selection reads `kshot`)
+        if config.leakage.enabled and methods & set(TRAINED):
+            train_kshot, data = _leakage_stage(run, test, kshot, data)
         models: dict[tuple[str, int | None], dict[str, Any]] = {}
         upstream: dict[tuple[str, int | None], str | None] = {}
         for method, seed in plan_methods(config):
             if method == "base":
                 models[(method, seed)], upstream[(method, seed)] = {}, None
             elif method == "moe":
-                path = _train_moe_stage(run, seed, experts, data, kshot)
+                path = _train_moe_stage(run, seed, experts, data, train_kshot)
                 models[(method, seed)] = {"moe": path}
                 upstream[(method, seed)] = f"train/moe-seed{seed}"
             elif method in ("plain_lora", "kshot_lora"):
                 source = data if method == "plain_lora" else None
-                path = _lora_stage(run, method, seed, experts, source, kshot)
+                path = _lora_stage(run, method, seed, experts, source, train_kshot)
                 models[(method, seed)] = {"adapter": path}
                 upstream[(method, seed)] = f"train/{method}-seed{seed}"
             elif method == "best_adapter":
@@ -438,4 +479,5 @@ def run_method(
         ran=run.ran,
         reused=run.reused,
         split={"source": split.source, "kshot": len(split.kshot), "test": len(split.test)},
+        leakage=run.leakage,
     )

@@ -21,6 +21,7 @@ from taskexpert.moe.train import MoeTrainConfig
 from taskexpert.recipes.common_options import LoadSettings
 from taskexpert.recipes.evaluate import EvaluateConfig
 from taskexpert.recipes.select_data import SelectDataConfig
+from taskexpert.selection.leakage import LeakageConfig
 
 # What a run can compare; `moe` is the method, the rest are the baselines a user would try.
 METHODS = ("moe", "base", "best_adapter", "uniform_merge", "plain_lora", "kshot_lora")
@@ -116,6 +117,7 @@ class RunConfig(BaseModel):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     select_experts: ExpertSelectionConfig = Field(default_factory=ExpertSelectionConfig)
     select_data: SelectDataConfig = Field(default_factory=SelectDataConfig)
+    leakage: LeakageConfig = Field(default_factory=LeakageConfig)
     train: MoeTrainConfig = Field(default_factory=MoeTrainConfig)
     lora: LoraBaselineConfig = Field(default_factory=LoraBaselineConfig)
     evaluate: EvalSection = Field(default_factory=EvalSection)

@@ -221,6 +221,11 @@ class RunDirectory:
         }
         self._save()
 
+    def record(self, key: str, value: Any) -> None:
+        """Write one extra fact (say the leakage counts) into the manifest under `key`."""
+        self.manifest[key] = value
+        self._save()
+
     def drop_stale(self, keep: set[str]) -> None:
         """Forget stages this config no longer has (a method removed from the list)."""
         stages = self.manifest.get("stages", {})
