@@ -52,14 +52,21 @@ def harness_model(model, tokenizer, *, batch_size: int = 8, max_length: int | No
 
 
 def task_manager(tasks: Sequence[str], include_path: str | Path | None = None):
-    """lm-eval's TaskManager with `include_path`'s tasks added; a task name it does not know
-    is an InputError, so a typo fails before any model loads."""
+    """lm-eval's TaskManager with `include_path`'s tasks added (only those, when they are all
+    the tasks asked for); a task name it does not know is an InputError, so a typo fails
+    before any model loads."""
     require_lm_eval()
     from lm_eval.tasks import TaskManager
 
     if include_path is not None and not Path(include_path).is_dir():
         raise InputError("not a directory", include_path, field="include-path")
-    manager = TaskManager(include_path=str(include_path) if include_path else None)
+    manager = None
+    if include_path is not None:  # indexing lm-eval's own ~15,000 tasks takes seconds
+        manager = TaskManager(include_path=str(include_path), include_defaults=False)
+        if any(not manager.match_tasks([n]) for n in tasks):
+            manager = None
+    if manager is None:
+        manager = TaskManager(include_path=str(include_path) if include_path else None)
     unknown = [n for n in tasks if not manager.match_tasks([n])]
     if unknown:
         where = f" (nor in {include_path})" if include_path else ""
