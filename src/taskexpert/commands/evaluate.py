@@ -10,10 +10,10 @@ from pathlib import Path
 import typer
 
 from taskexpert.configs import verb_command
-from taskexpert.recipes.evaluate import EvaluateConfig, run_evaluate
+from taskexpert.recipes.evaluate import EvaluateVerbConfig, run_evaluate
 
 
-@verb_command(EvaluateConfig)
+@verb_command(EvaluateVerbConfig)
 def main(
     base: str = typer.Option(..., "--base", help="Base model directory, or 'smollm2'."),
     test: Path | None = typer.Option(
@@ -23,7 +23,7 @@ def main(
     adapter: Path | None = typer.Option(None, "--adapter", help="A PEFT LoRA adapter directory."),
     moe: Path | None = typer.Option(None, "--moe", help="A mixture directory from train-moe."),
     *,
-    config: EvaluateConfig,
+    config: EvaluateVerbConfig,
 ) -> None:
     """Exact match with the task's extractor, plus multiple choice where records have choices;
     or lm-evaluation-harness tasks (--harness)."""

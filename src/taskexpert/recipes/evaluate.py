@@ -233,6 +233,13 @@ class EvaluateConfig(LoadSettings):
     multiple_choice: Annotated[bool, Cli(flag="--no-mc", help="Skip multiple-choice scoring.")] = (
         Field(True, description="Score multiple choice where records have choices.")
     )
+
+
+class EvaluateVerbConfig(EvaluateConfig):
+    """The evaluate verb's settings: EvaluateConfig plus lm-evaluation-harness mode. Kept out
+    of EvaluateConfig because the run config's evaluation (`run_config.EvalSection`) is
+    taskexpert's own, and its stage digests must not change."""
+
     harness: str | None = Field(
         None,
         description="lm-evaluation-harness tasks (comma-separated) to run instead of --test "
