@@ -227,7 +227,8 @@ def test_exact_match_equals_taskexpert_evaluate(micro_testbed, tmp_path):
 
 
 def test_mixture(micro_testbed, tasks_dir, tmp_path):
-    """A mixture trained one step on the K-shot runs under lm-eval like the base does."""
+    """A mixture trained one step on the K-shot runs under lm-eval like the base does
+    (`--limit` items per task)."""
     experts = tmp_path / "experts.json"
     chosen = ["expert_count", "expert_add"]
     experts.write_text(
@@ -250,9 +251,10 @@ def test_mixture(micro_testbed, tasks_dir, tmp_path):
         "2",
         "--quiet",
     )
-    report = harness_eval(micro_testbed.base_dir, tasks_dir, tmp_path / "eval.json", "--moe", moe)
-    assert report["model"]["moe"] == str(moe)
-    assert all(report["scores"][t]["sample_len"] == 6 for t in TARGETS)
+    out = tmp_path / "eval.json"
+    report = harness_eval(micro_testbed.base_dir, tasks_dir, out, "--moe", moe, "--limit", "2")
+    assert report["model"]["moe"] == str(moe) and report["settings"]["limit"] == 2
+    assert all(report["scores"][t]["sample_len"] == 2 for t in TARGETS)
 
 
 def test_without_the_extra_one_clear_error(micro_testbed, tmp_path, monkeypatch):

@@ -214,3 +214,30 @@ def test_cli_sizes_generation_like_evaluate(micro_testbed, tmp_path):
     _, tokenizer = micro_testbed.load_base()
     assert lengths["base"] == default_max_new_tokens(tokenizer, load_records(test))
     assert lengths["chars"] >= lengths["base"]
+
+
+def _through_lm_eval_filters(text: str, kind: str) -> str:
+    """The exported filter pipeline run by lm-eval's own filter classes."""
+    import lm_eval.filters  # noqa: F401 - registers the built-in filters
+    from lm_eval.api.registry import get_filter
+
+    from taskexpert.harness_task import answer_filters
+
+    responses = [[text]]
+    for step in answer_filters(kind):
+        kwargs = {k: v for k, v in step.items() if k != "function"}
+        responses = list(get_filter(step["function"])(**kwargs).apply(responses, [{}]))
+    (found,) = responses  # take_first leaves one string per document
+    return found
+
+
+@pytest.mark.parametrize(
+    "kind,text",
+    [(k, t) for k, texts in AGREE.items() for t in texts] + [(k, t) for t, k, _, _ in DIFFER],
+)
+def test_lm_eval_filters_do_what_the_model_of_them_does(kind, text):
+    pytest.importorskip("lm_eval", reason="needs the eval extra: pip install 'taskexpert[eval]'")
+    found = _through_lm_eval_filters(text, kind)
+    if kind == "number":  # the metric's regexes_to_ignore drops commas
+        found = found.replace(",", "")
+    assert found == extract_like_harness(text, kind)
