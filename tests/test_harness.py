@@ -205,23 +205,33 @@ def save_answerer(tokenizer_dir, out, reply: str, after: str = "\n"):
     return out
 
 
-def test_exact_match_equals_taskexpert_evaluate(micro_testbed, tmp_path):
-    """A model that always says 'The answer is 5.': both score 2 of 4 (golds 5, 5, 7, 12)."""
-    model_dir = save_answerer(micro_testbed.base_dir, tmp_path / "answerer", "The answer is 5.")
-    golds = [("abcde", "5"), ("vwxyz", "5"), ("abcdefg", "7"), ("abcdefghijkl", "1,2")]
+@pytest.mark.parametrize(
+    "reply,golds",
+    [
+        ("The answer is 5.", ["5", "5", "7", "1,2"]),
+        ("The answer is Yes.", ["yes", "true", "no", "false"]),
+        ("The answer is blue.", ["blue", "Blue.", "red", "green"]),
+        ("The answer is C.", ["C", "(C)", "A", "B"]),
+    ],
+    ids=["number", "yesno", "text", "letter"],
+)
+def test_exact_match_equals_taskexpert_evaluate(micro_testbed, tmp_path, reply, golds):
+    """A model that gives one reply to everything: both score it 2 of 4, for every answer
+    kind's filters."""
+    model_dir = save_answerer(micro_testbed.base_dir, tmp_path / "answerer", reply)
     rows = [
-        {"id": f"q{i}", "instruction": f"Count the letters of {w}.", "output": a, "answer": a}
-        for i, (w, a) in enumerate(golds)
+        {"id": f"q{i}", "instruction": f"Question {i}?", "output": gold, "answer": gold}
+        for i, gold in enumerate(golds)
     ]
     test = tmp_path / "test.jsonl"
     test.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = tmp_path / "tasks" / "answer_five"
+    out = tmp_path / "tasks" / "one_reply"
     invoke("export-task", "--test", test, "--base", model_dir, "--out", out)
     args = ["evaluate", "--base", model_dir, "--device", "cpu", "--quiet"]
     invoke(*args, "--test", test, "--out", tmp_path / "own.json")
-    invoke(*args, "--harness", "answer_five", "--include-path", out, "--out", tmp_path / "h.json")
+    invoke(*args, "--harness", "one_reply", "--include-path", out, "--out", tmp_path / "h.json")
     own = json.loads((tmp_path / "own.json").read_text())
-    harness = json.loads((tmp_path / "h.json").read_text())["scores"]["answer_five"]
+    harness = json.loads((tmp_path / "h.json").read_text())["scores"]["one_reply"]
     assert own["correct"] == 2 and own["n"] == 4
     assert harness["exact_match,taskexpert"] == pytest.approx(own["exact_match"], abs=TOLERANCE)
 
