@@ -282,6 +282,10 @@ def test_test_or_harness(micro_testbed, tmp_path):
         invoke(*base, "--harness", "count_chat", "--test", micro_testbed.test_path("count_chat"))
     with pytest.raises(InputError, match="give --test"):
         invoke(*base)
+    with pytest.raises(InputError, match="'kind': applies to --test only"):
+        invoke(*base, "--harness", "count_chat", "--kind", "number")
+    with pytest.raises(InputError, match="'limit': applies to --harness only"):
+        invoke(*base, "--test", micro_testbed.test_path("count_chat"), "--limit", "2")
 
 
 @pytest.mark.slow  # a task missing from --include-path makes lm-eval index its ~15,000 tasks

@@ -114,6 +114,12 @@ def run_evaluate(
     if harness is not None:
         if test is not None:
             raise InputError("give --test or --harness, not both", field="harness")
+        own = {"kind": kind, "max-new-tokens": max_new_tokens}
+        own |= {"mc-style": mc_style if mc_style != "answer" else None}
+        own |= {"no-mc": True if not multiple_choice else None}
+        given = next((flag for flag, value in own.items() if value is not None), None)
+        if given is not None:
+            raise InputError("applies to --test only (the lm-eval task decides)", field=given)
         from taskexpert.recipes.harness_eval import run_harness_evaluate
 
         return run_harness_evaluate(
@@ -134,6 +140,9 @@ def run_evaluate(
         )
     if test is None:
         raise InputError("give --test (or --harness TASKS)", field="test")
+    for flag, value in (("include-path", include_path), ("limit", limit)):
+        if value is not None:
+            raise InputError("applies to --harness only", field=flag)
     from taskexpert.evaluate import (
         default_max_new_tokens,
         evaluate_model,
