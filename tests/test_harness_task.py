@@ -188,6 +188,14 @@ def test_cli_names_the_file_with_the_bad_record(tmp_path):
     assert str(kshot) in str(result.exception) and "choices" in str(result.exception)
 
 
+def test_refuses_to_replace_the_directory_of_its_input(tmp_path):
+    (tmp_path / "t").mkdir()
+    test = _jsonl(tmp_path / "t" / "test.jsonl", [_record(0, "1")])
+    with pytest.raises(InputError, match="holding"):
+        export_task([_record(0, "1")], tmp_path / "t", force=True, sources=(test, None))
+    assert test.is_file()
+
+
 def test_cli_empty_test_file(tmp_path):
     test = tmp_path / "test.jsonl"
     test.write_text("")

@@ -241,6 +241,9 @@ def export_task(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise InputError("exists and is not empty (use --force to replace it)", out, field="out")
+    for source in sources:
+        if source is not None and out.resolve() in Path(source).resolve().parents:
+            raise InputError(f"would replace the directory holding {source}", out, field="out")
     if not test:
         raise InputError("no test records", field="test")
     if mc_style not in ("answer", "text"):
