@@ -20,7 +20,7 @@ from taskexpert.commands.kcenter import KcenterConfig
 from taskexpert.configs import build_config, choices_of, cli_type, flag_of, option_fields
 from taskexpert.errors import InputError
 from taskexpert.experts.config import ExpertSelectionConfig
-from taskexpert.recipes.evaluate import EvaluateConfig
+from taskexpert.recipes.evaluate import EvaluateVerbConfig
 from taskexpert.recipes.select_data import SelectDataConfig
 from taskexpert.recipes.select_experts import SelectExpertsConfig
 
@@ -29,7 +29,7 @@ ADOPTED = {
     "kcenter": (KcenterConfig, {"embeddings", "k", "out", "initial"}),
     "select-data": (SelectDataConfig, {"pool", "kshot", "budget", "out"}),
     "select-experts": (SelectExpertsConfig, {"base", "bank", "kshot", "out"}),
-    "evaluate": (EvaluateConfig, {"base", "test", "out", "adapter", "moe"}),
+    "evaluate": (EvaluateVerbConfig, {"base", "test", "out", "adapter", "moe"}),
 }
 MACHINERY = {"config_file", "print_config", "quiet"}
 

@@ -24,6 +24,7 @@ DATA = {
     "select-experts": {"base", "bank", "kshot", "out"},
     "train-moe": {"base", "experts", "data", "out", "kshot", "bank", "resume"},
     "evaluate": {"base", "test", "out", "adapter", "moe", "routing"},
+    "export-task": {"test", "out", "kshot", "base"},
     "diverseevol": {"base", "pool", "out", "eval_path"},
     "testbed build": {"out", "force"},
     "export": {"run_dir", "out"},

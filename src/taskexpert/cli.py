@@ -40,6 +40,7 @@ VERBS = {
     "select-experts": "select_experts",
     "train-moe": "train_moe",
     "evaluate": "evaluate",
+    "export-task": "export_task",
     "diverseevol": "diverseevol",
     "run": "run",
     "export": "export",

@@ -10,13 +10,15 @@ from pathlib import Path
 import typer
 
 from taskexpert.configs import verb_command
-from taskexpert.recipes.evaluate import EvaluateConfig, run_evaluate
+from taskexpert.recipes.evaluate import EvaluateVerbConfig, run_evaluate
 
 
-@verb_command(EvaluateConfig)
+@verb_command(EvaluateVerbConfig)
 def main(
     base: str = typer.Option(..., "--base", help="Base model directory, or 'smollm2'."),
-    test: Path = typer.Option(..., "--test", help="Test records (JSONL with answers)."),
+    test: Path | None = typer.Option(
+        None, "--test", help="Test records (JSONL with answers); or --harness."
+    ),
     out: Path = typer.Option(..., "--out", help="Where to write eval.json."),
     adapter: Path | None = typer.Option(None, "--adapter", help="A PEFT LoRA adapter directory."),
     moe: Path | None = typer.Option(None, "--moe", help="A mixture directory from train-moe."),
@@ -24,12 +26,19 @@ def main(
         None, "--routing", help="With --moe: also write its routing diagnostics (JSON) here."
     ),
     *,
-    config: EvaluateConfig,
+    config: EvaluateVerbConfig,
 ) -> None:
-    """Exact match with the task's extractor, plus multiple choice where records have choices."""
+    """Exact match with the task's extractor, plus multiple choice where records have choices;
+    or lm-evaluation-harness tasks (--harness)."""
     report = run_evaluate(
         base, test, out, adapter=adapter, moe=moe, routing=routing, **config.model_dump()
     )
+    if config.harness is not None:
+        for task, metrics in report["scores"].items():
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "sample_len")
+            typer.echo(f"{task}: {shown} (n={metrics.get('sample_len', '?')})")
+        typer.echo(f"wrote {out}")
+        return
     line = f"exact match {report['exact_match']:.4f} ({report['correct']}/{report['n']})"
     if "multiple_choice_accuracy" in report:
         line += (

@@ -45,14 +45,57 @@ def attach_for_eval(
     return model
 
 
+def load_for_eval(
+    base: str,
+    adapter: Path | None,
+    moe: Path | None,
+    *,
+    allow_pickle: bool = False,
+    allow_other_base: bool = False,
+    trust_remote_code: bool = False,
+    device: str = "auto",
+    dtype: str = "float32",
+    progress: bool = True,
+):
+    """(model, tokenizer): the base with the adapter or mixture attached; the adapter and the
+    mixture config are read first, so a bad one fails before the base loads."""
+    from taskexpert.bank import load_adapter
+    from taskexpert.models import load_base
+    from taskexpert.moe.config import MoeConfig
+
+    for path, flag in ((adapter, "adapter"), (moe, "moe")):
+        if path is not None and not Path(path).is_dir():
+            raise InputError("not a directory", path, field=flag)
+    if adapter is not None and moe is not None:
+        raise InputError("give --adapter or --moe, not both", field="adapter")
+    loaded = load_adapter(adapter, allow_pickle=allow_pickle) if adapter is not None else None
+    if moe is not None:
+        MoeConfig.load(moe)
+    model, tokenizer = load_base(
+        base,
+        dtype=dtype,
+        device=device,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+        progress=progress,
+    )
+    model = attach_for_eval(
+        model, adapter, moe, allow_pickle, loaded=loaded, allow_other_base=allow_other_base
+    )
+    return model, tokenizer
+
+
 def run_evaluate(
     base: str,
-    test: Path,
+    test: Path | None,
     out: Path,
     *,
     adapter: Path | None = None,
     moe: Path | None = None,
     routing: Path | None = None,
+    harness: str | None = None,
+    include_path: Path | None = None,
+    limit: int | None = None,
     max_new_tokens: int | None = None,
     batch_size: int = 32,
     kind: str | None = None,
@@ -67,8 +110,43 @@ def run_evaluate(
 ) -> dict:
     """Check inputs, load the model, evaluate, write eval.json atomically; returns its content.
     `routing`: also write the mixture's routing diagnostics there (recipes/routing.py), on the
-    model already loaded."""
-    from taskexpert.bank import load_adapter
+    model already loaded.
+
+    With `harness` (lm-eval task names) lm-evaluation-harness scores the loaded model instead
+    of `test` (`recipes.harness_eval`)."""
+    if harness is not None:
+        if test is not None:
+            raise InputError("give --test or --harness, not both", field="harness")
+        own = {"kind": kind, "max-new-tokens": max_new_tokens}
+        own |= {"mc-style": mc_style if mc_style != "answer" else None}
+        own |= {"no-mc": True if not multiple_choice else None}
+        own |= {"routing": routing}
+        given = next((flag for flag, value in own.items() if value is not None), None)
+        if given is not None:
+            raise InputError("applies to --test only (the lm-eval task decides)", field=given)
+        from taskexpert.recipes.harness_eval import run_harness_evaluate
+
+        return run_harness_evaluate(
+            base,
+            harness,
+            out,
+            adapter=adapter,
+            moe=moe,
+            include_path=include_path,
+            limit=limit,
+            batch_size=batch_size,
+            allow_pickle=allow_pickle,
+            allow_other_base=allow_other_base,
+            trust_remote_code=trust_remote_code,
+            device=device,
+            dtype=dtype,
+            progress=progress,
+        )
+    if test is None:
+        raise InputError("give --test (or --harness TASKS)", field="test")
+    for flag, value in (("include-path", include_path), ("limit", limit)):
+        if value is not None:
+            raise InputError("applies to --harness only", field=flag)
     from taskexpert.evaluate import (
         default_max_new_tokens,
         evaluate_model,
@@ -76,8 +154,6 @@ def run_evaluate(
         gold_choice,
     )
     from taskexpert.io import check_output, write_json
-    from taskexpert.models import load_base
-    from taskexpert.moe.config import MoeConfig
     from taskexpert.prompts import infer_answer_kind
     from taskexpert.records import load_records
 
@@ -105,25 +181,16 @@ def run_evaluate(
                 gold_choice(record)
         except InputError as exc:
             raise InputError(exc.reason, test, field=exc.field) from None
-    for path, flag in ((adapter, "adapter"), (moe, "moe")):
-        if path is not None and not Path(path).is_dir():
-            raise InputError("not a directory", path, field=flag)
-    if adapter is not None and moe is not None:
-        raise InputError("give --adapter or --moe, not both", field="adapter")
-    # read what can be read without the base, so a bad adapter fails before the base loads
-    loaded = load_adapter(adapter, allow_pickle=allow_pickle) if adapter is not None else None
-    if moe is not None:
-        MoeConfig.load(moe)
-    model, tokenizer = load_base(
+    model, tokenizer = load_for_eval(
         base,
-        dtype=dtype,
-        device=device,
-        trust_remote_code=trust_remote_code,
+        adapter,
+        moe,
         allow_pickle=allow_pickle,
+        allow_other_base=allow_other_base,
+        trust_remote_code=trust_remote_code,
+        device=device,
+        dtype=dtype,
         progress=progress,
-    )
-    model = attach_for_eval(
-        model, adapter, moe, allow_pickle, loaded=loaded, allow_other_base=allow_other_base
     )
     if max_new_tokens is None:
         max_new_tokens = default_max_new_tokens(tokenizer, records)
@@ -190,3 +257,19 @@ class EvaluateConfig(LoadSettings):
     multiple_choice: Annotated[bool, Cli(flag="--no-mc", help="Skip multiple-choice scoring.")] = (
         Field(True, description="Score multiple choice where records have choices.")
     )
+
+
+class EvaluateVerbConfig(EvaluateConfig):
+    """The evaluate verb's settings: EvaluateConfig plus lm-evaluation-harness mode. Kept out
+    of EvaluateConfig because the run config's evaluation (`run_config.EvalSection`) is
+    taskexpert's own, and its stage digests must not change."""
+
+    harness: str | None = Field(
+        None,
+        description="lm-evaluation-harness tasks (comma-separated) to run instead of --test "
+        "(needs pip install 'taskexpert[eval]').",
+    )
+    include_path: Path | None = Field(
+        None, description="A directory of lm-eval task YAMLs (from export-task) for --harness."
+    )
+    limit: int | None = Field(None, description="--harness: at most this many items per task.")
