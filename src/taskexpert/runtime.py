@@ -101,6 +101,56 @@ def auto_threads() -> int:
     return cores if idle >= cores - 0.5 else 1
 
 
+# The variables launchers set for a process's rank and the group's size (torchrun and
+# `accelerate launch` set RANK/WORLD_SIZE; MPI launchers their own), as accelerate reads them.
+RANK_VARIABLES = ("RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMI_RANK")
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
+def _first_int(names: tuple[str, ...], default: int) -> int:
+    for name in names:
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return default
+
+
+def world_size() -> int:
+    """Processes training together (1 unless started by a launcher such as
+    `accelerate launch` or torchrun); read from the environment, so nothing starts up."""
+    return max(1, _first_int(WORLD_SIZE_VARIABLES, 1))
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the results: rank 0, or the only process. The other ranks
+    train in step with it and write nothing, so no two processes race on one file."""
+    return _first_int(RANK_VARIABLES, 0) == 0
+
+
+# How long a process waits on the others (rank 0 may embed a whole pool between two rounds)
+PROCESS_GROUP_TIMEOUT_HOURS = 24
+
+
+def share_from_main(value: object = None) -> object:
+    """Rank 0's `value` on every process (with one process, `value` itself).
+
+    Why: under `accelerate launch` only rank 0 selects data and writes the run; the others
+    learn from it what to train next, then train in step with it."""
+    if world_size() == 1:
+        return value
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    # joins the group once; as `train` does, the CPU (gloo) unless CUDA is here
+    PartialState(
+        cpu=resolve_device() != "cuda", timeout=timedelta(hours=PROCESS_GROUP_TIMEOUT_HOURS)
+    )
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def resolve_device(device: str = "auto") -> str:
     """`device` as given, or for "auto" the best one here: cuda, then mps, then cpu."""
     if device != "auto":

@@ -302,6 +302,20 @@ def _load_checkpoint(
     return int(progress["step"]), list(progress["losses"])
 
 
+def _mean_over_processes(accelerator, *values: float) -> list[float]:
+    """Each value averaged over the processes (what one process would have logged)."""
+    local = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    return [float(v) for v in accelerator.reduce(local, reduction="mean")]
+
+
+def accumulation(batch_size: int, micro_batch_size: int, processes: int = 1) -> tuple[int, int]:
+    """(micro-batch size, micro-batches per optimizer step and process) for a global batch of
+    `batch_size` examples: a run on more processes then takes the same optimizer steps on the
+    same micro-batches, each process every n-th one (see `train`)."""
+    micro = min(micro_batch_size, max(1, batch_size // processes))
+    return micro, max(1, math.ceil(batch_size / (micro * processes)))
+
+
 def total_steps(n_records: int, config: TrainConfig, num_processes: int = 1) -> int:
     """Optimizer steps the run will take."""
     if config.max_steps is not None:
@@ -320,7 +334,7 @@ def train(
     on_log: OnLog | None = None,
 ) -> TrainResult:
     """Fine-tune `model` in place on `records`, loss on `output` tokens only (see module doc)."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from transformers import get_scheduler
 
     config = config or TrainConfig()
@@ -332,7 +346,12 @@ def train(
 
     # autocast here rather than Accelerator(mixed_precision=...): accelerate keeps that in a
     # process-wide state that a second run with another setting may not change
-    accelerator = Accelerator(cpu=resolve_device() != "cuda")  # CPU, not MPS, off a GPU
+    # under `accelerate launch` a routed expert may see no token of a micro-batch: DDP must
+    # not wait for its gradient (find_unused_parameters); one process ignores the handler
+    accelerator = Accelerator(
+        cpu=resolve_device() != "cuda",  # CPU, not MPS, off a GPU
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
     pairs = encode_records(tokenizer, records, config.max_length)
     plan = _BatchPlan([len(p.input_ids) for p in pairs], config.batch_size, config.seed)
     n_steps = total_steps(len(pairs), config, accelerator.num_processes)
@@ -379,6 +398,8 @@ def train(
                         step_aux += float(extra.detach()) / config.grad_accum
                 accelerator.backward(loss / config.grad_accum)
                 step_loss += float(loss.detach()) / config.grad_accum
+            if accelerator.num_processes > 1:  # log the mean over every process's batches
+                step_loss, step_aux = _mean_over_processes(accelerator, step_loss, step_aux)
             if config.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(
                     [p for p in model.parameters() if p.requires_grad], config.max_grad_norm

@@ -10,6 +10,7 @@ import typer
 
 from taskexpert.configs import verb_command
 from taskexpert.recipes.diverseevol import DiverseEvolSettings, run_diverseevol
+from taskexpert.runtime import is_main_process
 
 
 @verb_command(DiverseEvolSettings)
@@ -26,6 +27,8 @@ def main(
     """DiverseEvol: grow a training subset round by round by K-center on the model's own
     embeddings (or a baseline); every round's subset, model and summary go into --out."""
     result = run_diverseevol(config.run_config(base, pool, eval_path), out)
+    if not is_main_process():  # under `accelerate launch`, rank 0 speaks for the run
+        return
     rounds = [
         {k: s.get(k) for k in ("round", "size", "vendi", "exact_match", "seconds") if k in s}
         for s in result.rounds

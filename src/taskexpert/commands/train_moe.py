@@ -8,6 +8,7 @@ import typer
 
 from taskexpert.configs import verb_command
 from taskexpert.recipes.train_moe import TrainMoeConfig, run_train_moe
+from taskexpert.runtime import is_main_process
 
 
 @verb_command(TrainMoeConfig)
@@ -32,6 +33,8 @@ def main(
     summary = run_train_moe(
         base, experts, data, out, kshot=kshot, bank=bank, resume=resume, config=config
     )
+    if not is_main_process():  # under `accelerate launch`, rank 0 speaks for the run
+        return
     train = summary["train"]
     names = ", ".join(e["name"] for e in summary["experts"])
     typer.echo(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from taskexpert.io import atomic_dir, atomic_open, check_output, remove_tree, wr
 from taskexpert.moe.config import CONFIG_FILE, MoeConfig
 from taskexpert.records import Record
 from taskexpert.rundir import IDENTITY_FILE, Change, RunDir
+from taskexpert.runtime import is_main_process
 
 TRAIN_LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "train_summary.json"
@@ -95,19 +95,24 @@ class MoeTrainConfig(BaseModel):
         )
 
     def train_config(self, checkpoint_dir: Path | None = None, resume: bool = False):
-        """The shared trainer's config: micro-batches accumulated up to `batch_size`."""
+        """The shared trainer's config: micro-batches accumulated up to `batch_size`.
+
+        `batch_size` is the global batch: with N processes (`accelerate launch`) each
+        accumulates batch_size / (micro_batch_size * N) micro-batches, so a run started on
+        more processes takes the same optimizer steps on the same batches."""
         from taskexpert.moe.layer import ROUTER_PARAMETER_PATTERN
-        from taskexpert.train import TrainConfig
+        from taskexpert.runtime import world_size
+        from taskexpert.train import TrainConfig, accumulation
 
         routers = {} if self.router_lr is None else {ROUTER_PARAMETER_PATTERN: self.router_lr}
-        micro = min(self.micro_batch_size, self.batch_size)
+        micro, grad_accum = accumulation(self.batch_size, self.micro_batch_size, world_size())
         return TrainConfig(
             epochs=self.epochs,
             max_steps=self.max_steps,
             lr=self.lr,
             lr_overrides=routers,
             batch_size=micro,
-            grad_accum=math.ceil(self.batch_size / micro),
+            grad_accum=grad_accum,
             warmup_ratio=self.warmup_ratio,
             schedule=self.schedule,
             weight_decay=self.weight_decay,
@@ -365,6 +370,11 @@ def train_mixture(
         "records": len(records),
         "data_digest": _data_digest(records),
     }
+    stats = {"trainable_parameters": trainable, "moe": moe}
+    if not is_main_process():  # rank 0 owns the work directory, checkpoints and output
+        return _train_and_save(
+            model, tokenizer, records, out, config, work_dir(out), resume, stats, info, False
+        )
     rundir = RunDir(work_dir(out), kind="train-moe", remedy="rerun without --resume to start over")
     with rundir.open():
         changes = rundir.changes(run) if resume else None
@@ -377,25 +387,25 @@ def train_mixture(
         if changes is None:  # not resuming, or nothing to resume
             rundir.reset()
         rundir.record_identity(run)
-        stats = {"trainable_parameters": trainable, "moe": moe}
         summary = _train_and_save(
-            model, tokenizer, records, out, config, rundir.path, resume, stats, info
+            model, tokenizer, records, out, config, rundir.path, resume, stats, info, True
         )
         remove_tree(rundir.path)
     return summary
 
 
 def _train_and_save(
-    model, tokenizer, records, out: Path, config, work: Path, resume: bool, stats: dict, info
-) -> dict:
-    """Train (from `work`'s checkpoint when resuming) and write the mixture directory `out`
-    whole; `work` is the locked run directory."""
+    model, tokenizer, records, out: Path, config, work: Path, resume: bool, stats: dict, info,
+    write: bool,
+) -> dict:  # fmt: skip
+    """Train (from `work`'s checkpoint when resuming) and, if `write`, write the mixture
+    directory `out` whole; `work` is the run directory, locked by the writing process."""
     from taskexpert.moe.checkpoint import save_mixture
     from taskexpert.moe.model import mixture_aux_loss, router_stats
     from taskexpert.train import train
 
     moe = stats["moe"]
-    log = _TrainLog(work / TRAIN_LOG_FILE, keep_existing=resume)
+    log = _TrainLog(work / TRAIN_LOG_FILE, keep_existing=resume) if write else None
 
     def on_log(step: int, metrics: dict) -> None:
         router = router_stats(model)
@@ -412,9 +422,9 @@ def _train_and_save(
         records,
         config.train_config(checkpoint_dir=work, resume=resume),
         aux_loss=mixture_aux_loss,
-        on_log=on_log,
+        on_log=on_log if log is not None else None,
     )
-    final = log.entries[-1] if log.entries else {}
+    final = log.entries[-1] if log is not None and log.entries else {}
     summary = {
         "experts": [e.model_dump(mode="json") for e in moe.experts],
         "top_k": moe.top_k,
@@ -428,6 +438,8 @@ def _train_and_save(
         "config": config.model_dump(mode="json"),
         **(info or {}),
     }
+    if not write:
+        return summary
     with atomic_dir(out) as tmp:
         save_mixture(model, tmp)
         if (work / TRAIN_LOG_FILE).is_file():

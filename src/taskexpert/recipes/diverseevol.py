@@ -44,8 +44,8 @@ from taskexpert.io import check_output, write_json
 from taskexpert.recipes.diverseevol_rounds import STRATEGIES, RoundRunner
 from taskexpert.records import Record, load_records
 from taskexpert.rundir import CorruptStep, RunDir, corrupt_message, file_sha256, read_json
-from taskexpert.runtime import pinned_threads
-from taskexpert.train import TrainConfig
+from taskexpert.runtime import is_main_process, pinned_threads, share_from_main, world_size
+from taskexpert.train import TrainConfig, accumulation
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,13 @@ class DiverseEvolSettings(_Common):
         None,
         description=f"Learning rate [default: {LORA_LR:g} for a LoRA, {FULL_LR:g} for --full].",
     )
-    batch_size: int = Field(_TRAIN.batch_size, description="Training batch size.")
+    batch_size: int = Field(
+        _TRAIN.batch_size, gt=0, description="Examples per optimizer step (all processes)."
+    )
+    micro_batch_size: int | None = Field(
+        None, gt=0, description="Examples per forward pass [default: the batch, split over "
+        "the processes]; the rest is gradient accumulation.",
+    )  # fmt: skip
     max_length: int = Field(_TRAIN.max_length, description="Tokens per example.")
 
     def run_config(
@@ -157,7 +163,10 @@ class DiverseEvolSettings(_Common):
         """The run's config, the knobs folded into TrainConfig; a bad value is an InputError."""
         lr = self.lr if self.lr is not None else (LORA_LR if self.lora else FULL_LR)
         knobs = {"epochs": self.epochs, "lr": lr}
-        knobs |= {"batch_size": self.batch_size, "max_length": self.max_length}
+        micro, grad_accum = accumulation(
+            self.batch_size, self.micro_batch_size or self.batch_size, world_size()
+        )
+        knobs |= {"batch_size": micro, "grad_accum": grad_accum, "max_length": self.max_length}
         common = self.model_dump(include=set(_Common.model_fields))
         try:
             train = TrainConfig.model_validate(_TRAIN.model_dump() | knobs)
@@ -336,6 +345,26 @@ def run_diverseevol(config: DiverseEvolConfig, run_dir: str | Path) -> DiverseEv
     eval_records = _load_eval(config.eval) if config.eval else None
     eval_sha = file_sha256(config.eval) if config.eval else None
     current = identity(config, file_sha256(config.pool), eval_sha)
+    if not is_main_process():  # under `accelerate launch`: train in step with rank 0
+        return _follow(config, run_dir, pool)
+    try:
+        return _lead(config, run_dir, pool, eval_records, current)
+    finally:
+        if world_size() > 1:
+            share_from_main(None)  # no more rounds: the other processes return
+
+
+def _follow(config: DiverseEvolConfig, run_dir: Path, pool: list[Record]) -> DiverseEvolResult:
+    runner = RoundRunner(config, run_dir, pool, None)
+    runner.load_base()
+    with pinned_threads(config.threads, blas=False):
+        runner.follow()
+    return DiverseEvolResult(run_dir, [], 0)
+
+
+def _lead(config: DiverseEvolConfig, run_dir: Path, pool: list[Record],
+          eval_records: list[Record] | None, current: dict) -> DiverseEvolResult:  # fmt: skip
+    """The run itself (rank 0 of several processes, or the only one)."""
     rundir = run_directory(run_dir)
     # one thread can be many times faster than two on a shared CPU (docs/design.md)
     with rundir.open(), pinned_threads(config.threads, blas=False):

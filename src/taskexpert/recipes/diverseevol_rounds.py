@@ -24,6 +24,7 @@ from taskexpert.lm_embed import train_format_ids
 from taskexpert.peft_glue import fresh_lora, load_lora, lora_config
 from taskexpert.records import Record, write_records
 from taskexpert.rundir import MARKER, RunDir, file_sha256
+from taskexpert.runtime import share_from_main, world_size
 
 if TYPE_CHECKING:
     from taskexpert.recipes.diverseevol import DiverseEvolConfig
@@ -298,6 +299,14 @@ class RoundRunner:
         result = train(model, self.tokenizer, [self.pool[i] for i in rows], train_config)
         return model, result
 
+    def follow(self) -> None:
+        """A process other than rank 0: train each round rank 0 announces, write nothing.
+
+        Rank 0 selects, evaluates and writes the run; between rounds this process waits."""
+        while (message := share_from_main()) is not None:
+            round_index, rows, previous = message
+            self.train_round(round_index, rows, Path(previous) if previous else None)
+
     def evaluate(self, model) -> dict:
         from taskexpert.evaluate import evaluate_exact_match
 
@@ -335,6 +344,8 @@ class RoundRunner:
         with rundir.step(f"rounds/{round_name(round_index)}", {"round": round_index}) as tmp:
             write_records(tmp / "subset.jsonl", [self.pool[i] for i in rows])
             write_json(tmp / "selection.json", {"rows": rows, "added": added, **info})
+            if world_size() > 1:  # the other processes train these rows with us (`follow`)
+                share_from_main((round_index, rows, str(previous_dir) if previous_dir else None))
             model, trained = self.train_round(round_index, rows, previous_dir)
             self.save_model(model, tmp / "model")
             summary = {
