@@ -29,7 +29,7 @@ ADOPTED = {
     "kcenter": (KcenterConfig, {"embeddings", "k", "out", "initial"}),
     "select-data": (SelectDataConfig, {"pool", "kshot", "budget", "out"}),
     "select-experts": (SelectExpertsConfig, {"base", "bank", "kshot", "out"}),
-    "evaluate": (EvaluateVerbConfig, {"base", "test", "out", "adapter", "moe"}),
+    "evaluate": (EvaluateVerbConfig, {"base", "test", "out", "adapter", "moe", "routing"}),
 }
 MACHINERY = {"config_file", "print_config", "quiet"}
 

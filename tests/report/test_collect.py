@@ -108,7 +108,7 @@ def test_malformed_routing_names_the_file_and_field(run_copy, change, field):
 
 def test_malformed_json_names_file_and_line(run_copy):
     path = run_copy / "stages/leakage/leakage.json"
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('{"checked": {\n  "selected": ,\n}')
     with pytest.raises(InputError, match="not valid JSON") as caught:
         collect(run_copy)
