@@ -105,3 +105,51 @@ def test_native_bf16_reads_the_cpu_flags(monkeypatch):
     assert not runtime.native_bf16("mps")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert runtime.native_bf16("cuda")
+
+
+def test_the_governor_follows_other_processes_load_and_not_its_own(monkeypatch):
+    """Issue 20: the thread count follows the load while a loop runs. Its own busy threads
+    must not count as load, or a quiet machine would look busy and drop it to one thread."""
+    now = {"t": 0.0, "own": 0.0, "jiffies": (0, 0)}
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(runtime, "auto_threads", lambda: 1)  # busy as the loop starts
+    monkeypatch.setattr(runtime.time, "process_time", lambda: now["own"])
+    monkeypatch.setattr(runtime, "_cpu_jiffies", lambda: now["jiffies"])
+    governor = runtime.ThreadGovernor(interval=20.0, clock=lambda: now["t"])
+    before = torch.get_num_threads()
+    try:
+        governor.start()
+        assert governor.threads == 1 and torch.get_num_threads() == 1
+
+        def advance(seconds, own_cores, busy_cores):
+            now["t"] += seconds
+            now["own"] += own_cores * seconds
+            total, busy = now["jiffies"]
+            now["jiffies"] = (total + 200 * seconds, busy + 100 * busy_cores * seconds)
+            governor.check()
+
+        advance(10, own_cores=1.0, busy_cores=1.0)  # inside the interval: nothing measured
+        assert governor.threads == 1
+        advance(15, own_cores=1.0, busy_cores=1.0)  # only our own thread keeps a core busy
+        assert governor.threads == 2 and torch.get_num_threads() == 2
+        advance(25, own_cores=2.0, busy_cores=2.0)  # both cores ours: still quiet
+        assert governor.threads == 2
+        advance(25, own_cores=1.0, busy_cores=2.0)  # another job took a core
+        assert governor.threads == 1 and torch.get_num_threads() == 1
+        assert governor.changes == [(0.0, 1), (25.0, 2), (75.0, 1)]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_follow_load_acts_only_inside_an_adaptive_block(monkeypatch):
+    checks = []
+    monkeypatch.setattr(runtime.ThreadGovernor, "check", lambda self: checks.append(self))
+    monkeypatch.setattr(runtime, "auto_threads", lambda: 1)
+    before = torch.get_num_threads()
+    runtime.follow_load()
+    assert checks == []
+    with runtime.adaptive_threads() as governor:
+        runtime.follow_load()
+        assert torch.get_num_threads() == 1
+    runtime.follow_load()
+    assert checks == [governor] and torch.get_num_threads() == before

@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 
 
 def cpu_count() -> int:
@@ -84,13 +85,18 @@ def idle_cores(window: float = 0.5) -> float | None:
     return cpu_count() * (idle1 - idle0) / max(total1 - total0, 1)
 
 
-def auto_threads() -> int:
-    """Every core on a quiet machine, one on a busy one (a probe of about half a second).
+def threads_for(others: float, cores: int | None = None) -> int:
+    """Every core when other work holds less than half a core, else one.
 
     Measured on the testbed's standard model: two threads train 1.3-1.5x faster than one on a
-    quiet 2-core machine, but about 3x slower than one while other jobs hold the cores. The
-    answer holds for now only: long jobs ask again per phase (the testbed build does).
-    """
+    quiet 2-core machine, but about 3x slower than one while other jobs hold the cores."""
+    cores = cores or cpu_count()
+    return cores if others < 0.5 else 1
+
+
+def auto_threads() -> int:
+    """`threads_for` the load right now (a probe of about half a second). The answer holds for
+    now only: long loops follow the load with `adaptive_threads`."""
     cores = cpu_count()
     idle = idle_cores()
     if idle is None:
@@ -98,7 +104,91 @@ def auto_threads() -> int:
             idle = cores - os.getloadavg()[0]
         except (AttributeError, OSError):  # no load figures on this platform
             return cores
-    return cores if idle >= cores - 0.5 else 1
+    return threads_for(cores - idle, cores)
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(total, busy) jiffies of the whole machine since boot, None where /proc/stat is absent."""
+    try:
+        with open("/proc/stat") as handle:
+            values = [int(v) for v in handle.readline().split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    return sum(values), sum(values) - values[3] - values[4]
+
+
+class ThreadGovernor:
+    """Follows the machine's load during one long loop: every `interval` seconds it measures
+    the cores other processes used since the last look (the machine's busy time less this
+    process's own CPU time, so its own threads never count as load) and re-pins torch with
+    `threads_for`. It never sleeps to measure, so a check costs two small reads.
+
+    Why (issue 20): a build that picked one thread on a busy machine kept it for 50 minutes
+    after the machine went quiet; one that picks every core keeps fighting a job that starts."""
+
+    def __init__(self, interval: float = 20.0, clock=time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self.changes: list[tuple[float, int]] = []  # (seconds into the loop, threads from then)
+        self._began = clock()
+        self._last: tuple[float, float, tuple[int, int] | None] | None = None
+
+    @property
+    def threads(self) -> int:
+        return self.changes[-1][1]
+
+    def _set(self, count: int) -> None:
+        import torch
+
+        if not self.changes or count != self.threads:
+            torch.set_num_threads(count)
+            self.changes.append((round(self._clock() - self._began, 1), count))
+
+    def start(self) -> None:
+        self._set(auto_threads())
+        self._last = (self._clock(), time.process_time(), _cpu_jiffies())
+
+    def check(self) -> None:
+        """Re-pin if `interval` seconds passed since the last look; cheap to call every step."""
+        now = self._clock()
+        if self._last is None or now - self._last[0] < self.interval:
+            return
+        then, own_then, jiffies_then = self._last
+        own_now, jiffies_now = time.process_time(), _cpu_jiffies()
+        self._last = (now, own_now, jiffies_now)
+        if jiffies_then is None or jiffies_now is None:
+            return
+        total, busy = (b - a for a, b in zip(jiffies_then, jiffies_now, strict=True))
+        busy_cores = cpu_count() * busy / max(total, 1)
+        own_cores = (own_now - own_then) / max(now - then, 1e-9)
+        self._set(threads_for(max(0.0, busy_cores - own_cores)))
+
+
+_GOVERNOR: ContextVar[ThreadGovernor | None] = ContextVar("thread_governor", default=None)
+
+
+@contextlib.contextmanager
+def adaptive_threads(interval: float = 20.0) -> Iterator[ThreadGovernor]:
+    """Within the block, `follow_load()` (which long loops call every step) re-pins torch's
+    threads to the load; torch's count is restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    governor = ThreadGovernor(interval)
+    governor.start()
+    token = _GOVERNOR.set(governor)
+    try:
+        yield governor
+    finally:
+        _GOVERNOR.reset(token)
+        torch.set_num_threads(before)
+
+
+def follow_load() -> None:
+    """Let the active `adaptive_threads` block re-pin threads; a no-op outside one."""
+    governor = _GOVERNOR.get()
+    if governor is not None:
+        governor.check()
 
 
 # The variables launchers set for a process's rank and the group's size (torchrun and

@@ -38,7 +38,7 @@ from taskexpert.lm import EncodedPair, collate, encode_pair, ensure_pad_token
 from taskexpert.progress import progress as progress_bar
 from taskexpert.prompts import format_prompt
 from taskexpert.records import Record
-from taskexpert.runtime import resolve_device
+from taskexpert.runtime import follow_load, resolve_device
 
 CHECKPOINT_NAME = "checkpoint"
 DEFAULT_GROUP = "default"  # the parameters no lr_overrides pattern matches
@@ -407,6 +407,7 @@ def train(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            follow_load()  # re-pins threads inside an `adaptive_threads` block (testbed build)
             step += 1
             losses.append(round(step_loss, 6))
             bar.update(1)

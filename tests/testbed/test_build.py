@@ -134,12 +134,14 @@ def test_an_auto_thread_count_is_asked_again_per_phase_and_recorded(
     micro_testbed, tmp_path, monkeypatch
 ):
     """Issue 20: a count picked once while the machine was busy kept a quiet machine at one
-    thread for the rest of the build; each phase now asks as it starts."""
+    thread for the rest of the build; each phase now asks as it starts (and follows the load
+    while it runs: tests/test_runtime.py)."""
+    import taskexpert.runtime as runtime
     import taskexpert.testbed.build as build
 
     answers = iter([1, 2])  # the machine goes quiet between the two phases
     used = {}
-    monkeypatch.setattr(build, "auto_threads", lambda: next(answers))
+    monkeypatch.setattr(runtime, "auto_threads", lambda: next(answers))
     marker = tmp_path / "tb" / ".steps" / "baselines" / "COMPLETE.json"
     shutil.copytree(micro_testbed.root, tmp_path / "tb")
     kept = json.loads(marker.read_text())["info"]

@@ -21,14 +21,16 @@ Run directory (`taskexpert.rundir`, like the DiverseEvol recipe and train-moe):
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskexpert.rundir import clear_leftovers
-from taskexpert.runtime import pinned_threads
+from taskexpert.runtime import ThreadGovernor, adaptive_threads, pinned_threads
 from taskexpert.testbed import build as phases
 from taskexpert.testbed.build_state import (
     PHASE_OUTPUTS,
@@ -106,12 +108,23 @@ def run_testbed_build(
     return Testbed.load(root)
 
 
+@contextlib.contextmanager
+def _phase_threads(threads: int | None) -> Iterator[ThreadGovernor | None]:
+    """`threads` given: the phase runs pinned to it. Else the count follows the machine's load
+    while the phase runs (issue 20: picked once on a busy machine, it kept a quiet one at one
+    thread for a 50-minute pretraining)."""
+    if threads:
+        with pinned_threads(threads, blas=False):
+            yield None
+    else:
+        with adaptive_threads() as governor:
+            yield governor
+
+
 def _run_phases(rundir, spec, seed: int, threads: int | None, progress: bool) -> None:
     root = rundir.path
     state: dict = {"fingerprint": identity(spec, seed), "phases": {}}
-    # given: every phase runs with it. Else each phase asks again as it starts (issue 20:
-    # picked once on a busy machine, it kept a quiet one at 1 thread for the whole build)
-    # and records what it ran with, so testbed.json reports what was used.
+    # each phase records the threads it ran with, so testbed.json reports what was used
     count: dict[str, int] = {}  # the current phase's, set as it starts
     rerun = False  # once a phase reruns, every later phase reruns too
     runners = {
@@ -141,15 +154,18 @@ def _run_phases(rundir, spec, seed: int, threads: int | None, progress: bool) ->
                 # adapters trained on the old base must go now, not when the bank phase
                 # starts: a build killed in between would resume and keep them
                 drop_bank(rundir)
-        count["threads"] = threads or phases.auto_threads()
         phases._log(f"testbed: phase {phase} ...", progress)
         meta = phase_meta(phase)
         began = time.perf_counter()
         with rundir.step_in_place(phase, meta, list(PHASE_OUTPUTS[phase])):
-            with pinned_threads(count["threads"], blas=False):
+            with _phase_threads(threads) as governor:
+                count["threads"] = governor.threads if governor else threads
                 record = runners[phase]()
             record["seconds"] = time.perf_counter() - began
             record["threads"] = count["threads"]
+            if governor is not None:  # the count followed the load while the phase ran
+                record["threads"] = max(n for _, n in governor.changes)
+                record["thread_changes"] = governor.changes
             state["phases"][phase] = record
             meta["info"] = record  # the marker is written as the block ends
         took = f"{record['seconds']:.1f}s on {record['threads']} thread(s)"

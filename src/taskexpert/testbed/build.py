@@ -18,7 +18,7 @@ from taskexpert.io import atomic_dir, remove_tree, write_json
 from taskexpert.progress import is_quiet, logger
 from taskexpert.progress import progress as progress_bar
 from taskexpert.records import Record, write_records
-from taskexpert.runtime import auto_threads, pin_process_threads, resolve_device
+from taskexpert.runtime import pin_process_threads, resolve_device
 from taskexpert.testbed.bank import AdapterSpec, bank_specs, train_adapter
 from taskexpert.testbed.build_state import (
     PHASES,
@@ -55,7 +55,6 @@ from taskexpert.testbed.truth import ground_truth
 __all__ = [
     "PHASES",
     "RECIPE_VERSION",
-    "auto_threads",
     "build_testbed",
     "ground_truth",
     "is_complete",
@@ -289,8 +288,8 @@ def build_testbed(
 ) -> Testbed:
     """Build (or return the cached, or resume the half-built) testbed in `out`.
 
-    `threads` pins torch's intra-op threads during the build (None: each phase takes every
-    core if the machine is quiet as it starts, one if it is busy; see `auto_threads`).
+    `threads` pins torch's intra-op threads during the build (None: the count follows the
+    machine's load while each phase runs; see `runtime.adaptive_threads`).
     The run itself: `taskexpert.recipes.testbed_build.run_testbed_build`.
     """
     from taskexpert.recipes.testbed_build import TestbedBuildConfig, run_testbed_build
