@@ -12,7 +12,7 @@ Each round gives a mixture/LoRA time ratio per measure (paired: the two ran seco
 the JSON reports the median ratio and its spread (min, max) over the rounds, and the median
 seconds. CPU time with torch.set_num_threads(`--threads`, default 1) so other processes matter
 less. `--crossover` instead times one mixture layer's forward against the token count in the
-dense and the grouped path (moe/layer.py GROUPED_MIN_TOKENS).
+dense and the grouped path (moe/layer.py GROUPED_MIN_TOKENS, GROUPED_MIN_SKIPPED).
 
     .venv/bin/python benchmarks/bench_moe_cost.py [--base tiny|smollm2|DIR] [--rounds 7]
     .venv/bin/python benchmarks/bench_moe_cost.py --crossover [--hidden 576]
@@ -136,7 +136,9 @@ def run_models(args) -> dict:
 
     vocab = base.config.vocab_size
     generator = torch.Generator().manual_seed(1)
-    prefill_ids = torch.randint(3, vocab, (args.prefill_batch, args.prefill_length), generator=generator)
+    prefill_ids = torch.randint(
+        3, vocab, (args.prefill_batch, args.prefill_length), generator=generator
+    )
     prompts = {
         b: torch.randint(3, vocab, (b, args.prompt_length), generator=generator)
         for b in args.decode_batches
@@ -153,8 +155,7 @@ def run_models(args) -> dict:
                 for b in args.decode_batches:
                     times[f"decode_b{b}"][name].append(d[b])
     ratios = {
-        m: spread([mo / lo for mo, lo in zip(times[m]["moe"], times[m]["lora"])])
-        for m in measures
+        m: spread([mo / lo for mo, lo in zip(times[m]["moe"], times[m]["lora"])]) for m in measures
     }
     return {
         "benchmark": "moe_cost",
@@ -202,8 +203,8 @@ def run_crossover(args) -> dict:
             x = torch.randn(tokens, hidden)
             repeats = max(20, 20000 // tokens)
             row = {"tokens": tokens}
-            for path, threshold in (("dense", 10**9), ("grouped", 0)):
-                moe_layer.GROUPED_MIN_TOKENS = threshold
+            for path, grouped in (("dense", False), ("grouped", True)):
+                layer._groups, moe_layer.GROUPED_MIN_TOKENS = grouped, 0
                 layer(x)
                 samples = []
                 for _ in range(args.rounds):
@@ -222,6 +223,7 @@ def run_crossover(args) -> dict:
         "top_k": args.top_k,
         "threads": args.threads,
         "grouped_min_tokens": saved,
+        "grouped_min_skipped": moe_layer.GROUPED_MIN_SKIPPED,
         "forward_us": rows,
     }
 

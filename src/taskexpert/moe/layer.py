@@ -9,13 +9,14 @@ expert's A are stacked into one [N + sum r_e, in] matrix, so one matmul per toke
 router logits and every expert's rank-space projection h_e = A_e x. The gates are the softmax of
 the top-k logits (equal to the renormalised top-k of the softmax). Then B, with each expert's
 scaling folded in ([sum r_e, out], stacked):
-- grouped (`_grouped_mix`, more than GROUPED_MIN_TOKENS tokens, k < N): (token, slot) pairs
+- grouped (`_grouped_mix`, large batches where the unchosen experts hold many rank columns,
+  see GROUPED_MIN_TOKENS): (token, slot) pairs
   sorted by expert; each expert's B runs only on the rows routed to it and index_add_ puts
   them into the base output in place, so B's cost grows with k, not with N;
-- dense (`_dense_mix`, decoding and other small batches, or k = N): the gates, zero for the
-  experts not chosen, scale h's columns and one addmm_ applies every B. Below the threshold a
-  Python loop over experts costs more than the B columns of the unchosen experts (rank r each,
-  against the base layer's `in` columns).
+- dense (`_dense_mix`, otherwise: decoding, small rank totals, or k = N): the gates, zero for
+  the experts not chosen, scale h's columns and one addmm_ applies every B. There the loop over
+  experts, the sort and the scatter cost more than the B columns of the unchosen experts (rank
+  r_e each, against the base layer's `in` columns); the A step is dense over experts anyway.
 The stacked weights are rebuilt from the parameters on every forward where a gradient can reach
 them (so training updates the original tensors and the checkpoint layout is unchanged), and
 otherwise cached, keyed on the parameters' version counters (any in-place change, as
@@ -35,10 +36,15 @@ from torch import nn
 
 # The routers' weight names in a model with mixtures attached: `<module>.router.weight`.
 ROUTER_PARAMETER_PATTERN = r"(^|\.)router\.weight$"
-# Above this many tokens in one forward, B runs grouped by expert on its routed tokens only;
-# at or below it, one dense matmul over every expert's (gated) rank columns is faster.
-# Measured by benchmarks/bench_moe_cost.py --crossover (docs/design.md, mixture layer).
-GROUPED_MIN_TOKENS = 64
+# B runs grouped by expert on its routed tokens only when a forward has more than
+# GROUPED_MIN_TOKENS tokens AND the experts a token skips hold at least GROUPED_MIN_SKIPPED
+# rank columns on average (sum r_e * (N - k) / N); otherwise one dense matmul over every
+# expert's gated rank columns is faster. Measured by benchmarks/bench_moe_cost.py --crossover
+# (1 thread, in 256 -> out 682): N=4, r=8 (16 skipped columns) dense wins even at 1024
+# tokens (6.9 vs 7.5 ms); N=8 or 16 at r=16 (96, 224) and N=4 at r=64 (128) grouped wins from
+# about 256 tokens (docs/design.md, mixture layer).
+GROUPED_MIN_TOKENS = 128
+GROUPED_MIN_SKIPPED = 64
 _VERSION = operator.attrgetter("_version")
 
 
@@ -108,6 +114,8 @@ class MixtureOfLoraLinear(nn.Module):
         # every column (not saved: the ranks are the parameters' shapes).
         ranks = [int(A.shape[0]) for A in self.lora_A]
         self._columns = [(sum(ranks[:e]), r) for e, r in enumerate(ranks)]
+        skipped = sum(ranks) * (len(ranks) - top_k) / len(ranks)
+        self._groups = top_k < len(ranks) and skipped >= GROUPED_MIN_SKIPPED
         self.register_buffer(
             "column_expert",
             torch.repeat_interleave(torch.arange(len(ranks)), torch.tensor(ranks)).to(
@@ -263,7 +271,7 @@ class MixtureOfLoraLinear(nn.Module):
         logits, h = F.linear(flat, weight).split([self.num_experts, b_t.shape[0]], dim=1)
         gates, chosen = self._route(logits)
         out = result.view(-1, result.shape[-1])
-        if self.top_k < self.num_experts and flat.shape[0] > GROUPED_MIN_TOKENS:
+        if self._groups and flat.shape[0] > GROUPED_MIN_TOKENS:
             self._grouped_mix(h, gates, chosen, b_t, out)
         else:
             self._dense_mix(h, gates, chosen, b_t, out)
@@ -274,7 +282,8 @@ class MixtureOfLoraLinear(nn.Module):
         scores = logits if logits.dtype == torch.float32 else logits.float()
         top, chosen = scores.topk(self.top_k, dim=-1)
         gates = top.softmax(dim=-1)
-        self._last_logits, self._last_chosen = scores.detach(), chosen
+        self._last_logits = scores.detach() if scores.requires_grad else scores
+        self._last_chosen = chosen
         self.last_aux_loss = None
         if self.load_balancing_coef > 0:
             self.last_aux_loss = self._balancing_loss(scores.softmax(dim=-1), chosen)
