@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from taskexpert.moe import layer as layer_module
 from taskexpert.moe.layer import MixtureOfLoraLinear
 
 RANKS = [2, 4, 3, 8]
@@ -49,26 +50,109 @@ def test_gradients_match_dense_reference():
         assert torch.allclose(got, want, atol=1e-4)
 
 
-def test_sparse_dispatch_runs_each_expert_only_on_its_tokens(monkeypatch):
+@pytest.fixture(params=["dense", "grouped"])
+def path(request, monkeypatch):
+    """Run a test through each way of applying B (moe/layer.py docstring)."""
+    if request.param == "grouped":
+        monkeypatch.setattr(layer_module, "GROUPED_MIN_TOKENS", 0)
+    return request.param
+
+
+def on_path(layer, path):
+    layer._groups = path == "grouped"
+    return layer
+
+
+def assert_matches(got, want):
+    """float32, only the summation order differs: 1e-5 relative, 1e-6 of the output scale."""
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 4])
+@pytest.mark.parametrize("train", [True, False])
+def test_both_paths_match_the_formula_with_gradients(path, top_k, train):
+    """Outputs and gradients (router, every A and B, input) equal the docstring's formula
+    computed expert by expert, in train and eval mode."""
+    layer = on_path(make_layer(top_k), path).train(train)
+    x = torch.randn(3, 7, 16, requires_grad=True)
+    params = [layer.router.weight, *layer.lora_A, *layer.lora_B, x]
+    got = layer(x)
+    assert_matches(got, dense_reference(layer, x))
+    grads = torch.autograd.grad(got.pow(2).sum(), params)
+    expected = torch.autograd.grad(dense_reference(layer, x).pow(2).sum(), params)
+    # relative to the gradients' scale (float32 sums of values up to ~1e5): under top-1 the
+    # router gradient is exactly 0 here and noise of ~1e-8 of that scale in the reference
+    scale = max(float(want.abs().max()) for want in expected)
+    for g, want in zip(grads, expected):
+        torch.testing.assert_close(g, want, atol=1e-6 * scale, rtol=1e-4)
+
+
+def test_cached_eval_path_matches_and_follows_weight_changes(path):
+    layer = on_path(make_layer(top_k=2), path).eval()
+    x = torch.randn(4, 9, 16)
+    with torch.no_grad():
+        assert_matches(layer(x), dense_reference(layer, x))
+        cached = layer._cache
+        layer(x)
+        assert layer._cache is cached  # nothing rebuilt per step
+        layer.lora_B[1].mul_(3.0)  # in place, as an optimizer step or copy_ do
+        layer.router.weight.add_(0.5)
+        assert_matches(layer(x), dense_reference(layer, x))
+        assert layer._cache is not cached
+        state = {k: v * 2 for k, v in layer.state_dict().items() if "base_layer" not in k}
+        layer.load_state_dict(state, strict=False, assign=True)  # replaces the parameters
+        assert_matches(layer(x), dense_reference(layer, x))
+        layer.double()
+        out = layer(x.double())
+        assert out.dtype == torch.float64
+        assert_matches(out, dense_reference(layer, x.double()))
+    cached = layer._cache
+    layer.train()
+    assert layer._cache is None and cached is not None
+
+
+def test_no_cache_while_gradients_can_reach_the_parameters():
+    layer = make_layer(top_k=2).eval()
+    layer(torch.randn(2, 3, 16)).sum().backward()
+    assert layer._cache is None and layer.lora_A[0].grad is not None
+    with torch.inference_mode():
+        layer(torch.randn(2, 3, 16))
+    assert layer._cache is not None
+    layer(torch.randn(2, 3, 16)).sum().backward()  # the cache did not leak into autograd
+    assert layer.lora_B[0].grad.abs().sum() > 0
+
+
+def test_state_dict_layout_is_unchanged():
     layer = make_layer(top_k=2)
-    rows_seen = []
-    originals = {id(a): e for e, a in enumerate(layer.lora_A)}
-    linear = torch.nn.functional.linear
+    keys = {k for k in layer.state_dict() if not k.startswith("base_layer.")}
+    assert keys == {"router.weight"} | {f"lora_{p}.{e}" for p in "AB" for e in range(4)}
 
-    def counting(x, weight, *args):
-        if id(weight) in originals:
-            rows_seen.append((originals[id(weight)], x.shape[0]))
-        return linear(x, weight, *args)
 
-    monkeypatch.setattr(torch.nn.functional, "linear", counting)
+def test_grouped_path_runs_each_expert_only_on_its_tokens(monkeypatch):
+    """B of each expert multiplies only the rows routed to it: k rows per token, not N."""
+    monkeypatch.setattr(layer_module, "GROUPED_MIN_TOKENS", 0)
+    layer = on_path(make_layer(top_k=2), "grouped").eval()
     x = torch.randn(5, 6, 16)
-    layer(x)
     chosen = torch.softmax(x.reshape(-1, 16) @ layer.router.weight.T, -1).topk(2).indices
     expected = torch.bincount(chosen.reshape(-1), minlength=4)
-    assert sum(rows for _, rows in rows_seen) == 30 * 2  # k per token, not N
-    assert {e: rows for e, rows in rows_seen} == {
-        e: int(n) for e, n in enumerate(expected) if n > 0
-    }
+    rows_seen = []
+    original = torch.Tensor.__matmul__
+
+    def counting(a, b):
+        rows_seen.append((a.shape[0], b.shape[0]))
+        return original(a, b)
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", counting)
+    with torch.no_grad():
+        layer(x)
+    assert sum(rows for rows, _ in rows_seen) == 30 * 2
+    assert sorted(rows_seen) == sorted((int(n), RANKS[e]) for e, n in enumerate(expected) if n > 0)
+
+
+def test_path_choice_follows_the_skipped_rank_columns():
+    assert not make_layer(top_k=2, ranks=[8] * 4)._groups  # 16 skipped columns: dense
+    assert make_layer(top_k=2, ranks=[16] * 8)._groups  # 96: grouped for large batches
+    assert not make_layer(top_k=4, ranks=[64] * 4)._groups  # every expert chosen
 
 
 def test_statistics_and_aux_loss():

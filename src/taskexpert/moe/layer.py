@@ -2,12 +2,31 @@
 
 y = W0 x + sum over the k chosen experts of p_e * s_e * B_e A_e x, where p = softmax(W_g x)
 restricted to the top k and renormalised, and s_e is each expert's own alpha/r (the reference
-code forgot it). When N > k every expert runs only on the tokens routed to it (a sort, a
-gather and an index_add), so the cost grows with k, not with N.
+code forgot it).
+
+How it is computed (issue 20: the mixture near one LoRA's cost). The router rows and every
+expert's A are stacked into one [N + sum r_e, in] matrix, so one matmul per token gives the
+router logits and every expert's rank-space projection h_e = A_e x. The gates are the softmax of
+the top-k logits (equal to the renormalised top-k of the softmax). Then B, with each expert's
+scaling folded in ([sum r_e, out], stacked):
+- grouped (`_grouped_mix`, large batches where the unchosen experts hold many rank columns,
+  see GROUPED_MIN_TOKENS): (token, slot) pairs
+  sorted by expert; each expert's B runs only on the rows routed to it and index_add_ puts
+  them into the base output in place, so B's cost grows with k, not with N;
+- dense (`_dense_mix`, otherwise: decoding, small rank totals, or k = N): the gates, zero for
+  the experts not chosen, scale h's columns and one addmm_ applies every B. There the loop over
+  experts, the sort and the scatter cost more than the B columns of the unchosen experts (rank
+  r_e each, against the base layer's `in` columns); the A step is dense over experts anyway.
+The stacked weights are rebuilt from the parameters on every forward where a gradient can reach
+them (so training updates the original tensors and the checkpoint layout is unchanged), and
+otherwise cached, keyed on the parameters' version counters (any in-place change, as
+load_state_dict, an optimizer step or copy_ make) and dropped on train()/eval(), .to() and
+load_state_dict.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -17,6 +36,16 @@ from torch import nn
 
 # The routers' weight names in a model with mixtures attached: `<module>.router.weight`.
 ROUTER_PARAMETER_PATTERN = r"(^|\.)router\.weight$"
+# B runs grouped by expert on its routed tokens only when a forward has more than
+# GROUPED_MIN_TOKENS tokens AND the experts a token skips hold at least GROUPED_MIN_SKIPPED
+# rank columns on average (sum r_e * (N - k) / N); otherwise one dense matmul over every
+# expert's gated rank columns is faster. Measured by benchmarks/bench_moe_cost.py --crossover
+# (1 thread, in 256 -> out 682): N=4, r=8 (16 skipped columns) dense wins even at 1024
+# tokens (6.9 vs 7.5 ms); N=8 or 16 at r=16 (96, 224) and N=4 at r=64 (128) grouped wins from
+# about 256 tokens (docs/design.md, mixture layer).
+GROUPED_MIN_TOKENS = 128
+GROUPED_MIN_SKIPPED = 64
+_VERSION = operator.attrgetter("_version")
 
 
 class RoutingStats(NamedTuple):
@@ -27,6 +56,13 @@ class RoutingStats(NamedTuple):
     tokens: int  # tokens counted
 
 
+class StackedWeights(NamedTuple):
+    """The layer's trainable weights laid out for one matmul in and one out."""
+
+    weight: torch.Tensor  # [N + R, in]: the router's rows, then every expert's A (R = sum r_e)
+    b_t: torch.Tensor  # [R, out]: s_e * B_e^T of every expert, stacked in the same order
+
+
 class ForwardMask:
     """The attention mask of a model's current forward, one object shared by its layers."""
 
@@ -34,6 +70,11 @@ class ForwardMask:
 
     def __init__(self) -> None:
         self.mask: torch.Tensor | None = None
+
+
+def _reset_after_load(module: MixtureOfLoraLinear, _incompatible_keys) -> None:
+    """load_state_dict post-hook (a function, not a lambda, so the module still pickles)."""
+    module.reset_cache()
 
 
 class MixtureOfLoraLinear(nn.Module):
@@ -69,9 +110,18 @@ class MixtureOfLoraLinear(nn.Module):
             self.lora_A.append(nn.Parameter(A.detach().to(**factory).clone()))
             self.lora_B.append(nn.Parameter(B.detach().to(**factory).clone()))
             self.scaling.append(float(scaling))
-        # The scalings as a tensor, for the sparse path (not saved: the config holds them).
+        # Each expert's columns in the stacked rank space: (offset, rank), and the expert of
+        # every column (not saved: the ranks are the parameters' shapes).
+        ranks = [int(A.shape[0]) for A in self.lora_A]
+        self._columns = [(sum(ranks[:e]), r) for e, r in enumerate(ranks)]
+        skipped = sum(ranks) * (len(ranks) - top_k) / len(ranks)
+        self._groups = top_k < len(ranks) and skipped >= GROUPED_MIN_SKIPPED
         self.register_buffer(
-            "scaling_vector", torch.tensor(self.scaling, device=weight.device), persistent=False
+            "column_expert",
+            torch.repeat_interleave(torch.arange(len(ranks)), torch.tensor(ranks)).to(
+                weight.device
+            ),
+            persistent=False,
         )
         self.router = nn.Linear(base_layer.in_features, len(experts), bias=False, **factory)
         nn.init.zeros_(self.router.weight)
@@ -80,10 +130,10 @@ class MixtureOfLoraLinear(nn.Module):
         self.expert_names = list(expert_names or [str(i) for i in range(len(experts))])
         # Fixed gates (shape [N]) replace the router: forced routing, or the merge's reference.
         self.fixed_gates: torch.Tensor | None = None
-        # The last routed forward: router probabilities [T, N], chosen experts [T, k] and the
-        # input's leading shape (detached, so statistics cost nothing until asked for), and
-        # the load-balancing loss (with grad).
-        self._last_probs: torch.Tensor | None = None
+        # The last routed forward: router logits [T, N], chosen experts [T, k] and the input's
+        # leading shape (detached, so statistics cost nothing until asked for), and the
+        # load-balancing loss (with grad).
+        self._last_logits: torch.Tensor | None = None
         self._last_chosen: torch.Tensor | None = None
         self._last_shape: tuple[int, ...] = ()
         self.last_aux_loss: torch.Tensor | None = None
@@ -91,10 +141,55 @@ class MixtureOfLoraLinear(nn.Module):
         # mixture layer of a model and set once per forward by its pre-hook (moe/model.py):
         # the load-balancing loss leaves padding out with it.
         self.forward_mask = ForwardMask()
+        self._cache: StackedWeights | None = None
+        self._cache_versions: tuple[int, ...] = ()
+        self._watched: tuple[torch.Tensor, ...] = ()
+        self.reset_cache()
+        self.register_load_state_dict_post_hook(_reset_after_load)
 
     @property
     def num_experts(self) -> int:
         return len(self.lora_A)
+
+    # --- the stacked weights and their cache ------------------------------------------------
+
+    def reset_cache(self) -> None:
+        """Drop the cached stacked weights and re-read which tensors they are built from
+        (after the parameters were replaced, e.g. load_state_dict(assign=True) or .to())."""
+        self._cache = None
+        self._cache_versions = ()
+        self._watched = (self.router.weight, *self.lora_A, *self.lora_B)
+
+    def train(self, mode: bool = True) -> MixtureOfLoraLinear:
+        self.reset_cache()
+        return super().train(mode)
+
+    def _apply(self, fn, recurse: bool = True):
+        result = super()._apply(fn, recurse)
+        self.reset_cache()
+        return result
+
+    def _stack(self) -> StackedWeights:
+        """The stacked weights from the parameters (differentiable in them)."""
+        weight = torch.cat([self.router.weight, *self.lora_A])
+        b_t = torch.cat([B * s for B, s in zip(self.lora_B, self.scaling)], dim=1).t()
+        return StackedWeights(weight, b_t)
+
+    def stacked_weights(self) -> StackedWeights:
+        """Rebuilt on each call while a gradient can flow to the parameters, else cached until
+        any of them changes in place (their version counters say so)."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self._watched):
+            return self._stack()
+        versions = tuple(map(_VERSION, self._watched))
+        if self._cache is None or versions != self._cache_versions:
+            # Built outside inference mode, so the cache serves later forwards in any mode.
+            with torch.inference_mode(False), torch.no_grad():
+                weight, b_t = self._stack()
+                self._cache = StackedWeights(weight, b_t.contiguous())
+            self._cache_versions = versions
+        return self._cache
+
+    # --- routing statistics ---------------------------------------------------------------
 
     @property
     def last_load(self) -> torch.Tensor | None:
@@ -120,16 +215,25 @@ class MixtureOfLoraLinear(nn.Module):
             return None
         return mask.reshape(-1).to(device=self.router.weight.device, dtype=torch.bool)
 
+    def _last_routing(
+        self, token_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Router probabilities [T, N] and chosen experts [T, k] of the last routed forward
+        over the kept tokens (the probabilities are computed only when asked for)."""
+        if self._last_logits is None or self._last_chosen is None:
+            return None
+        logits, chosen = self._last_logits, self._last_chosen
+        if token_mask is not None:
+            logits, chosen = logits[token_mask], chosen[token_mask]
+        return logits.float().softmax(dim=-1), chosen
+
     def routing_stats(self, token_mask: torch.Tensor | None = None) -> RoutingStats | None:
         """Entropy and load of the last routed forward over the tokens `token_mask` [T] keeps
         (all when None, e.g. padding included); None when no token was routed."""
-        if self._last_probs is None or self._last_chosen is None:
+        routed = self._last_routing(token_mask)
+        if routed is None or routed[0].shape[0] == 0:
             return None
-        probs, chosen = self._last_probs, self._last_chosen
-        if token_mask is not None:
-            probs, chosen = probs[token_mask], chosen[token_mask]
-        if probs.shape[0] == 0:
-            return None
+        probs, chosen = routed
         entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean()
         counts = torch.bincount(chosen.reshape(-1), minlength=self.num_experts).float()
         return RoutingStats(entropy, counts / counts.sum(), probs.shape[0])
@@ -139,13 +243,14 @@ class MixtureOfLoraLinear(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Renormalised top-k gates [T, k] and chosen experts [T, k] of the last routed forward
         over the tokens `token_mask` [T] keeps (all when None); None when none was routed."""
-        if self._last_probs is None or self._last_chosen is None:
+        routed = self._last_routing(token_mask)
+        if routed is None:
             return None
-        probs, chosen = self._last_probs, self._last_chosen
-        if token_mask is not None:
-            probs, chosen = probs[token_mask], chosen[token_mask]
+        probs, chosen = routed
         top = probs.gather(1, chosen)
         return top / top.sum(dim=1, keepdim=True), chosen
+
+    # --- the forward ------------------------------------------------------------------------
 
     def expert_delta(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """s_e * B_e A_e x, computed as PEFT does (so one expert at gate 1 equals its LoRA)."""
@@ -153,30 +258,36 @@ class MixtureOfLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
-        flat = x.reshape(-1, x.shape[-1]).to(self.router.weight.dtype)
+        flat = x.reshape(-1, x.shape[-1])
+        dtype = self.router.weight.dtype
+        if flat.dtype != dtype:
+            flat = flat.to(dtype)
         self._last_shape = tuple(x.shape[:-1])
         if self.fixed_gates is not None:
-            self._last_probs = self._last_chosen = self.last_aux_loss = None
+            self._last_logits = self._last_chosen = self.last_aux_loss = None
             delta = self._fixed_mix(flat, self.fixed_gates)
+            return result + delta.reshape(result.shape).to(result.dtype)
+        weight, b_t = self.stacked_weights()
+        logits, h = F.linear(flat, weight).split([self.num_experts, b_t.shape[0]], dim=1)
+        gates, chosen = self._route(logits)
+        out = result.view(-1, result.shape[-1])
+        if self._groups and flat.shape[0] > GROUPED_MIN_TOKENS:
+            self._grouped_mix(h, gates, chosen, b_t, out)
         else:
-            gates, chosen, counts = self._route(flat)
-            if self.top_k < self.num_experts:
-                return self._sparse_mix(flat, gates, chosen, counts, result)
-            dense = gates.new_zeros(flat.shape[0], self.num_experts).scatter(1, chosen, gates)
-            delta = self._dense_mix(flat, dense)
-        return result + delta.reshape(result.shape).to(result.dtype)
+            self._dense_mix(h, gates, chosen, b_t, out)
+        return result
 
-    def _route(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Renormalised top-k gates [T, k], expert indices [T, k] and dispatches per expert."""
-        probs = F.linear(flat, self.router.weight).float().softmax(dim=-1)
-        top_p, chosen = probs.topk(self.top_k, dim=-1)
-        gates = top_p / top_p.sum(dim=-1, keepdim=True)
-        counts = torch.bincount(chosen.reshape(-1), minlength=self.num_experts)
-        self._last_probs, self._last_chosen = probs.detach(), chosen.detach()
+    def _route(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gates [T, k] (softmax of the top-k logits, in float32) and expert indices [T, k]."""
+        scores = logits if logits.dtype == torch.float32 else logits.float()
+        top, chosen = scores.topk(self.top_k, dim=-1)
+        gates = top.softmax(dim=-1)
+        self._last_logits = scores.detach() if scores.requires_grad else scores
+        self._last_chosen = chosen
         self.last_aux_loss = None
         if self.load_balancing_coef > 0:
-            self.last_aux_loss = self._balancing_loss(probs, chosen)
-        return gates.to(flat.dtype), chosen, counts
+            self.last_aux_loss = self._balancing_loss(scores.softmax(dim=-1), chosen)
+        return gates.to(logits.dtype), chosen
 
     def _balancing_loss(self, probs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor | None:
         """Switch Transformer: N * sum_e (share of dispatches to e) * (mean router prob of e),
@@ -191,47 +302,49 @@ class MixtureOfLoraLinear(nn.Module):
         load = counts.float() / chosen.numel()
         return self.load_balancing_coef * self.num_experts * (load * probs.mean(dim=0)).sum()
 
-    def _dense_mix(self, flat: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        """Every expert on every token, weighted by gates [T, N] (used when k = N)."""
-        delta = self.expert_delta(0, flat) * gates[:, :1]
-        for e in range(1, self.num_experts):
-            delta = delta + self.expert_delta(e, flat) * gates[:, e : e + 1]
-        return delta
-
-    def _sparse_mix(
+    def _dense_mix(
         self,
-        flat: torch.Tensor,
+        h: torch.Tensor,
         gates: torch.Tensor,
         chosen: torch.Tensor,
-        counts: torch.Tensor,
-        result: torch.Tensor,
-    ) -> torch.Tensor:
-        """Each expert only on its own tokens, added into the base output in place.
+        b_t: torch.Tensor,
+        out: torch.Tensor,
+    ) -> None:
+        """Every expert's B in one matmul over the gated rank columns (0 where not chosen),
+        added into the base output `out` [T, out] in place: few ops, for decoding."""
+        dense = gates.new_zeros(gates.shape[0], self.num_experts).scatter_(1, chosen, gates)
+        gated = h * dense.index_select(1, self.column_expert)
+        if out.dtype == gated.dtype:
+            out.addmm_(gated, b_t)
+        else:
+            out.add_((gated @ b_t).to(out.dtype))
 
-        (token, slot) pairs are sorted by expert and the tokens gathered once; each expert
-        runs on its slice, gates and scaling are applied in rank space (r columns, not out),
-        and index_add_ scatters into `result`. The base output is not needed by its own
-        backward, so the in-place add is safe for autograd and saves two full-size copies.
+    def _grouped_mix(
+        self,
+        h: torch.Tensor,
+        gates: torch.Tensor,
+        chosen: torch.Tensor,
+        b_t: torch.Tensor,
+        out: torch.Tensor,
+    ) -> None:
+        """Each expert's B only on its own tokens, added into the base output in place.
+
+        (token, slot) pairs are sorted by expert; each expert takes its rows of h (its own
+        columns), gated in rank space, and index_add_ scatters B's output into `out`. The base
+        output is not needed by its own backward, so the in-place add is safe for autograd
+        and saves two full-size copies.
         """
-        order = chosen.reshape(-1).argsort(stable=True)
+        flat_chosen = chosen.reshape(-1)
+        order = flat_chosen.argsort(stable=True)
         rows = order // self.top_k
-        weights = (gates * self.scaling_vector.to(gates.dtype)[chosen]).reshape(-1, 1)[order]
-        routed = flat.index_select(0, rows)
-        out = result.view(-1, result.shape[-1])
-        # Few ops per expert: decoding runs this for every token, where dispatch dominates.
-        # (ParameterList indexing is slow, hence the parameter dicts.)
-        sizes = counts.tolist()
-        for A, B, x_e, w_e, rows_e, size in zip(
-            self.lora_A._parameters.values(),
-            self.lora_B._parameters.values(),
-            routed.split(sizes),
-            weights.split(sizes),
-            rows.split(sizes),
-            sizes,
+        weights = gates.reshape(-1, 1)[order]
+        sizes = torch.bincount(flat_chosen, minlength=self.num_experts).tolist()
+        for (offset, rank), rows_e, w_e, size in zip(
+            self._columns, rows.split(sizes), weights.split(sizes), sizes
         ):
             if size:
-                out.index_add_(0, rows_e, F.linear(F.linear(x_e, A) * w_e, B).to(out.dtype))
-        return result
+                h_e = h[:, offset : offset + rank].index_select(0, rows_e) * w_e
+                out.index_add_(0, rows_e, (h_e @ b_t[offset : offset + rank]).to(out.dtype))
 
     def _fixed_mix(self, flat: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         """The same gates for every token; experts with gate 0 are skipped entirely."""
