@@ -45,7 +45,8 @@ def test_two_ray_workers_give_the_in_process_scores_and_choice(
             micro_testbed.kshot_path(TARGET),
             out,
             device="cpu",
-            workers=workers,
+            ray="local" if workers else None,
+            ray_actors=max(workers, 1),
             n=4,
             max_new_tokens=12,
             report_variants=True,
@@ -101,7 +102,7 @@ def test_missing_ray_says_how_to_install_it_before_any_model_loads(monkeypatch, 
             tmp_path / "no-bank",
             tmp_path / "no-kshot.jsonl",
             tmp_path / "experts.json",
-            workers=2,
+            ray="local",
         )
     with pytest.raises(TaskexpertError, match=r"pip install 'taskexpert\[ray\]'"):
         score_bank_distributed(lambda: None, {}, None, workers=1, include_base=False)
