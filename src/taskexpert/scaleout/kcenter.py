@@ -144,7 +144,7 @@ class ShardedKCenter:
                 out.append(ray.get(ref))
             except ray.exceptions.RayActorError as exc:
                 self._revive(k, exc)
-                again = [] if method == "apply" else args  # the replay applied them already
+                again = ([],) if method == "apply" else args  # the replay applied them already
                 out.append(ray.get(getattr(self.actors[k], method).remote(*again)))
             except ray.exceptions.RayTaskError as exc:
                 raise _unwrap(exc) from None
