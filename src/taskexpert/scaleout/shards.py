@@ -85,8 +85,13 @@ def shard_name(k: int) -> str:
 def npy_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype from a .npy header, without reading the data."""
     with open(path, "rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        shape, _, dtype = np.lib.format._read_array_header(handle, version)
+        major, _ = np.lib.format.read_magic(handle)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if major == 1
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read(handle)
     return shape, dtype
 
 
