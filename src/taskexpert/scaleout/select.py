@@ -74,13 +74,11 @@ def ray_select_data(
     from taskexpert.embed import embed_records, l2_normalize, resolve_embedder
     from taskexpert.scaleout.cluster import check_resources, gpus_per_actor, ray_cluster
     from taskexpert.scaleout.embed import embed_to_shards
-    from taskexpert.scaleout.retrieve import candidate_blocks, sharded_ranking
     from taskexpert.selection.retrieve import (
         SelectionResult,
         _check_args,
         _records_at,
         _score_stats,
-        _take_budget,
         _vendi,
     )
 
@@ -115,16 +113,11 @@ def ray_select_data(
         )  # fmt: skip
         timings["embed_pool_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        actors, _ = sharded_ranking(ray, shards, kshot_vectors, mode, np.asarray(excluded))
-        timings["pool_pass_s"] = time.perf_counter() - t
-        blocks = candidate_blocks(
-            ray, actors, shards, lambda rows: _records_at(pool, rows), 2 * budget, eligible
-        )
-        picked, scores, vectors, removed, pick_timings = _take_budget(
-            blocks, budget, dedup_threshold
-        )
-        for actor in actors:
-            ray.kill(actor)
+        picked, scores, vectors, removed, pick_timings = select_from_shards(
+            ray, shards, lambda rows: _records_at(pool, rows), kshot_vectors, excluded, budget,
+            mode, dedup_threshold,
+        )  # fmt: skip
+        timings["pool_pass_s"] = time.perf_counter() - t - sum(pick_timings.values())
     timings["refill_s"] = pick_timings["candidates_s"]
     timings["dedup_s"] = pick_timings["dedup_s"]
     selected = [r.model_copy(update={"score": round(float(s), 6)}) for r, s in zip(picked, scores)]
@@ -149,3 +142,29 @@ def ray_select_data(
     timings["total_s"] = time.perf_counter() - began
     summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     return SelectionResult(selected, scores.astype(np.float32), vectors.astype(np.float32), summary)
+
+
+def select_from_shards(
+    ray,
+    shards,
+    records_at,
+    kshot_vectors: np.ndarray,
+    excluded: Sequence[int],
+    budget: int,
+    mode: str = "centroid",
+    dedup_threshold: float | None = 0.9,
+):
+    """Score the shards on actors, rank globally and deduplicate globally, as
+    `retrieve._take_budget` does: (records, scores, vectors, removed, timings)."""
+    from taskexpert.scaleout.retrieve import candidate_blocks, sharded_ranking
+    from taskexpert.selection.retrieve import _take_budget
+
+    actors, eligible = sharded_ranking(ray, shards, kshot_vectors, mode, np.asarray(excluded))
+    try:
+        if budget > eligible:
+            raise InputError(f"budget {budget} exceeds the pool size {eligible}", field="budget")
+        blocks = candidate_blocks(ray, actors, shards, records_at, 2 * budget, eligible)
+        return _take_budget(blocks, budget, dedup_threshold)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
