@@ -98,3 +98,25 @@ def test_select_data_verb_with_ray_local(ray_local, tmp_path):
     assert ids["ray"] == ids["one"]
     summary = json.loads((tmp_path / "ray.summary.json").read_text())
     assert summary["cache"]["misses"] == 1 and "ray-shards" in summary["cache"]["dir"]
+
+
+def test_diverseevol_verb_with_ray_local(ray_local, tmp_path):
+    """K-center rounds on Ray pick the rows one process picks (the tiny base, 60 records)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "recipes"))
+    from test_diverseevol import make_records, write_jsonl
+    from tiny_models import save_tiny_base
+
+    save_tiny_base(tmp_path / "base")
+    pool = write_jsonl(tmp_path / "pool.jsonl", make_records(60, 0, "p"))
+    common = ["diverseevol", "--base", tmp_path / "base", "--pool", pool, "--init", 10,
+              "--per-round", 10, "--rounds", 1, "--epochs", 1, "--batch-size", 8,
+              "--max-length", 64, "--device", "cpu", "--quiet"]  # fmt: skip
+    rows = {}
+    for name, extra in (("one", []), ("ray", ["--ray", "local"])):
+        out = tmp_path / name
+        result = CliRunner().invoke(app, [str(a) for a in [*common, "--out", out, *extra]])
+        assert result.exit_code == 0, result.output
+        rows[name] = json.loads((out / "rounds" / "01" / "selection.json").read_text())["rows"]
+    assert rows["ray"] == rows["one"] and len(rows["one"]) == 20
