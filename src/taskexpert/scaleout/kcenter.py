@@ -48,9 +48,11 @@ class ShardWorker:
     """One Ray actor: a shard, its row statistics and its running minimum."""
 
     def __init__(self, shard: Shard, metric: str, chunk_rows: int) -> None:
-        from taskexpert.runtime import pin_process_threads
+        from threadpoolctl import threadpool_limits
 
-        pin_process_threads(1)  # a pass is memory-bound; one thread never stalls (kcenter.py)
+        # one BLAS/OpenMP thread per actor, as one process pins itself (selection.kcenter):
+        # the passes are memory-bound and two threads per core stall each other
+        self._threads = threadpool_limits(limits=1)
         self.start, self.metric = shard.start, metric
         matrix = shard.open()
         if matrix.dtype not in (np.float32, np.float16) or matrix.ndim != 2:

@@ -24,9 +24,11 @@ class RetrieveWorker:
     """One Ray actor: a shard's vectors (memory-mapped) and their scores."""
 
     def __init__(self, shard: Shard) -> None:
-        from taskexpert.runtime import pin_process_threads
+        from threadpoolctl import threadpool_limits
 
-        pin_process_threads(1)
+        # one BLAS/OpenMP thread per actor, as one process pins itself (selection.kcenter):
+        # the passes are memory-bound and two threads per core stall each other
+        self._threads = threadpool_limits(limits=1)
         self.shard, self.matrix = shard, shard.open()
         self.scores = np.zeros(0, np.float32)
 
