@@ -39,7 +39,7 @@ OVERRIDES = {
     "select-data": ["--mode", "max", "--no-cache", "--batch-size", "8", "--cache", "embcache"],
     "select-experts": (
         "--n 3 --m 5 --perplexity ppl --no-diversity --keep-below-base --max-pair-similarity 0.8"
-        " --group-objective coverage --workers 2"
+        " --group-objective coverage --ray-actors 3"
     ).split(),
     "evaluate": ["--kind", "number", "--no-mc", "--batch-size", "4", "--dtype", "bfloat16"],
 }
@@ -124,11 +124,11 @@ def test_print_config_loads_back_to_the_same_settings(verb, tmp_path, monkeypatc
 
 def test_the_command_line_overrides_the_file(tmp_path):
     path = tmp_path / "select.yaml"
-    path.write_text("n: 2\ntolerance: 0.3\ndiversity: true\nworkers: 1\n")
+    path.write_text("n: 2\ntolerance: 0.3\ndiversity: true\nray_actors: 1\n")
     printed = invoke("select-experts", "--config", path, "--n", "5", "--no-diversity",
                      "--print-config")  # fmt: skip
     config = build_config(SelectExpertsConfig, _yaml_file(tmp_path, printed))
-    assert (config.n, config.tolerance, config.diversity, config.workers) == (5, 0.3, False, 1)
+    assert (config.n, config.tolerance, config.diversity, config.ray_actors) == (5, 0.3, False, 1)
     # a flag that is not given leaves the file's value, even where it differs from the default
     path.write_text("use_cache: false\nmode: max\n")
     printed = invoke("select-data", "--config", path, "--print-config")

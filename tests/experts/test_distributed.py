@@ -6,8 +6,10 @@ import sys
 
 import pytest
 from expert_helpers import memory_adapter
+from typer.testing import CliRunner
 
 from taskexpert.bank import SAFETENSORS_FILE, load_bank
+from taskexpert.cli import app
 from taskexpert.errors import InputError, TaskexpertError
 from taskexpert.experts.distributed import (
     AdapterStream,
@@ -33,25 +35,33 @@ def ray_cluster():
     ray.shutdown()
 
 
-def test_two_ray_workers_give_the_in_process_scores_and_choice(
+def test_select_experts_with_ray_local_gives_the_in_process_scores_and_choice(
     micro_testbed, ray_cluster, tmp_path
 ):
     runs = {}
-    for workers in (0, 2):
-        out = tmp_path / f"experts_{workers}.json"
-        run_select_experts(
-            str(micro_testbed.base_dir),
-            micro_testbed.bank_dir,
-            micro_testbed.kshot_path(TARGET),
-            out,
-            device="cpu",
-            workers=workers,
-            n=4,
-            max_new_tokens=12,
-            report_variants=True,
-            progress=False,
-        )
-        runs[workers] = json.loads(out.read_text())
+    out = tmp_path / "experts_0.json"
+    run_select_experts(
+        str(micro_testbed.base_dir),
+        micro_testbed.bank_dir,
+        micro_testbed.kshot_path(TARGET),
+        out,
+        device="cpu",
+        n=4,
+        max_new_tokens=12,
+        report_variants=True,
+        progress=False,
+    )
+    runs[0] = json.loads(out.read_text())
+    out = tmp_path / "experts_2.json"
+    args = [
+        "select-experts", "--base", micro_testbed.base_dir, "--bank", micro_testbed.bank_dir,
+        "--kshot", micro_testbed.kshot_path(TARGET), "--out", out, "--device", "cpu",
+        "--n", 4, "--max-new-tokens", 12, "--report-variants", "--quiet",
+        "--ray", "local", "--ray-actors", 2,
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    runs[2] = json.loads(out.read_text())
     local, remote = runs[0]["scores"], runs[2]["scores"]
     assert list(remote) == list(local) and BASE_ROW in remote and len(local) > 10
     for name, row in local.items():
@@ -101,7 +111,7 @@ def test_missing_ray_says_how_to_install_it_before_any_model_loads(monkeypatch, 
             tmp_path / "no-bank",
             tmp_path / "no-kshot.jsonl",
             tmp_path / "experts.json",
-            workers=2,
+            ray="local",
         )
     with pytest.raises(TaskexpertError, match=r"pip install 'taskexpert\[ray\]'"):
         score_bank_distributed(lambda: None, {}, None, workers=1, include_base=False)

@@ -9,11 +9,12 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from taskexpert.configs import verb_command
 from taskexpert.errors import InputError
 from taskexpert.io import check_output, write_json
+from taskexpert.recipes.common_options import RaySettings
 from taskexpert.selection.kcenter import METRICS, kcenter_greedy
 
 
@@ -42,13 +43,11 @@ def _load_initial(path: Path) -> list[int]:
     return value
 
 
-class KcenterConfig(BaseModel):
+class KcenterConfig(RaySettings):
     """kcenter's settings (its data, --embeddings/--k/--out/--initial, are plain options).
 
     `metric` is text, not a Literal, so a bad one stays a usage error of --metric (exit 2).
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     metric: str = Field("euclidean", description="euclidean or cosine (1 - cos).")
     seed: int = Field(0, description="Draws the first pick when there is no --initial.")
@@ -77,15 +76,22 @@ def main(
     matrix = _load_embeddings(embeddings)
     chosen = _load_initial(initial) if initial is not None else []
     started = time.perf_counter()
+    if config.ray and half:
+        raise InputError("--half does not run on Ray; leave one of them out", field="half")
     try:
-        picks = kcenter_greedy(
-            matrix,
-            k,
-            initial=chosen,
-            metric=metric,
-            seed=seed,
-            storage="float16" if half else None,
-        )
+        if config.ray:
+            from taskexpert.scaleout.select import ray_kcenter
+
+            picks = ray_kcenter(config, matrix, k, initial=chosen, metric=metric, seed=seed)
+        else:
+            picks = kcenter_greedy(
+                matrix,
+                k,
+                initial=chosen,
+                metric=metric,
+                seed=seed,
+                storage="float16" if half else None,
+            )
     except InputError as exc:
         source = initial if exc.field == "initial" else embeddings
         raise InputError(exc.reason, path=source, field=exc.field) from None
@@ -98,6 +104,7 @@ def main(
         "initial": len(chosen),
         "metric": metric,
         "seed": seed,
+        "ray": {"address": config.ray, "actors": config.ray_actors} if config.ray else None,
         "storage": "float16" if half else str(matrix.dtype),
         "seconds": round(seconds, 3),
         "seconds_per_pick": round(seconds / k, 6) if k else 0.0,

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,24 +26,20 @@ from taskexpert.experts.scoring import (
     score_bank,
 )
 from taskexpert.progress import progress as progress_bar
-from taskexpert.runtime import cpu_count, pin_process_threads
+from taskexpert.runtime import pin_process_threads
+from taskexpert.scaleout.cluster import (  # noqa: F401 (import_ray: this module's API)
+    INSTALL_HINT,
+    LOCAL,
+    check_resources,
+    gpus_per_actor,
+    import_ray,
+    ray_cluster,
+)
 
-INSTALL_HINT = "pip install 'taskexpert[ray]'"
 # () -> (model, tokenizer); runs once inside each worker, so it must be picklable by reference
 BaseLoader = Callable[[], tuple]
 # What a worker is sent per adapter: a safetensors directory to read, or the factors themselves
 ShardItem = tuple[str, "str | LoraAdapter"]
-
-
-def import_ray():
-    """Ray, or a one-line error saying how to get it (it is an optional dependency)."""
-    try:
-        import ray
-    except ImportError:
-        raise TaskexpertError(
-            f"scoring with Ray workers needs the optional dependency Ray: {INSTALL_HINT}"
-        ) from None
-    return ray
 
 
 def base_loader(name_or_path: str | Path, **options) -> BaseLoader:
@@ -119,39 +113,6 @@ class ScoringWorker:
         )
 
 
-@contextmanager
-def ray_session(cpus_needed: float):
-    """Use the running Ray (or RAY_ADDRESS's cluster); else start a local one and stop it after."""
-    ray = import_ray()
-    if ray.is_initialized():
-        yield ray
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(configure_logging=False)
-    else:
-        # enough CPU slots for every actor, even beyond the cores (they then share them)
-        ray.init(
-            num_cpus=max(cpu_count(), math.ceil(cpus_needed)),
-            include_dashboard=False,
-            configure_logging=False,
-        )
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-def _check_resources(ray, workers: int, cpus: float, gpus: float) -> None:
-    """Actors asking for more than the cluster has would wait forever; fail instead."""
-    available = ray.cluster_resources()
-    for kind, each in (("CPU", cpus), ("GPU", gpus)):
-        if each and workers * each > available.get(kind, 0):
-            raise TaskexpertError(
-                f"{workers} workers x {each} {kind} need {workers * each:g} {kind}s but the Ray "
-                f"cluster has {available.get(kind, 0):g}; use fewer --workers"
-            )
-
-
 def _unwrap(ray, exc: Exception) -> Exception:
     """A worker's user-facing error (a corrupt adapter, say) surfaces as itself, unwrapped."""
     cause = getattr(exc, "cause", None)
@@ -167,19 +128,22 @@ def score_bank_distributed(
     config: ScoringConfig | None = None,
     *,
     workers: int = 2,
-    num_gpus_per_worker: float = 0,
+    num_gpus_per_worker: float | None = 0,
     num_cpus_per_worker: float = 1,
     chunk_size: int | None = None,
     ship_weights: bool = False,
     include_base: bool = True,
     progress: bool = True,
     on_score: OnScore | None = None,
+    address: str = LOCAL,
 ) -> dict[str, AdapterScore]:
     """`score_bank`'s result (base row first, then bank order), computed by `workers` actors;
     `on_score(name, score)` is called in the driver as each chunk comes back.
 
     Adapters go out in chunks (default: about four per worker) to whichever actor is free, so
     a slow worker does not hold the others back; `seconds` per adapter is switch + scoring.
+    `address` is `--ray`'s (scaleout.cluster); `num_gpus_per_worker=None`: 1 when the cluster
+    has GPUs, else 0.
     """
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}", field="workers")
@@ -193,13 +157,12 @@ def score_bank_distributed(
     workers = min(workers, max(1, len(jobs)))
     threads = max(1, int(num_cpus_per_worker))
     results: dict[str, AdapterScore] = {}
-    with ray_session(workers * num_cpus_per_worker) as ray:
+    with ray_cluster(address, workers * num_cpus_per_worker) as ray:
         from ray.util import ActorPool
 
-        _check_resources(ray, workers, num_cpus_per_worker, num_gpus_per_worker)
-        actor = ray.remote(num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker)(
-            ScoringWorker
-        )
+        gpus = gpus_per_actor(ray, num_gpus_per_worker)
+        check_resources(ray, workers, num_cpus_per_worker, gpus)
+        actor = ray.remote(num_cpus=num_cpus_per_worker, num_gpus=gpus)(ScoringWorker)
         task_ref = ray.put(task)
         pool = ActorPool([actor.remote(load, task_ref, config, threads) for _ in range(workers)])
         bar = progress_bar(
@@ -233,10 +196,11 @@ class RayBankScorer:
 
     load: BaseLoader
     workers: int = 2
-    num_gpus_per_worker: float = 0
+    num_gpus_per_worker: float | None = 0
     num_cpus_per_worker: float = 1
     chunk_size: int | None = None
     ship_weights: bool = False
+    address: str = LOCAL
 
     def __call__(
         self,
@@ -262,4 +226,5 @@ class RayBankScorer:
             include_base=include_base,
             progress=progress,
             on_score=on_score,
+            address=self.address,
         )

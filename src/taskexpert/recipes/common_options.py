@@ -53,3 +53,33 @@ class LoadSettings(BaseModel):
     trust_remote_code: bool = _field(TRUST_REMOTE_CODE)
     device: str = _field(DEVICE)
     dtype: str = _field(DTYPE)
+
+
+RAY = SharedOption(
+    "--ray",
+    None,
+    "Run on Ray: a cluster address (host:port or ray://host:port), 'auto' (the running "
+    "cluster or RAY_ADDRESS) or 'local' (start one here, stopped after). Needs the 'ray' extra; "
+    "without it nothing imports Ray.",
+)
+RAY_ACTORS = SharedOption("--ray-actors", 2, "Ray actors (shards) with --ray.")
+RAY_GPUS_PER_ACTOR = SharedOption(
+    "--ray-gpus-per-actor",
+    None,
+    "GPUs each Ray actor asks for [default: 1 when the cluster has GPUs, else 0].",
+)
+
+
+class RaySettings(BaseModel):
+    """Where and how wide a run scales out on Ray: the one definition the verbs that can
+    (kcenter, select-data, diverseevol, select-experts) and the run config's `runtime`
+    inherit. The picks never depend on it, so it is no part of any run identity."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ray: str | None = _field(RAY)
+    ray_actors: int = _field(RAY_ACTORS)
+    ray_gpus_per_actor: float | None = _field(RAY_GPUS_PER_ACTOR)
+
+
+RAY_KEYS = frozenset(RaySettings.model_fields)

@@ -36,11 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from taskexpert.configs import Cli
 from taskexpert.errors import InputError
 from taskexpert.io import check_output, write_json
+from taskexpert.recipes.common_options import RAY_KEYS, RaySettings
 from taskexpert.recipes.diverseevol_rounds import STRATEGIES, RoundRunner
 from taskexpert.records import Record, load_records
 from taskexpert.rundir import CorruptStep, RunDir, corrupt_message, file_sha256, read_json
@@ -53,6 +54,7 @@ FORMAT_VERSION = 1  # of run.json and the rounds; the layout before the move to 
 # Runtime knobs that never change which items are chosen: they may differ between reruns.
 RUNTIME_FIELDS = frozenset(
     {"embed_batch_size", "eval_batch_size", "checkpoint_every", "device", "progress", "threads"}
+    | RAY_KEYS  # Ray's K-center picks what one process picks
 )
 TRAIN_RUNTIME_FIELDS = frozenset({"checkpoint_dir", "checkpoint_every", "resume", "progress"})
 
@@ -65,13 +67,12 @@ def default_train_config() -> TrainConfig:
     return TrainConfig(epochs=3.0, lr=LORA_LR, batch_size=16, max_length=512)
 
 
-class _Common(BaseModel):
+class _Common(RaySettings):
     """The settings DiverseEvolConfig and DiverseEvolSettings share, written once. The schedule
     defaults are the paper's (100 random, +100 x 10 rounds, restart from the base, last layer,
     Euclidean); training defaults to a LoRA (the paper fine-tunes every weight: `lora=False`),
-    which is what fits on one CPU or GPU."""
-
-    model_config = ConfigDict(extra="forbid")
+    which is what fits on one CPU or GPU. With `ray`, K-center runs on Ray actors (the
+    embedding stays on this process)."""
 
     init: int = Field(100, gt=0, description="Random items trained in round 0.")
     per_round: int = Field(100, gt=0, description="Items added per round.")

@@ -236,6 +236,13 @@ class RoundRunner:
         from taskexpert.selection.outliers import far_outliers
 
         exclude = far_outliers(embeddings, self.config.outlier_share, seed=self.config.seed)
+        if self.config.ray:
+            from taskexpert.scaleout.select import ray_kcenter
+
+            return ray_kcenter(
+                self.config, embeddings, k, initial=chosen, progress=self.config.progress,
+                exclude=exclude,
+            )  # fmt: skip
         return kcenter_greedy(
             embeddings,
             k,

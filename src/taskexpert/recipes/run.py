@@ -27,6 +27,7 @@ from typing import Any
 
 from taskexpert.errors import InputError
 from taskexpert.io import write_json
+from taskexpert.recipes.common_options import RAY_KEYS
 from taskexpert.recipes.report import write_run_report
 from taskexpert.recipes.run_config import RUNTIME_KEYS, TRAINED, RunConfig, settings_dict
 from taskexpert.recipes.run_dir import RunDirectory, fingerprint, stage_key
@@ -144,7 +145,7 @@ def _select_experts_stage(run: _Run, kshot: Path) -> Path:
 
     parts = {
         "settings": config.select_experts.model_dump(mode="json"),
-        "runtime": run.runtime,
+        "runtime": {k: v for k, v in run.runtime.items() if k not in RAY_KEYS},
         "base": run.fingerprints["base"],
         "bank": run.fingerprints["bank"],
         "split": run.digest("split"),
@@ -157,14 +158,18 @@ def _select_data_stage(run: _Run, kshot: Path) -> Path:
 
     config = run.config
     settings = SelectDataConfig.model_validate(
-        {**config.select_data.model_dump(), "device": config.runtime.device}
+        {
+            **config.select_data.model_dump(),
+            "device": config.runtime.device,
+            **config.runtime.model_dump(include=set(RAY_KEYS)),
+        }
     )
 
     def build(tmp: Path) -> None:
         run_select_data(config.pools, kshot, config.budget, tmp / "selected.jsonl", settings)
 
     parts = {
-        "settings": settings.model_dump(mode="json", exclude={"cache_dir", "use_cache"}),
+        "settings": settings.model_dump(mode="json", exclude={"cache_dir", "use_cache", *RAY_KEYS}),
         "pools": [run.fingerprints[f"pool{k}"] for k in range(len(config.pools))],
         "budget": config.budget,
         "split": run.digest("split"),

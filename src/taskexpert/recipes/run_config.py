@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from taskexpert.errors import InputError
 from taskexpert.experts.config import ExpertSelectionConfig
 from taskexpert.moe.train import MoeTrainConfig
-from taskexpert.recipes.common_options import LoadSettings
+from taskexpert.recipes.common_options import LoadSettings, RaySettings
 from taskexpert.recipes.evaluate import EvaluateConfig
 from taskexpert.recipes.select_data import SelectDataConfig
 from taskexpert.selection.leakage import LeakageConfig
@@ -32,9 +32,9 @@ Method = Literal["moe", "base", "best_adapter", "uniform_merge", "plain_lora", "
 RUN_OWNED = {"seed", "progress"}
 
 
-class RuntimeSettings(LoadSettings):
-    """How models load, shared by every stage (the verbs' --device, --dtype, ... options)."""
-
+class RuntimeSettings(LoadSettings, RaySettings):
+    """How models load and whether select-experts and select-data run on Ray, shared by every
+    stage (the verbs' --device, --dtype, --ray, ... options)."""
 
 
 class LoraBaselineConfig(BaseModel):

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from taskexpert.configs import Cli, build_config, shared_field
 from taskexpert.errors import InputError
@@ -62,10 +62,8 @@ def summary_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.summary.json")
 
 
-class SelectDataConfig(BaseModel):
+class SelectDataConfig(options.RaySettings):
     """select-data's settings (its data, --pool/--kshot/--budget/--out, are plain options)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     dedup: float = Field(
         0.9, description="Drop near-duplicates with cosine above this (0 turns it off)."
@@ -124,21 +122,24 @@ def run_select_data(
         where = pool_paths[0] if len(pool_paths) == 1 else ", ".join(map(str, pool_paths))
         raise InputError(f"budget {budget} exceeds the pool size {size}", where, field="budget")
 
-    embedder = resolve_embedder(config.encoder, device=config.device)
-    shortlist = StaticEncoder() if config.two_stage else None
-    cache = EmbeddingCache(config.cache_dir) if config.use_cache else None
-    result = select_data(
-        pool,
-        kshot,
-        budget,
-        mode=config.mode,
-        dedup_threshold=None if config.dedup == 0 else config.dedup,
-        embedder=embedder,
-        shortlist_embedder=shortlist,
-        shortlist_factor=config.shortlist_factor,
-        cache=cache,
-        batch_size=config.batch_size,
-    )
+    if config.ray:
+        result = _on_ray(pool, kshot, budget, config)
+    else:
+        embedder = resolve_embedder(config.encoder, device=config.device)
+        shortlist = StaticEncoder() if config.two_stage else None
+        cache = EmbeddingCache(config.cache_dir) if config.use_cache else None
+        result = select_data(
+            pool,
+            kshot,
+            budget,
+            mode=config.mode,
+            dedup_threshold=None if config.dedup == 0 else config.dedup,
+            embedder=embedder,
+            shortlist_embedder=shortlist,
+            shortlist_factor=config.shortlist_factor,
+            cache=cache,
+            batch_size=config.batch_size,
+        )
     summary = SelectionSummary.model_validate(
         {
             "out": str(out),
@@ -150,3 +151,23 @@ def run_select_data(
     write_records(out, result.records)
     write_json(summary_path(out), summary)
     return summary
+
+
+def _on_ray(pool: PoolFiles, kshot: list[Record], budget: int, config: SelectDataConfig):
+    """The same selection with the pool embedded and scored on Ray (taskexpert.scaleout)."""
+    if config.two_stage:
+        raise InputError("--two-stage does not run on Ray; leave one of them out", field="ray")
+    from taskexpert.scaleout.select import ray_select_data
+
+    return ray_select_data(
+        config,
+        pool,
+        kshot,
+        budget,
+        mode=config.mode,
+        dedup_threshold=None if config.dedup == 0 else config.dedup,
+        encoder=config.encoder,
+        device=config.device,
+        cache_dir=config.cache_dir,
+        batch_size=config.batch_size,
+    )

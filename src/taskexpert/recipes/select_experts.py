@@ -15,23 +15,19 @@ from taskexpert.configs import build_config, own_settings
 from taskexpert.errors import InputError
 from taskexpert.experts.config import ExpertSelectionConfig
 from taskexpert.io import check_output, remove_tree, write_json
-from taskexpert.recipes.common_options import LoadSettings
+from taskexpert.recipes.common_options import LoadSettings, RaySettings
 
 if TYPE_CHECKING:
     from taskexpert.experts.select import ExpertSelection
 
 
-class SelectExpertsConfig(ExpertSelectionConfig, LoadSettings):
+class SelectExpertsConfig(ExpertSelectionConfig, LoadSettings, RaySettings):
     """select-experts' settings: the selection's (ExpertSelectionConfig) and how to run it.
 
     Its data (--base, --bank, --kshot, --out) are plain options.
     """
 
     strict: bool = Field(False, description="Stop on the first unusable adapter.")
-    workers: int = Field(
-        0, description="Ray actors scoring the bank (0: in-process; needs the 'ray' extra)."
-    )
-    gpus_per_worker: float = Field(0, description="GPUs each Ray actor requests (with --workers).")
 
     def selection(self) -> ExpertSelectionConfig:
         """The selection's own settings (what experts.json records)."""
@@ -49,7 +45,7 @@ def run_select_experts(
     """Load everything (failing early on bad input), select, then write experts.json atomically.
 
     The settings are `config`, or SelectExpertsConfig's fields as keywords.
-    `workers` > 0 scores the bank on that many Ray actors, each loading the base itself.
+    With `ray`, the bank is scored on `ray_actors` Ray actors, each loading the base itself.
     Scores are kept in `score_dir(out)` while the bank is scored, so a killed run resumes
     where it stopped when rerun; the directory goes once experts.json is written.
     """
@@ -65,7 +61,7 @@ def run_select_experts(
         raise InputError("output would overwrite the K-shot file", out, field="out")
     config = config or build_config(SelectExpertsConfig, overrides=settings)
     selection_config = config.selection()
-    # one loader for the driver and, with --workers, for every Ray actor
+    # one loader for the driver and, with --ray, for every Ray actor
     load = base_loader(
         base,
         dtype=config.dtype,
@@ -75,14 +71,16 @@ def run_select_experts(
         progress=selection_config.progress,
     )
     scorer = None
-    workers = config.workers
-    if workers < 0:
-        raise InputError(f"must be 0 (in-process) or more, got {workers}", field="workers")
-    if workers:
+    if config.ray:
         from taskexpert.experts.distributed import RayBankScorer, import_ray
 
         import_ray()  # a missing optional dependency fails before any model loads
-        scorer = RayBankScorer(load, workers=workers, num_gpus_per_worker=config.gpus_per_worker)
+        scorer = RayBankScorer(
+            load,
+            workers=config.ray_actors,
+            num_gpus_per_worker=config.ray_gpus_per_actor,
+            address=config.ray,
+        )
     kshot = load_records(kshot_path)
     check_kshot(kshot, kshot_path, contrast=selection_config.needs_contrast)
     bank_entries(bank_source)  # a missing bank or a bad list file fails before the base loads

@@ -70,15 +70,33 @@ class _Centres(NamedTuple):
     limit: np.ndarray  # per-centre part of the near-zero threshold
 
 
+def centres_from(
+    raw: np.ndarray, stat: np.ndarray, metric: str, mean: np.ndarray | None
+) -> _Centres:
+    """Centres from their float32 rows and per-row statistics (`_Distances.stat`); a sharded
+    run builds them in the driver from rows the shards send, with this same arithmetic."""
+    if metric == "euclidean":
+        shifted = raw - mean  # c' = c - m; x.c' needs no centred copy of the chunk
+        const = stat + 2.0 * (shifted @ mean)
+        return _Centres(raw, shifted, const.astype(np.float32), NEAR_ZERO * stat)
+    unit = raw * stat[:, None]
+    zeros = np.zeros(len(raw), np.float32)
+    return _Centres(raw, unit, zeros, zeros + NEAR_ZERO)
+
+
 class _Distances:
     """Per-point statistics (one float32 each) and the exact distance of every point to centres."""
 
-    def __init__(self, stream: _Stream, metric: str) -> None:
+    def __init__(
+        self, stream: _Stream, metric: str, mean: np.ndarray | None = None, offset: int = 0
+    ) -> None:
+        """`mean`: the centre of the whole matrix when `stream` is one shard of it (scaleout);
+        `offset`: the shard's first global row, for error messages."""
         self.stream, self.metric = stream, metric
         if metric == "euclidean":
             # Centring by the mean costs one pass and keeps the norm trick accurate for embeddings
             # sharing a large common offset (mean-pooled LLM states do); distances are unchanged.
-            self.mean = centre_of(stream)
+            self.mean = centre_of(stream) if mean is None else mean
             self.stat = np.empty(stream.n, np.float32)  # |x - mean|^2
             for lo, block in stream.chunks():
                 centred = block - self.mean
@@ -90,7 +108,7 @@ class _Distances:
         bad = ~np.isfinite(self.stat)
         if bad.any():
             raise InputError(
-                f"row {int(np.argmax(bad))} is not finite (NaN, inf or overflow)",
+                f"row {offset + int(np.argmax(bad))} is not finite (NaN, inf or overflow)",
                 field="embeddings",
             )
         if metric == "euclidean":
@@ -103,14 +121,8 @@ class _Distances:
 
     def prepare(self, index: np.ndarray) -> _Centres:
         """Centres ready for `to_centres`; for euclidean, d2 = |x'|^2 + |c'|^2 - 2 x.c' + 2 m.c'."""
-        raw = self.stream.rows(index)
-        if self.metric == "euclidean":
-            shifted = raw - self.mean  # c' = c - m; x.c' needs no centred copy of the chunk
-            const = self.stat[index] + 2.0 * (shifted @ self.mean)
-            return _Centres(raw, shifted, const.astype(np.float32), NEAR_ZERO * self.stat[index])
-        unit = raw * self.stat[index][:, None]
-        zeros = np.zeros(len(index), np.float32)
-        return _Centres(raw, unit, zeros, zeros + NEAR_ZERO)
+        mean = self.mean if self.metric == "euclidean" else None
+        return centres_from(self.stream.rows(index), self.stat[index], self.metric, mean)
 
     def to_centres(self, lo: int, block: np.ndarray, centres: _Centres) -> np.ndarray:
         """Distances from a chunk starting at row `lo`, exact near zero: a vector for one centre
@@ -288,7 +300,13 @@ def _float64_rows(matrix: np.ndarray, index: np.ndarray, metric: str) -> np.ndar
 
 def _absorb(stream: _Stream, distances: _Distances, nearest: np.ndarray, index: np.ndarray) -> None:
     """One streaming pass: lower each row's running minimum by its distance to the new centres."""
-    centres = distances.prepare(index)
+    absorb_centres(stream, distances, nearest, distances.prepare(index))
+
+
+def absorb_centres(
+    stream: _Stream, distances: _Distances, nearest: np.ndarray, centres: _Centres
+) -> None:
+    """`_absorb` with the centres already prepared (a shard gets them from the driver)."""
     for lo, block in stream.chunks():
         dist = distances.to_centres(lo, block, centres)
         part = nearest[lo : lo + len(block)]
@@ -391,10 +409,21 @@ def streaming_pass(
 def centre_of(stream: _Stream) -> np.ndarray:
     """The column mean rounded to 8 significant bits: close enough to remove a shared offset,
     coarse enough that subtracting it is exact for integer or short-mantissa data (real ties)."""
-    total = np.zeros(stream.dim, np.float64)
-    for _, block in stream.chunks():
-        total += block.sum(axis=0, dtype=np.float64)
-    mantissa, exponent = np.frexp(total / stream.n)
+    return rounded_mean(chunk_sums(stream), stream.n)
+
+
+def chunk_sums(stream: _Stream) -> list[np.ndarray]:
+    """Float64 column sums of each chunk, in order (shards send theirs to the driver)."""
+    return [block.sum(axis=0, dtype=np.float64) for _, block in stream.chunks()]
+
+
+def rounded_mean(sums: list[np.ndarray], n: int) -> np.ndarray:
+    """`centre_of` from chunk sums added in row order: the same float64 total, so a sharded
+    run (scaleout.kcenter) centres by the very vector one process does."""
+    total = np.zeros(len(sums[0]), np.float64)
+    for part in sums:
+        total += part
+    mantissa, exponent = np.frexp(total / n)
     return np.ldexp(np.round(mantissa * 256) / 256, exponent).astype(np.float32)
 
 
