@@ -30,7 +30,7 @@ testbed_app = typer.Typer(
 app.add_typer(testbed_app, name="testbed")
 config_app = typer.Typer(help="Run config files for `taskexpert run`.", rich_markup_mode=None)
 app.add_typer(config_app, name="config")
-bank_app = typer.Typer(help="A real LoRA bank: one adapter per named source.", rich_markup_mode=None)
+bank_app = typer.Typer(help="A real LoRA bank: one adapter per source.", rich_markup_mode=None)
 app.add_typer(bank_app, name="bank")
 targets_app = typer.Typer(help="Real target tasks: K-shot and test files.", rich_markup_mode=None)
 app.add_typer(targets_app, name="targets")

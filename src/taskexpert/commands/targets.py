@@ -12,9 +12,7 @@ import typer
 
 def main(
     out: Path = typer.Option(..., "--out", help="Directory for <target>/kshot.jsonl, test.jsonl."),
-    data: Path = typer.Option(
-        Path("../shared/data"), "--data", help="The shared data directory."
-    ),
+    data: Path = typer.Option(Path("../shared/data"), "--data", help="The shared data directory."),
     seed: int = typer.Option(0, "--seed", help="Seeds every carved K-shot and test subset."),
     target: list[str] = typer.Option(
         [], "--target", help="Only these targets (repeat; default: all four)."
