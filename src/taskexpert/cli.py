@@ -30,6 +30,10 @@ testbed_app = typer.Typer(
 app.add_typer(testbed_app, name="testbed")
 config_app = typer.Typer(help="Run config files for `taskexpert run`.", rich_markup_mode=None)
 app.add_typer(config_app, name="config")
+bank_app = typer.Typer(help="A real LoRA bank: one adapter per source.", rich_markup_mode=None)
+app.add_typer(bank_app, name="bank")
+targets_app = typer.Typer(help="Real target tasks: K-shot and test files.", rich_markup_mode=None)
+app.add_typer(targets_app, name="targets")
 
 # verb name -> module under taskexpert.commands; a module missing here is a verb not built yet.
 VERBS = {
@@ -48,6 +52,8 @@ VERBS = {
 }
 TESTBED_VERBS = {"build": "testbed_build"}
 CONFIG_VERBS = {"example": "config_example"}
+BANK_VERBS = {"build": "bank"}
+TARGETS_VERBS = {"make": "targets"}
 
 
 def _set_quiet(value: bool) -> None:
@@ -96,6 +102,8 @@ def _register(target: typer.Typer, verbs: dict[str, str]) -> None:
 _register(app, VERBS)
 _register(testbed_app, TESTBED_VERBS)
 _register(config_app, CONFIG_VERBS)
+_register(bank_app, BANK_VERBS)
+_register(targets_app, TARGETS_VERBS)
 
 
 # typer ships its own copy of click (or uses click itself, in older versions): find the error

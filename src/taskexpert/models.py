@@ -30,6 +30,28 @@ def smollm2_location() -> tuple[Path, str]:
     return Path(spec.submodule_search_locations[0]), SMOLLM2_GGUF
 
 
+def require_gguf_package(location: str | Path) -> None:
+    """transformers reads GGUF weights through the `gguf` package; without it its error is an
+    ImportError deep in the loader, so say what to install before trying."""
+    if importlib.util.find_spec("gguf") is None:
+        raise InputError(
+            "loading GGUF weights needs the PyPI package gguf: pip install gguf", location
+        )
+
+
+def _gguf_location(name_or_path: str) -> tuple[str, str] | None:
+    """(folder, file name) for the 'smollm2' alias or a path to a .gguf file, else None."""
+    if name_or_path == SMOLLM2_ALIAS:
+        folder, gguf = smollm2_location()
+        return str(folder), gguf
+    path = Path(name_or_path)
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise InputError("GGUF file not found (models load only from disk)", path)
+        return str(path.parent), path.name
+    return None
+
+
 @contextlib.contextmanager
 def _transformers_bars(progress: bool) -> Iterator[None]:
     """transformers' progress bars ("Loading weights") off for the block unless `progress`."""
@@ -54,17 +76,18 @@ def load_base(
     allow_pickle: bool = False,
     progress: bool = True,
 ):
-    """(model, tokenizer) from a local HF directory or the alias 'smollm2'; model in eval mode.
-    `progress=False` silences transformers' own bars (a verb's --quiet)."""
+    """(model, tokenizer) from a local HF directory, a .gguf file or the alias 'smollm2'; model
+    in eval mode. `progress=False` silences transformers' own bars (a verb's --quiet)."""
     import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     kwargs: dict = {"trust_remote_code": trust_remote_code}
-    if str(name_or_path) == SMOLLM2_ALIAS:
-        folder, gguf = smollm2_location()
-        location, kwargs["gguf_file"] = str(folder), gguf
+    gguf_location = _gguf_location(str(name_or_path))
+    if gguf_location is not None:
+        location, kwargs["gguf_file"] = gguf_location
+        require_gguf_package(Path(location) / kwargs["gguf_file"])
     else:
         location = str(name_or_path)
         if not Path(location).is_dir():
@@ -74,19 +97,31 @@ def load_base(
         if not (Path(location) / "config.json").is_file():
             raise InputError("not a model directory (no config.json)", location)
         kwargs["use_safetensors"] = None if allow_pickle else True
+    gguf = kwargs.get("gguf_file")
+    where = Path(location) / gguf if gguf else location
     try:
         with _transformers_bars(progress):
             tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(
                 location, dtype=getattr(torch, dtype), **kwargs
             )
-    except OSError as exc:
-        hint = "" if allow_pickle else " (only safetensors weights load without --allow-pickle)"
-        raise InputError(f"cannot load the base model: {exc}{hint}", location) from None
-    except SafetensorError as exc:
-        raise InputError(f"corrupt safetensors weights ({exc})", location) from None
-    except (ValueError, KeyError) as exc:  # an unknown model type, no usable tokenizer...
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"cannot load the base model: {reason}", location) from None
+    except Exception as exc:
+        # a GGUF file fails with whatever its bytes make the reader hit (struct errors, numpy
+        # reshapes, an unsupported architecture); say which file and what transformers said
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        if gguf:
+            raise InputError(
+                f"transformers cannot read this GGUF file ({type(exc).__name__}: {reason}); it "
+                "needs an architecture and quantisation transformers supports",
+                where,
+            ) from None
+        if isinstance(exc, OSError):
+            hint = "" if allow_pickle else " (only safetensors weights load without --allow-pickle)"
+            raise InputError(f"cannot load the base model: {exc}{hint}", where) from None
+        if isinstance(exc, SafetensorError):
+            raise InputError(f"corrupt safetensors weights ({exc})", where) from None
+        if isinstance(exc, ValueError | KeyError):  # an unknown model type, no tokenizer...
+            raise InputError(f"cannot load the base model: {reason}", where) from None
+        raise
     model.to(resolve_device(device)).eval()
     return model, tokenizer

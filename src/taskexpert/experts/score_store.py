@@ -26,6 +26,7 @@ import torch
 from taskexpert.bank import LoraAdapter
 from taskexpert.experts.scoring import BASE_ROW, AdapterScore, KShotTask, ScoringConfig
 from taskexpert.io import write_json
+from taskexpert.tensor_sample import spaced_indices
 
 STORE_VERSION = 1
 SAMPLES_PER_TENSOR = 64
@@ -49,8 +50,8 @@ def base_fingerprint(model, tokenizer) -> str:
     with torch.no_grad():
         for name, param in model.named_parameters():
             flat = param.detach().reshape(-1)
-            index = torch.linspace(0, flat.numel() - 1, SAMPLES_PER_TENSOR, device=flat.device)
-            sample = flat[index.long()].cpu().double().tolist()
+            index = spaced_indices(flat.numel(), SAMPLES_PER_TENSOR, device=flat.device)
+            sample = flat[index].cpu().double().tolist()
             total = float(flat.float().sum())  # float32 on the device: MPS has no float64
             digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}:{param.device.type}".encode())
             digest.update(json.dumps([total, sample]).encode())

@@ -19,6 +19,7 @@ from taskexpert.bank import LoraAdapter
 from taskexpert.errors import InputError, TaskexpertError
 from taskexpert.moe.config import ExpertSpec, MoeConfig
 from taskexpert.moe.layer import ForwardMask, MixtureOfLoraLinear
+from taskexpert.tensor_sample import legacy_float_indices, spaced_indices
 
 CONFIG_ATTR = "moe_config"
 # The ForwardMask holding the attention mask of the model's last forward (router_stats and the
@@ -57,23 +58,37 @@ def _base_linear(model: nn.Module, module: str, owner: str, path=None) -> nn.Lin
     return layer
 
 
-def base_fingerprint(model: nn.Module, modules: Sequence[str]) -> dict[str, list[float]]:
-    """A few evenly spaced weight values per module: cheap, and tells bases of one shape apart."""
+def base_fingerprint(
+    model: nn.Module, modules: Sequence[str], *, legacy: bool = False
+) -> dict[str, list[float]]:
+    """A few evenly spaced weight values per module: cheap, and tells bases of one shape apart.
+    Positions are exact integers (tensor_sample); `legacy` reads them where versions before did."""
     prints = {}
     for module in modules:
         weight = model.get_submodule(module).weight.detach().reshape(-1)
-        index = torch.linspace(0, weight.numel() - 1, FINGERPRINT_SAMPLES).long()
+        if legacy:
+            index = legacy_float_indices(weight.numel(), FINGERPRINT_SAMPLES)
+        else:
+            index = spaced_indices(weight.numel(), FINGERPRINT_SAMPLES)
         prints[module] = [float(v) for v in weight[index.to(weight.device)].float().cpu()]
     return prints
 
 
+def _close(current: list[float], recorded: list[float]) -> bool:
+    return torch.allclose(torch.tensor(current), torch.tensor(recorded), rtol=1e-2, atol=1e-6)
+
+
 def check_fingerprint(model: nn.Module, config: MoeConfig, path=None) -> None:
-    """Refuse a base whose weights differ from the recorded ones (dtype rounding is tolerated)."""
+    """Refuse a base whose weights differ from the recorded ones (dtype rounding is tolerated).
+    A checkpoint saved before the positions were exact integers matches at the old positions."""
     current = base_fingerprint(model, list(config.base_fingerprint))
+    legacy = None
     for module, recorded in config.base_fingerprint.items():
-        if not torch.allclose(
-            torch.tensor(current[module]), torch.tensor(recorded), rtol=1e-2, atol=1e-6
-        ):
+        if not _close(current[module], recorded):
+            if legacy is None:
+                legacy = base_fingerprint(model, list(config.base_fingerprint), legacy=True)
+            if _close(legacy[module], recorded):
+                continue
             raise InputError(
                 f"the mixture was built on another base model ({config.base_model_name or '?'}): "
                 f"weights of {module} differ",

@@ -63,6 +63,29 @@ def split_kshot(config: RunConfig) -> Split:
     )
 
 
+def check_scorable(records: list[Record], path: Path, metric: str) -> None:
+    """Every scored record has what its score needs, checked before any training: a gold
+    answer for exact match; with choices (metric auto) or always (multiple_choice), non-empty
+    options and an answer that names one of them. The error names file, record and field."""
+    from taskexpert.evaluate import gold_answer, gold_choice
+    from taskexpert.prompts import infer_answer_kind
+
+    for number, record in enumerate(records, start=1):
+        try:
+            if metric == "multiple_choice" and not record.choices:
+                raise InputError(
+                    f"record {record.id!r} has no choices (evaluate.metric: multiple_choice)",
+                    field="choices",
+                )
+            if record.choices and metric != "exact_match":
+                gold_choice(record)
+            gold_answer(record, infer_answer_kind(record))  # exact match scores every item
+        except InputError as exc:
+            raise InputError(
+                f"cannot score this item: {exc.reason}", path, number, exc.field
+            ) from None
+
+
 def check_inputs(config: RunConfig) -> Split:
     """Every input readable and consistent, before anything is written."""
     from taskexpert.recipes.select_data import PoolFiles
@@ -78,6 +101,8 @@ def check_inputs(config: RunConfig) -> Split:
     if config.test is not None and not config.test.is_file():
         raise InputError("test file not found", config.test, field="test")
     split = split_kshot(config)
+    scored = config.test if config.test is not None else config.kshot
+    check_scorable(split.test, scored, config.evaluate.metric)
     if any(m in config.methods for m in NEEDS_DATA):
         size = PoolFiles(config.pools).validate()
         if config.budget > size:
