@@ -30,6 +30,7 @@ import os
 import re
 import time
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -287,8 +288,17 @@ def resolve_embedder(
     if spec_s == "static":
         return StaticEncoder()
     if spec_s in ("onnx", "onnx-int8"):
-        from taskexpert.onnx_embed import OnnxEncoder
+        from taskexpert.onnx_embed import OnnxEncoder, onnx_available
 
+        missing = onnx_available()
+        if missing is not None:
+            # The same model in torch: slower, and its own cache key (never mixed with onnx's).
+            warnings.warn(
+                f"encoder {spec_s!r} needs onnxruntime and onnx ({missing}); using the torch "
+                "encoder instead (pip install 'taskexpert[onnx]' for the fast path)",
+                stacklevel=2,
+            )
+            return SentenceEncoder(device=device)
         return OnnxEncoder(precision="int8" if spec_s == "onnx-int8" else "fp32", threads=threads)
     path = Path(spec_s)
     if not path.is_dir():
