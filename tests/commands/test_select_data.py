@@ -48,7 +48,7 @@ def files(tmp_path):
 @pytest.fixture
 def use_minilm(monkeypatch, minilm):
     """The CLI's `default` encoder is the session's already-loaded MiniLM."""
-    monkeypatch.setattr(taskexpert.embed, "resolve_embedder", lambda spec, device="auto": minilm)
+    monkeypatch.setattr(taskexpert.embed, "resolve_embedder", lambda spec, **_: minilm)
 
 
 def run(*args):

@@ -182,3 +182,15 @@ def test_relative_paths_read_from_the_config_folder(tmp_path):
     assert config.kshot == (tmp_path / "sub" / "k.jsonl").resolve()
     assert config.pools == [(tmp_path / "sub" / "p.jsonl").resolve()]
     assert isinstance(config.bank, Path)
+
+
+def test_top_k_above_the_chosen_experts_is_lowered_with_a_warning(micro_testbed, tmp_path, caplog):
+    """Selection may keep fewer experts than the config routes to (seen on a 2-adapter real
+    bank): the mixture routes to all it has instead of failing after selection."""
+    config = micro_config(micro_testbed, methods=["moe"], seeds=[0], train={"top_k": 3})
+    with caplog.at_level("WARNING", logger="taskexpert"):
+        result = run_method(config, tmp_path / "run", progress=False)
+    assert "train/moe-seed0" in result.ran
+    assert any("top_k 3 lowered to 2" in r.getMessage() for r in caplog.records)
+    saved = next((tmp_path / "run/stages/train/moe-seed0/model").rglob("*config*.json"))
+    assert json.loads(saved.read_text())["top_k"] == 2

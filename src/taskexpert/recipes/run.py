@@ -73,7 +73,8 @@ class _Run:
 
     @property
     def runtime(self) -> dict[str, Any]:
-        return self.config.runtime.model_dump()
+        """How the base loads (every model stage takes these; the Ray keys only selection)."""
+        return self.config.runtime.model_dump(exclude=set(RAY_KEYS))
 
     def stage(self, name: str, parts: dict[str, Any], build: Callable[[Path], None]) -> Path:
         """Reuse stage `name` if finished with the same key, else build it; its directory."""
@@ -137,7 +138,11 @@ def _select_experts_stage(run: _Run, kshot: Path) -> Path:
 
     config = run.config
     settings = SelectExpertsConfig.model_validate(
-        {**config.select_experts.model_dump(), **run.runtime, "progress": run.progress}
+        {
+            **config.select_experts.model_dump(),
+            **config.runtime.model_dump(),
+            "progress": run.progress,
+        }
     )
 
     def build(tmp: Path) -> None:
@@ -145,7 +150,7 @@ def _select_experts_stage(run: _Run, kshot: Path) -> Path:
 
     parts = {
         "settings": config.select_experts.model_dump(mode="json"),
-        "runtime": {k: v for k, v in run.runtime.items() if k not in RAY_KEYS},
+        "runtime": run.runtime,
         "base": run.fingerprints["base"],
         "bank": run.fingerprints["bank"],
         "split": run.digest("split"),
@@ -207,12 +212,19 @@ def _leakage_stage(run: _Run, test: Path, kshot: Path, data: Path | None
 
 
 def _train_moe_stage(run: _Run, seed: int, experts: Path, data: Path, kshot: Path) -> Path:
+    from taskexpert.moe.train import read_experts_file
     from taskexpert.recipes.train_moe import TrainMoeConfig, run_train_moe
 
     config = run.config
     settings = TrainMoeConfig.model_validate(
         {**config.train.model_dump(), **run.runtime, "seed": seed, "progress": run.progress}
     )
+    chosen = len(read_experts_file(experts).chosen)
+    if settings.top_k > chosen:  # selection may keep fewer experts than the config routes to
+        log.warning(
+            "top_k %d lowered to %d: select-experts chose %d", settings.top_k, chosen, chosen
+        )
+        settings = settings.model_copy(update={"top_k": chosen})
 
     def build(tmp: Path) -> None:
         run_train_moe(
