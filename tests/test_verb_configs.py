@@ -29,6 +29,7 @@ DATA = {
     "testbed build": {"out", "force"},
     "export": {"run_dir", "out"},
     "report": {"run_dir"},
+    "bank build": {"out", "data"},
 }
 MACHINERY = {"config_file", "print_config", "quiet"}
 
