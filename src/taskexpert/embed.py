@@ -31,7 +31,7 @@ import re
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -126,6 +126,30 @@ def _length_sorted_batches(texts: Sequence[str], batch_size: int) -> Iterator[np
         yield order[start : start + batch_size]
 
 
+def embed_in_batches(
+    texts: Sequence[str],
+    batch_size: int,
+    dim: int,
+    name: str,
+    encode: Callable[[list[str]], np.ndarray],
+    progress: bool = True,
+) -> np.ndarray:
+    """`encode` over length-sorted batches (little padding), rows back in input order, with a
+    progress bar on long inputs; shared by the torch and ONNX encoders."""
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    bar = progress_bar(
+        total=len(texts),
+        desc=f"embedding ({name})",
+        unit="text",
+        enabled=progress and len(texts) > batch_size,
+    )
+    with bar:
+        for idx in _length_sorted_batches(texts, batch_size):
+            out[idx] = encode([texts[i] for i in idx])
+            bar.update(len(idx))
+    return out
+
+
 class SentenceEncoder:
     """A sentence-transformers model directory (default: all-MiniLM-L6-v2), loaded lazily offline.
 
@@ -179,25 +203,17 @@ class SentenceEncoder:
         self, texts: Sequence[str], batch_size: int = 64, progress: bool = True
     ) -> np.ndarray:
         """Embed in length-sorted batches; rows come back in input order, L2-normalised."""
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        bar = progress_bar(
-            total=len(texts),
-            desc=f"embedding ({self.name})",
-            unit="text",
-            enabled=progress and len(texts) > batch_size,
-        )
-        with bar:
-            for idx in _length_sorted_batches(texts, batch_size):
-                vecs = self.model.encode(
-                    [texts[i] for i in idx],
-                    batch_size=len(idx),
-                    convert_to_numpy=True,
-                    normalize_embeddings=True,
-                    show_progress_bar=False,
-                )
-                out[idx] = vecs
-                bar.update(len(idx))
-        return out
+
+        def encode(batch: list[str]) -> np.ndarray:
+            return self.model.encode(
+                batch,
+                batch_size=len(batch),
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+
+        return embed_in_batches(texts, batch_size, self.dim, self.name, encode, progress)
 
 
 class StaticEncoder:

@@ -25,15 +25,14 @@ from taskexpert.embed import (
     DEFAULT_MAX_SEQ_LENGTH,
     DEFAULT_MODEL_ID,
     _dir_fingerprint,
-    _length_sorted_batches,
     _offline,
     cache_root,
     default_encoder_path,
+    embed_in_batches,
     l2_normalize,
 )
 from taskexpert.errors import InputError
 from taskexpert.io import atomic_dir
-from taskexpert.progress import progress as progress_bar
 
 PRECISIONS = ("fp32", "int8")
 OPSET = 17
@@ -204,16 +203,6 @@ class OnnxEncoder:
         self, texts: Sequence[str], batch_size: int = 64, progress: bool = True
     ) -> np.ndarray:
         """Embed in length-sorted batches; rows come back in input order, L2-normalised."""
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         self.session  # noqa: B018 - export and load before the bar starts
-        bar = progress_bar(
-            total=len(texts),
-            desc=f"embedding ({self.name})",
-            unit="text",
-            enabled=progress and len(texts) > batch_size,
-        )
-        with bar:
-            for idx in _length_sorted_batches(texts, batch_size):
-                out[idx] = self._embed_batch([texts[i] for i in idx])
-                bar.update(len(idx))
+        out = embed_in_batches(texts, batch_size, self.dim, self.name, self._embed_batch, progress)
         return l2_normalize(out)

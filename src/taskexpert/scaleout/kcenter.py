@@ -30,6 +30,7 @@ from taskexpert.selection.kcenter import (
     METRICS,
     TIE_SLACK,
     _check_initial,
+    _check_k,
     _Distances,
     _Stream,
     absorb_centres,
@@ -286,15 +287,7 @@ def sharded_kcenter(
     banned = (
         None if exclude is None else np.setdiff1d(_check_initial(exclude, n, "exclude"), chosen)
     )
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise InputError(f"k must be a non-negative integer, got {k!r}", field="k")
-    left = n - len(chosen) - (0 if banned is None else len(banned))
-    if k > left:
-        raise InputError(
-            f"k={k} exceeds the {left} rows left ({n} rows, {len(chosen)} initial, "
-            f"{0 if banned is None else len(banned)} excluded)",
-            field="k",
-        )
+    _check_k(k, n, chosen, banned)
     if k == 0:
         return []
     rows = chunk_rows or default_chunk_rows(int(shards[0].open().shape[1]))

@@ -196,15 +196,7 @@ def kcenter_greedy(
         )
     if storage not in STORAGES:
         raise InputError(f"unknown storage {storage!r}; use float32 or float16", field="storage")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise InputError(f"k must be a non-negative integer, got {k!r}", field="k")
-    left = n - len(chosen) - (0 if banned is None else len(banned))
-    if k > left:
-        raise InputError(
-            f"k={k} exceeds the {left} rows left ({n} rows, {len(chosen)} initial, "
-            f"{0 if banned is None else len(banned)} excluded)",
-            field="k",
-        )
+    _check_k(k, n, chosen, banned)
     rows = default_chunk_rows(dim) if chunk_size is None else int(chunk_size)
     if rows < 1:
         raise InputError(f"chunk_size must be positive, got {chunk_size}", field="chunk_size")
@@ -329,6 +321,19 @@ def _check_matrix(embeddings: np.ndarray) -> np.ndarray:
             f"embeddings must be float32 or float16, got {embeddings.dtype}", field="embeddings"
         )
     return embeddings
+
+
+def _check_k(k: object, n: int, chosen: np.ndarray, banned: np.ndarray | None) -> None:
+    """k must be a whole number no larger than the rows neither initial nor excluded."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise InputError(f"k must be a non-negative integer, got {k!r}", field="k")
+    left = n - len(chosen) - (0 if banned is None else len(banned))
+    if k > left:
+        raise InputError(
+            f"k={k} exceeds the {left} rows left ({n} rows, {len(chosen)} initial, "
+            f"{0 if banned is None else len(banned)} excluded)",
+            field="k",
+        )
 
 
 def _check_initial(
