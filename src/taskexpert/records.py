@@ -9,6 +9,7 @@ Extra fields are kept as they are, so a stage can pass through whatever the user
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -187,6 +188,15 @@ def load_records(path: str | Path, *, allow_empty: bool = False) -> list[Record]
     if not records and not allow_empty:
         raise InputError("no records", path)
     return records
+
+
+def records_digest(records: Iterable[Record]) -> str:
+    """sha256 of records as trained on (canonical JSON of each, in order): what a trained
+    artifact records about its data, so two runs on the same records can be told apart."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(json.dumps(record.to_dict(), sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 def write_records(path: str | Path, records: Iterable[Record | dict[str, Any]]) -> int:

@@ -15,7 +15,6 @@ rename) and the work directory is removed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from taskexpert.configs import Cli
 from taskexpert.errors import InputError
 from taskexpert.io import atomic_dir, atomic_open, check_output, remove_tree, write_json
 from taskexpert.moe.config import CONFIG_FILE, MoeConfig
-from taskexpert.records import Record
+from taskexpert.records import Record, records_digest
 from taskexpert.rundir import IDENTITY_FILE, Change, RunDir
 from taskexpert.runtime import is_main_process
 
@@ -305,13 +304,6 @@ def check_output_dir(out: str | Path) -> None:
     check_output(out, directory=True)
 
 
-def _data_digest(records: Sequence[Record]) -> str:
-    digest = hashlib.sha256()
-    for record in records:
-        digest.update(json.dumps(record.to_dict(), sort_keys=True).encode())
-    return digest.hexdigest()[:16]
-
-
 class _TrainLog:
     """train_log.jsonl, rewritten atomically on every entry; a resumed run overwrites the
     entries the interrupted run logged after its last checkpoint."""
@@ -368,7 +360,7 @@ def train_mixture(
         "config": config.model_dump(mode="json", exclude={"progress"}),
         "experts": moe.expert_names,
         "records": len(records),
-        "data_digest": _data_digest(records),
+        "data_digest": records_digest(records)[:16],
     }
     stats = {"trainable_parameters": trainable, "moe": moe}
     if not is_main_process():  # rank 0 owns the work directory, checkpoints and output

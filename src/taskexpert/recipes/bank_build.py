@@ -34,7 +34,7 @@ from taskexpert.errors import InputError
 from taskexpert.importers.sources import SOURCES, get_source, read_source
 from taskexpert.io import atomic_dir, check_output
 from taskexpert.recipes.common_options import LoadSettings
-from taskexpert.records import Record
+from taskexpert.records import Record, records_digest
 
 log = logging.getLogger(__name__)
 
@@ -102,23 +102,10 @@ def sample_records(name: str, data_dir: str | Path, count: int, seed: int) -> li
     return [records[i] for i in picks]
 
 
-def records_hash(records: list[Record]) -> str:
-    """sha256 of the records as trained on (canonical JSON, one line each)."""
-    digest = hashlib.sha256()
-    for record in records:
-        digest.update(json.dumps(record.to_dict(), sort_keys=True).encode() + b"\n")
-    return digest.hexdigest()
-
-
 def base_identity(base: str) -> dict[str, str]:
     """The base model as the cache sees it: the name given and a content fingerprint."""
     from taskexpert.recipes.run_dir import fingerprint
 
-    if base == "smollm2":
-        from taskexpert.models import SMOLLM2_GGUF, smollm2_location
-
-        folder, gguf = smollm2_location()
-        return {"base": base, "file": SMOLLM2_GGUF, "fingerprint": fingerprint(folder / gguf)}
     return {"base": base, "fingerprint": fingerprint(base)}
 
 
@@ -210,7 +197,7 @@ def run_bank_build(
     plan = []
     for name in config.sources:
         records = sample_records(name, data_dir, config.records, config.seed)
-        data_hash = records_hash(records)
+        data_hash = records_digest(records)
         key = cache_key(settings, data_hash, base)
         plan.append((name, records, data_hash, key, cached(out / name, key)))
     entries: dict[str, dict] = {}

@@ -26,6 +26,7 @@ from typing import Any
 
 from taskexpert.errors import InputError
 from taskexpert.io import remove_tree, write_json
+from taskexpert.models import SMOLLM2_ALIAS, smollm2_location
 from taskexpert.rundir import MARKER, CorruptStep, RunDir, check_marker, identity_changes
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,14 @@ def _file_digest(path: Path) -> str:
 
 
 def fingerprint(path: str | Path) -> str:
-    """A content fingerprint of a file or a directory tree (by relative path and content);
-    a name that is not a path (the 'smollm2' alias) is fingerprinted by the name."""
+    """A content fingerprint of a file or a directory tree (by relative path and content).
+    The 'smollm2' alias is its GGUF file's; any other name that is not a path, the name's."""
+    if str(path) == SMOLLM2_ALIAS:
+        try:
+            folder, gguf = smollm2_location()
+            path = folder / gguf
+        except InputError:  # not installed: loading it will say what to install
+            pass
     path = Path(path)
     if path.is_file():
         return _file_digest(path)
