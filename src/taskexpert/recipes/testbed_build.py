@@ -65,8 +65,8 @@ class TestbedBuildConfig(BaseModel):
     threads: int = Field(
         0,
         ge=0,
-        description="torch threads (0: every core if the machine is quiet as a phase "
-        "starts, else 1)",
+        description="torch threads (0: follow the machine's load, rechecked every 20 s while "
+        "a phase runs)",
     )
 
 
