@@ -69,6 +69,14 @@ def batches_by_length(lengths: Sequence[int], batch_size: int) -> Iterator[list[
         yield order[start : start + batch_size]
 
 
+def repeated_batches(lengths: Sequence[int], batch_size: int, copies: int) -> Iterator[list[int]]:
+    """batches_by_length over n items, each batch repeated `copies` times, copy-major (copy c
+    of item i is row c * n + i): the layout multi_lora's several-adapters batches need."""
+    n = len(lengths)
+    for idx in batches_by_length(lengths, batch_size):
+        yield [c * n + i for c in range(copies) for i in idx]
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -101,15 +109,22 @@ def target_token_nlls(
     targets: Sequence[str],
     batch_size: int = 16,
     max_length: int = 1024,
+    copies: int = 1,
 ) -> list[list[float]]:
-    """NLL of each target token given the prompt, per example (prompt tokens masked)."""
+    """NLL of each target token given the prompt, per example (prompt tokens masked).
+
+    `copies` > 1: every batch of `batch_size` examples is repeated that many times (see
+    repeated_batches) and the result holds copies x len(prompts) rows, copy-major; the pairs
+    are tokenized once whatever the count.
+    """
     pad_id = ensure_pad_token(tokenizer)
     pairs = [
         encode_pair(tokenizer, p, t, max_length) for p, t in zip(prompts, targets, strict=True)
     ]
-    result: list[list[float]] = [[] for _ in pairs]
-    for idx in batches_by_length([len(p.input_ids) for p in pairs], batch_size):
-        losses, mask = _token_losses(model, collate([pairs[i] for i in idx], pad_id))
+    n = len(pairs)
+    result: list[list[float]] = [[] for _ in range(n * copies)]
+    for idx in repeated_batches([len(p.input_ids) for p in pairs], batch_size, copies):
+        losses, mask = _token_losses(model, collate([pairs[i % n] for i in idx], pad_id))
         for row, i in enumerate(idx):
             result[i] = losses[row][mask[row]].tolist()
     return result
@@ -142,20 +157,26 @@ def generate_greedy(
     max_new_tokens: int = 128,
     batch_size: int = 16,
     max_prompt_length: int = 1024,
+    copies: int = 1,
 ) -> list[str]:
-    """Batched greedy decoding with left padding; returns only the new text per prompt."""
+    """Batched greedy decoding with left padding; returns only the new text per prompt.
+
+    `copies` as in target_token_nlls: copies x len(prompts) outputs, copy-major, from batches
+    of `batch_size` prompts each repeated `copies` times, tokenized once.
+    """
     pad_id = ensure_pad_token(tokenizer)
     device = model_device(model)
     encoded = [
         tokenizer(p, add_special_tokens=True)["input_ids"][-max_prompt_length:] for p in prompts
     ]
-    outputs: list[str] = [""] * len(prompts)
-    for idx in batches_by_length([len(e) for e in encoded], batch_size):
-        width = max(len(encoded[i]) for i in idx)
+    n = len(encoded)
+    outputs: list[str] = [""] * (n * copies)
+    for idx in repeated_batches([len(e) for e in encoded], batch_size, copies):
+        width = max(len(encoded[i % n]) for i in idx)
         input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(idx), width), dtype=torch.long)
         for row, i in enumerate(idx):
-            ids = encoded[i]
+            ids = encoded[i % n]
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             attention[row, width - len(ids) :] = 1
         generated = model.generate(

@@ -13,17 +13,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from taskexpert.bank import Bank, LoraAdapter
 from taskexpert.errors import InputError
+from taskexpert.experts.multi_lora import MultiLoraSwitcher, supports
 from taskexpert.lm import (
     ensure_pad_token,
     generate_greedy,
-    mean_nll,
     per_example_means,
     target_token_nlls,
 )
@@ -48,7 +48,10 @@ PASS_VARIANTS = ("contrast", "content")  # the variants that need extra per-K-sh
 class ScoringConfig:
     """How the K-shot is scored; the defaults suit any causal LM."""
 
-    batch_size: int = 16
+    batch_size: int = 16  # K-shot examples per generation batch (per adapter); NLL batch rows
+    # Adapters scored together in shared batches (experts/multi_lora.py); 1: one at a time
+    # through PEFT, the reference path. The base row rides in the first group.
+    adapters_per_batch: int = 8
     max_new_tokens: int | None = None  # None: 1.5x the longest K-shot reasoning target + 8
     max_new_tokens_cap: int = 512
     max_length: int = 1024
@@ -247,8 +250,25 @@ def score_model(
     model, tokenizer, task: KShotTask, config: ScoringConfig | None = None, name: str = ""
 ) -> AdapterScore:
     """EM from batched greedy generation, RPPL and PPL from one batched masked-NLL pass."""
+    return score_models(model, tokenizer, task, config, [name])[0]
+
+
+@torch.no_grad()
+def score_models(
+    model,
+    tokenizer,
+    task: KShotTask,
+    config: ScoringConfig | None = None,
+    names: Sequence[str] = ("",),
+) -> list[AdapterScore]:
+    """score_model for len(names) models at once: `model` answers batches of adapter-major
+    row blocks, block g for names[g] (multi_lora's layout; one name: any plain model).
+
+    Generation batches hold `batch_size` examples per model; NLL batches `batch_size` rows in
+    all (the logits of every position are what limits their size)."""
     config = config or ScoringConfig()
     start = time.perf_counter()
+    copies, n = len(names), len(task)
     generations = generate_greedy(
         model,
         tokenizer,
@@ -256,48 +276,62 @@ def score_model(
         max_new_tokens=task.max_new_tokens,
         batch_size=config.batch_size,
         max_prompt_length=config.max_length,
+        copies=copies,
     )
-    correct = [
-        is_correct(text, gold, kind)
-        for text, gold, kind in zip(generations, task.gold, task.kinds, strict=True)
-    ]
+    nll_batch = max(1, config.batch_size // copies)
     # Both targets in one call: batches_by_length packs them with the least padding.
     per_token = target_token_nlls(
         model,
         tokenizer,
         task.prompts + task.prompts,
         task.reasoning_targets + task.answer_targets,
-        batch_size=config.batch_size,
+        batch_size=nll_batch,
         max_length=config.max_length,
+        copies=copies,
     )
-    nlls = per_example_means(per_token)
-    rationale_nll, answer_nll = nlls[: len(task)], nlls[len(task) :]
-    mismatch_nll = content_nll = None
+    mismatch = None
     if task.mismatch_targets is not None:
-        mismatch_nll = mean_nll(
+        mismatch = target_token_nlls(
             model,
             tokenizer,
             task.prompts,
             task.mismatch_targets,
-            batch_size=config.batch_size,
+            batch_size=nll_batch,
             max_length=config.max_length,
+            copies=copies,
         )
-    if task.content_masks is not None:
-        content_nll = content_mean_nll(per_token[: len(task)], task.content_masks)
-    return AdapterScore(
-        name=name,
-        em=sum(correct) / len(correct),
-        rppl=perplexity(rationale_nll),
-        ppl=perplexity(answer_nll),
-        seconds=time.perf_counter() - start,
-        correct=correct,
-        rationale_nll=rationale_nll,
-        answer_nll=answer_nll,
-        generations=generations,
-        mismatch_nll=mismatch_nll,
-        content_nll=content_nll,
-        rationale_token_nll=per_token[: len(task)],
-    )
+    seconds = (time.perf_counter() - start) / copies
+    scores = []
+    for g, name in enumerate(names):
+        texts = generations[g * n : (g + 1) * n]
+        tokens = per_token[2 * n * g : 2 * n * (g + 1)]
+        correct = [
+            is_correct(text, gold, kind)
+            for text, gold, kind in zip(texts, task.gold, task.kinds, strict=True)
+        ]
+        nlls = per_example_means(tokens)
+        rationale_nll, answer_nll = nlls[:n], nlls[n:]
+        scores.append(
+            AdapterScore(
+                name=name,
+                em=sum(correct) / len(correct),
+                rppl=perplexity(rationale_nll),
+                ppl=perplexity(answer_nll),
+                seconds=seconds,
+                correct=correct,
+                rationale_nll=rationale_nll,
+                answer_nll=answer_nll,
+                generations=texts,
+                mismatch_nll=None
+                if mismatch is None
+                else per_example_means(mismatch[g * n : (g + 1) * n]),
+                content_nll=None
+                if task.content_masks is None
+                else content_mean_nll(tokens[:n], task.content_masks),
+                rationale_token_nll=tokens[:n],
+            )
+        )
+    return scores
 
 
 def content_mean_nll(
@@ -365,19 +399,67 @@ def score_bank(
     if BASE_ROW in adapters:
         raise InputError(f"an adapter may not be called {BASE_ROW!r}; that row is the base model")
     scores: dict[str, AdapterScore] = {}
-    if include_base:
-        scores[BASE_ROW] = score_model(base_model, tokenizer, task, config, BASE_ROW)
-        if on_score is not None:
-            on_score(BASE_ROW, scores[BASE_ROW])
-    with AdapterSwitcher(base_model) as switcher:
-        for name, adapter in progress_bar(
-            adapters.items(), desc="scoring adapters", unit="adapter", enabled=progress
-        ):
-            start = time.perf_counter()
-            model = switcher.activate(adapter)
-            score = score_model(model, tokenizer, task, config, name)
-            score.seconds = time.perf_counter() - start  # switching is part of the cost
-            scores[name] = score
+
+    def record(group_scores: Sequence[AdapterScore]) -> None:
+        for score in group_scores:
+            scores[score.name] = score
             if on_score is not None:
-                on_score(name, score)
+                on_score(score.name, score)
+
+    if config.adapters_per_batch <= 1:
+        if include_base:
+            record([score_model(base_model, tokenizer, task, config, BASE_ROW)])
+        with AdapterSwitcher(base_model) as switcher:
+            for name, adapter in progress_bar(
+                adapters.items(), desc="scoring adapters", unit="adapter", enabled=progress
+            ):
+                start = time.perf_counter()
+                model = switcher.activate(adapter)
+                score = score_model(model, tokenizer, task, config, name)
+                score.seconds = time.perf_counter() - start  # switching is part of the cost
+                record([score])
+        return scores
+    items = progress_bar(
+        adapters.items(), desc="scoring adapters", unit="adapter", enabled=progress
+    )
+    pending: list[tuple[str, LoraAdapter | None]] = [(BASE_ROW, None)] if include_base else []
+    for item in items:
+        pending.append(item)
+        if len(pending) == config.adapters_per_batch:
+            record(score_group(base_model, tokenizer, pending, task, config))
+            pending = []
+    if pending:
+        record(score_group(base_model, tokenizer, pending, task, config))
+    return scores
+
+
+def score_group(
+    base_model,
+    tokenizer,
+    group: Sequence[tuple[str, LoraAdapter | None]],
+    task: KShotTask,
+    config: ScoringConfig,
+) -> list[AdapterScore]:
+    """Several adapters (None: the base model) scored in shared batches (multi_lora); one at
+    a time through PEFT where a layer they touch is not a plain linear one."""
+    start = time.perf_counter()
+    adapters = [adapter for _, adapter in group if adapter is not None]
+    if not supports(base_model, adapters):
+        single = replace(config, adapters_per_batch=1)
+        scores = []
+        for name, adapter in group:
+            if adapter is None:
+                scores.append(score_model(base_model, tokenizer, task, single, name))
+            else:
+                part = score_bank(
+                    base_model, tokenizer, {name: adapter}, task, single, False, False
+                )
+                scores.append(part[name])
+        return scores
+    with MultiLoraSwitcher(base_model) as switcher:
+        model = switcher.activate([adapter for _, adapter in group])
+        scores = score_models(model, tokenizer, task, config, [name for name, _ in group])
+    seconds = (time.perf_counter() - start) / len(group)  # switching is part of the cost
+    for score in scores:
+        score.seconds = seconds
     return scores

@@ -1,0 +1,113 @@
+"""Several LoRA adapters in one forward pass (punica / S-LoRA style, for scoring).
+
+Scoring a bank one adapter at a time pays the per-step overhead of decoding (Python, kernel
+launches, reading the base weights) once per adapter. Here a batch holds G equal blocks of
+rows, block g belonging to adapter g: each adapted linear layer computes the base output for
+every row at once and adds block g's low-rank update with one batched matmul over the stacked
+factors (G x in x r, G x r x out). G adapters then cost about one decode loop, not G.
+
+The layout is the contract: rows are adapter-major, G blocks of equal size, so no per-row
+gather is needed. A slot without factors (the base model, or an adapter that does not touch
+a layer) has zero factors and adds exactly 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from taskexpert.bank import LoraAdapter
+
+
+class MultiLoraLinear(torch.nn.Module):
+    """A linear layer plus one LoRA update per block of rows (see the module docstring)."""
+
+    def __init__(self, base: torch.nn.Linear) -> None:
+        super().__init__()
+        self.base = base
+        self.A: torch.Tensor | None = None  # G x in x r
+        self.B: torch.Tensor | None = None  # G x r x out
+        self.scale: torch.Tensor | None = None  # G x 1 x 1
+
+    def load(self, factors: Sequence[tuple[torch.Tensor, torch.Tensor, float] | None]) -> None:
+        """One (A [r, in], B [out, r], scaling) or None per slot; ranks are zero-padded."""
+        weight = self.base.weight
+        rank = max((f[0].shape[0] for f in factors if f is not None), default=0)
+        if rank == 0:
+            self.A = self.B = self.scale = None
+            return
+        slots = len(factors)
+        A = torch.zeros(slots, weight.shape[1], rank, dtype=weight.dtype, device=weight.device)
+        B = torch.zeros(slots, rank, weight.shape[0], dtype=weight.dtype, device=weight.device)
+        scale = torch.zeros(slots, 1, 1, dtype=weight.dtype, device=weight.device)
+        for slot, factor in enumerate(factors):
+            if factor is not None:
+                a, b, scaling = factor
+                A[slot, :, : a.shape[0]] = a.T.to(weight)
+                B[slot, : b.shape[1]] = b.T.to(weight)
+                scale[slot] = scaling
+        self.A, self.B, self.scale = A, B, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if self.A is None:
+            return out
+        slots = self.A.shape[0]
+        if x.shape[0] % slots:
+            raise ValueError(f"a batch of {x.shape[0]} rows does not split into {slots} adapters")
+        blocks = x.to(self.A.dtype).reshape(slots, -1, x.shape[-1])
+        delta = torch.bmm(torch.bmm(blocks, self.A), self.B) * self.scale
+        return out + delta.reshape(out.shape).to(out.dtype)
+
+
+def supports(model: torch.nn.Module, adapters: Sequence[LoraAdapter]) -> bool:
+    """True when every module the adapters touch is a plain nn.Linear (not Conv1D, embedding)."""
+    names = {name for adapter in adapters for name in adapter.modules}
+    try:
+        return all(type(model.get_submodule(n)) is torch.nn.Linear for n in names)
+    except AttributeError:
+        return False
+
+
+class MultiLoraSwitcher:
+    """Wrap the layers a group of adapters touches and load the group's stacked factors.
+
+    A context manager like peft_glue.AdapterSwitcher: on exit the original nn.Linear modules
+    are put back, so the caller's base model is the same object with the same weights.
+    """
+
+    def __init__(self, base_model: torch.nn.Module) -> None:
+        self.base_model = base_model
+        self.layers: dict[str, MultiLoraLinear] = {}
+
+    def __enter__(self) -> MultiLoraSwitcher:
+        self._training = self.base_model.training
+        self.base_model.eval()
+        return self
+
+    def activate(self, group: Sequence[LoraAdapter | None]) -> torch.nn.Module:
+        """Slot g of every batch row block scores group[g] (None: the base model itself)."""
+        names = {name for adapter in group if adapter is not None for name in adapter.modules}
+        for name in sorted(names - set(self.layers)):
+            parent_name, _, child = name.rpartition(".")
+            parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
+            layer = MultiLoraLinear(getattr(parent, child))
+            setattr(parent, child, layer)
+            self.layers[name] = layer
+        for name, layer in self.layers.items():
+            layer.load([_factors(adapter, name) for adapter in group])
+        return self.base_model
+
+    def __exit__(self, *exc) -> None:
+        for name, layer in self.layers.items():
+            parent_name, _, child = name.rpartition(".")
+            parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
+            setattr(parent, child, layer.base)
+        self.layers.clear()
+        self.base_model.train(self._training)
+
+
+def _factors(adapter: LoraAdapter | None, name: str):
+    module = adapter.modules.get(name) if adapter is not None else None
+    return None if module is None else (module.A, module.B, module.scaling)
