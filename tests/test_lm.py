@@ -60,3 +60,28 @@ def test_collate_pads_with_ignored_labels(char_tokenizer):
     batch = collate(pairs, pad_id=0)
     assert batch["input_ids"].shape == batch["labels"].shape == (2, len(pairs[1].input_ids))
     assert torch.all(batch["labels"][0][batch["attention_mask"][0] == 0] == IGNORE_INDEX)
+
+
+def test_target_token_nlls_equal_the_full_logits_nll(char_tokenizer, tiny_llama):
+    """Logits only from the first target column on (logits_to_keep) give the NLLs that the
+    logits of every position give (float32, 1e-5)."""
+    prompts, targets = ["ab", "abcdef", "a"], ["xyz", "q", "hello"]
+    per_token = target_token_nlls(tiny_llama, char_tokenizer, prompts, targets, batch_size=3)
+    for prompt, target, nlls in zip(prompts, targets, per_token):
+        pair = encode_pair(char_tokenizer, prompt, target)
+        with torch.no_grad():
+            logits = tiny_llama(input_ids=torch.tensor([pair.input_ids])).logits[0, :-1]
+        labels = torch.tensor(pair.labels[1:])
+        full = torch.nn.functional.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+        assert nlls == pytest.approx(full[labels != IGNORE_INDEX].tolist(), abs=1e-5)
+
+
+def test_copies_repeat_each_batch_copy_major(char_tokenizer, tiny_llama):
+    prompts, targets = ["ab", "abcdef", "a"], ["xyz", "q", "hello"]
+    once = target_token_nlls(tiny_llama, char_tokenizer, prompts, targets, batch_size=2)
+    twice = target_token_nlls(tiny_llama, char_tokenizer, prompts, targets, 2, copies=2)
+    assert len(twice) == 6
+    for a, b in zip(once + once, twice):
+        assert a == pytest.approx(b, abs=1e-5)
+    texts = generate_greedy(tiny_llama, char_tokenizer, prompts, 4, batch_size=2, copies=3)
+    assert texts == generate_greedy(tiny_llama, char_tokenizer, prompts, 4, batch_size=2) * 3

@@ -82,12 +82,26 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def _token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """NLL of every next token (batch x length-1) and the mask of the labelled ones."""
+    """NLL of every next token from the first labelled one on (batch x columns) and the mask
+    of the labelled ones.
+
+    Logits are computed only from the first labelled column on (`logits_to_keep`, where the
+    model takes it): the prompt's logits are never used, and with a large vocabulary they are
+    most of the memory and a good part of the time of the pass.
+    """
     device = model_device(model)
     batch = {k: v.to(device) for k, v in batch.items()}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labelled = (batch["labels"] != IGNORE_INDEX).any(dim=0).nonzero()
+    first = max(int(labelled[0]) if len(labelled) else 1, 1)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    keep = batch["labels"].shape[1] - first + 1  # positions first-1 ... last
+    try:
+        logits = model(**inputs, logits_to_keep=keep).logits
+    except TypeError:  # a model without logits_to_keep: all positions
+        logits = model(**inputs).logits
+    logits = logits[:, -keep:]
     shift_logits = logits[:, :-1].float()
-    shift_labels = batch["labels"][:, 1:]
+    shift_labels = batch["labels"][:, first:]
     mask = shift_labels != IGNORE_INDEX
     losses = torch.nn.functional.cross_entropy(
         shift_logits.transpose(1, 2), shift_labels.clamp(min=0), reduction="none"
