@@ -179,7 +179,7 @@ def run(args) -> dict:
         max_new_tokens=args.max_new_tokens,
         adapters_per_batch=args.adapters_per_batch,
     )
-    reference_config = replace(config, adapters_per_batch=1)
+    reference_config = replace(config, adapters_per_batch=1, share_prompt=False)
     task = prepare_kshot(kshot, tokenizer, config)
     log(f"{len(adapters)} adapters, K-shot {len(task)}, {task.max_new_tokens} new tokens")
     fast, fast_seconds = timed_scores(base, tokenizer, adapters, task, config)

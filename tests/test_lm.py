@@ -7,6 +7,7 @@ from taskexpert.lm import (
     IGNORE_INDEX,
     collate,
     encode_pair,
+    generate_and_score,
     generate_greedy,
     mean_nll,
     target_token_nlls,
@@ -85,3 +86,19 @@ def test_copies_repeat_each_batch_copy_major(char_tokenizer, tiny_llama):
         assert a == pytest.approx(b, abs=1e-5)
     texts = generate_greedy(tiny_llama, char_tokenizer, prompts, 4, batch_size=2, copies=3)
     assert texts == generate_greedy(tiny_llama, char_tokenizer, prompts, 4, batch_size=2) * 3
+
+
+def test_generate_and_score_equals_separate_passes(char_tokenizer, tiny_llama):
+    """One prompt pass whose cache serves two target sets and generation: the same texts and
+    NLLs (1e-5) as generate_greedy and target_token_nlls, with copies."""
+    prompts = ["ab", "abcdef", "a", "what is 3 plus 4?"]
+    first, second = ["xyz", "q", "hello", "7"], ["1", "22", "333", "seven"]
+    texts, (got_first, got_second) = generate_and_score(
+        tiny_llama, char_tokenizer, prompts, [first, second], 6, batch_size=3, copies=2
+    )
+    assert texts == generate_greedy(tiny_llama, char_tokenizer, prompts, 6, 3, copies=2)
+    for targets, got in ((first, got_first), (second, got_second)):
+        expected = target_token_nlls(tiny_llama, char_tokenizer, prompts, targets, 3, copies=2)
+        assert [len(x) for x in got] == [len(x) for x in expected]
+        for a, b in zip(got, expected):
+            assert a == pytest.approx(b, abs=1e-5)

@@ -204,3 +204,96 @@ def generate_greedy(
         for row, i in enumerate(idx):
             outputs[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=True)
     return outputs
+
+
+def cache_keyword(model) -> str:
+    """The keyword a model's forward takes its KV cache by: `cache` in recent transformers
+    (`past_key_values` is deprecated there), `past_key_values` before."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+@torch.no_grad()
+def generate_and_score(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    target_sets: Sequence[Sequence[str]],
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    copies: int = 1,
+) -> tuple[list[str], list[list[list[float]]]]:
+    """generate_greedy and target_token_nlls (one result per target set) from one prompt
+    pass per batch: the prompts' KV cache feeds every target set's continuation (cropped back
+    after each) and then generation's prefill. The prompt, often most of an example's tokens,
+    is computed once instead of once per target set plus once to generate.
+
+    No truncation here: the caller checks that prompt + target fits (see scoring). Layout and
+    `copies` as in target_token_nlls.
+    """
+    pad_id = ensure_pad_token(tokenizer)
+    device = model_device(model)
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    targets = [
+        [tokenizer(t, add_special_tokens=False)["input_ids"] + eos for t in target_set]
+        for target_set in target_sets
+    ]
+    n = len(encoded)
+    texts: list[str] = [""] * (n * copies)
+    nlls: list[list[list[float]]] = [[[] for _ in range(n * copies)] for _ in target_sets]
+    for idx in repeated_batches([len(e) for e in encoded], batch_size, copies):
+        width = max(len(encoded[i % n]) for i in idx)
+        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids = encoded[i % n]
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        out = model(
+            input_ids=input_ids[:, :-1],
+            attention_mask=attention[:, :-1],
+            position_ids=positions[:, :-1],
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = getattr(out, "cache", None) or out.past_key_values  # (renamed in 5.x)
+        cached = {cache_keyword(model): cache}  # the prompt but its last column, for all below
+        for set_index, target_set in enumerate(targets):
+            rows = [[input_ids[r, -1].item()] + target_set[i % n] for r, i in enumerate(idx)]
+            cont = max(len(r) for r in rows)
+            cont_ids = torch.full((len(idx), cont), pad_id, dtype=torch.long, device=device)
+            cont_mask = torch.zeros((len(idx), cont), dtype=torch.long, device=device)
+            for r, ids in enumerate(rows):
+                cont_ids[r, : len(ids)] = torch.tensor(ids)
+                cont_mask[r, : len(ids)] = 1
+            logits = model(
+                input_ids=cont_ids,
+                attention_mask=torch.cat([attention, cont_mask[:, 1:]], dim=1),
+                position_ids=positions[:, -1:] + torch.arange(cont, device=device),
+                use_cache=True,
+                **cached,
+            ).logits[:, :-1]
+            cache.crop(-cont)  # negative: tokens removed from the end, in every version
+            labels = cont_ids[:, 1:].masked_fill(cont_mask[:, 1:] == 0, IGNORE_INDEX)
+            losses = torch.nn.functional.cross_entropy(
+                logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none"
+            )
+            for r, i in enumerate(idx):
+                nlls[set_index][i] = losses[r][labels[r] != IGNORE_INDEX].tolist()
+        generated = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **cached,
+        )
+        for r, i in enumerate(idx):
+            texts[i] = tokenizer.decode(generated[r, width:], skip_special_tokens=True)
+    return texts, nlls

@@ -166,19 +166,19 @@ def test_reasoning_score_variants(tiny_llama, char_tokenizer):
 
 
 def test_several_adapters_per_batch_match_one_at_a_time(tmp_path, tiny_llama, char_tokenizer):
-    """The multi-adapter path (the default) against the PEFT reference path, same adapters:
-    NLLs within 1e-5 (float32 sums in another order), the same generations and EM."""
+    """Several adapters per batch and the shared prompt pass (the defaults) against the PEFT
+    one-at-a-time separate-passes reference, same adapters: NLLs within 1e-5 (float32 sums in
+    another order), the same generations and EM."""
     bank = load_bank(make_lora_bank(tmp_path / "bank", tiny_llama), tiny_llama)
     task = prepare_kshot(kshot(5), char_tokenizer, ScoringConfig(variants=("contrast",)))
     task.max_new_tokens = 6
-    reference = score_bank(
-        tiny_llama, char_tokenizer, bank, task, ScoringConfig(batch_size=4, adapters_per_batch=1),
-        progress=False,
-    )  # fmt: skip
-    for per_batch in (2, 8):
+    old_path = ScoringConfig(batch_size=4, adapters_per_batch=1, share_prompt=False)
+    reference = score_bank(tiny_llama, char_tokenizer, bank, task, old_path, progress=False)
+    for per_batch, share in ((1, True), (2, False), (2, True), (8, True)):
         grouped = score_bank(
             tiny_llama, char_tokenizer, bank, task,
-            ScoringConfig(batch_size=4, adapters_per_batch=per_batch), progress=False,
+            ScoringConfig(batch_size=4, adapters_per_batch=per_batch, share_prompt=share),
+            progress=False,
         )  # fmt: skip
         assert list(grouped) == list(reference) == [BASE_ROW, "alpha", "beta", "gamma"]
         for name, expected in reference.items():

@@ -23,6 +23,7 @@ from taskexpert.errors import InputError
 from taskexpert.experts.multi_lora import MultiLoraSwitcher, supports
 from taskexpert.lm import (
     ensure_pad_token,
+    generate_and_score,
     generate_greedy,
     per_example_means,
     target_token_nlls,
@@ -52,6 +53,9 @@ class ScoringConfig:
     # Adapters scored together in shared batches (experts/multi_lora.py); 1: one at a time
     # through PEFT, the reference path. The base row rides in the first group.
     adapters_per_batch: int = 8
+    # One prompt pass per batch whose KV cache serves both NLL targets and generation's
+    # prefill (lm.generate_and_score); False: separate passes, the reference path.
+    share_prompt: bool = True
     max_new_tokens: int | None = None  # None: 1.5x the longest K-shot reasoning target + 8
     max_new_tokens_cap: int = 512
     max_length: int = 1024
@@ -78,6 +82,7 @@ class KShotTask:
     warnings: list[str] = field(default_factory=list)
     mismatch_targets: list[str] | None = None  # another item's rationale, this item's answer
     content_masks: list[list[bool]] | None = None  # per target token: not shared template
+    longest_pair: int = 0  # tokens of the longest prompt + target + EOS (truncation check)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -157,7 +162,25 @@ def prepare_kshot(
         task.mismatch_targets = mismatched_targets(records, reasoning)
     if "content" in config.variants:
         task.content_masks = content_masks(tokenizer, reasoning, config.template_min_block)
+    task.longest_pair = longest_pair(
+        tokenizer, prompts, [reasoning, answers, task.mismatch_targets]
+    )
     return task
+
+
+def longest_pair(tokenizer, prompts: Sequence[str], target_sets) -> int:
+    """Tokens of the longest prompt + target + EOS over the target sets (None: skipped)."""
+
+    def count(text: str, special: bool) -> int:
+        return len(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    prompt_lengths = [count(p, True) for p in prompts]
+    return max(
+        length + count(target, False) + 1
+        for targets in target_sets
+        if targets is not None
+        for length, target in zip(prompt_lengths, targets, strict=True)
+    )
 
 
 def mismatched_targets(records: Sequence[Record], targets: Sequence[str]) -> list[str]:
@@ -264,42 +287,32 @@ def score_models(
     """score_model for len(names) models at once: `model` answers batches of adapter-major
     row blocks, block g for names[g] (multi_lora's layout; one name: any plain model).
 
-    Generation batches hold `batch_size` examples per model; NLL batches `batch_size` rows in
-    all (the logits of every position are what limits their size)."""
+    Batches hold `batch_size` K-shot examples per model; with `share_prompt` one prompt pass
+    per batch serves both NLL targets and generation. Without it (or when an example needs
+    truncating), separate passes; their NLL batches hold `batch_size` rows in all (the logits
+    of every position are what limits their size)."""
     config = config or ScoringConfig()
     start = time.perf_counter()
     copies, n = len(names), len(task)
-    generations = generate_greedy(
-        model,
-        tokenizer,
-        task.prompts,
-        max_new_tokens=task.max_new_tokens,
-        batch_size=config.batch_size,
-        max_prompt_length=config.max_length,
-        copies=copies,
-    )
-    nll_batch = max(1, config.batch_size // copies)
-    # Both targets in one call: batches_by_length packs them with the least padding.
-    per_token = target_token_nlls(
-        model,
-        tokenizer,
-        task.prompts + task.prompts,
-        task.reasoning_targets + task.answer_targets,
-        batch_size=nll_batch,
-        max_length=config.max_length,
-        copies=copies,
-    )
-    mismatch = None
-    if task.mismatch_targets is not None:
-        mismatch = target_token_nlls(
+    if config.share_prompt and task.longest_pair <= config.max_length:
+        target_sets = [task.reasoning_targets, task.answer_targets]
+        if task.mismatch_targets is not None:
+            target_sets.append(task.mismatch_targets)
+        generations, nll_sets = generate_and_score(
             model,
             tokenizer,
             task.prompts,
-            task.mismatch_targets,
-            batch_size=nll_batch,
-            max_length=config.max_length,
+            target_sets,
+            max_new_tokens=task.max_new_tokens,
+            batch_size=config.batch_size,
             copies=copies,
         )
+        per_token = [
+            row for g in range(copies) for part in nll_sets[:2] for row in part[g * n : (g + 1) * n]
+        ]
+        mismatch = nll_sets[2] if task.mismatch_targets is not None else None
+    else:
+        generations, per_token, mismatch = separate_passes(model, tokenizer, task, config, copies)
     seconds = (time.perf_counter() - start) / copies
     scores = []
     for g, name in enumerate(names):
@@ -332,6 +345,43 @@ def score_models(
             )
         )
     return scores
+
+
+def separate_passes(model, tokenizer, task: KShotTask, config: ScoringConfig, copies: int):
+    """Generation, then the NLL targets, each pass encoding the prompts again (the reference
+    path, and the one that truncates over-long examples): (texts, per_token, mismatch)."""
+    generations = generate_greedy(
+        model,
+        tokenizer,
+        task.prompts,
+        max_new_tokens=task.max_new_tokens,
+        batch_size=config.batch_size,
+        max_prompt_length=config.max_length,
+        copies=copies,
+    )
+    nll_batch = max(1, config.batch_size // copies)
+    # Both targets in one call: batches_by_length packs them with the least padding.
+    per_token = target_token_nlls(
+        model,
+        tokenizer,
+        task.prompts + task.prompts,
+        task.reasoning_targets + task.answer_targets,
+        batch_size=nll_batch,
+        max_length=config.max_length,
+        copies=copies,
+    )
+    mismatch = None
+    if task.mismatch_targets is not None:
+        mismatch = target_token_nlls(
+            model,
+            tokenizer,
+            task.prompts,
+            task.mismatch_targets,
+            batch_size=nll_batch,
+            max_length=config.max_length,
+            copies=copies,
+        )
+    return generations, per_token, mismatch
 
 
 def content_mean_nll(
