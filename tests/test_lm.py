@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -102,3 +103,16 @@ def test_generate_and_score_equals_separate_passes(char_tokenizer, tiny_llama):
         assert [len(x) for x in got] == [len(x) for x in expected]
         for a, b in zip(got, expected):
             assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_finished_rows_leave_the_batch_with_the_same_texts(char_tokenizer, tiny_llama):
+    """With a frequent character as EOS, rows finish at different steps and are dropped from
+    the batch and its cache; the texts stay generate's (which decodes them at full width)."""
+    tokenizer = copy.deepcopy(char_tokenizer)
+    prompts = ["ab", "abcdef", "a", "what is 3 plus 4?", "zz", "hello"]
+    free = generate_greedy(tiny_llama, tokenizer, prompts, 12, batch_size=6)
+    tokenizer.eos_token = free[1].split()[2]  # a token some rows emit early, others not
+    expected = generate_greedy(tiny_llama, tokenizer, prompts, 12, batch_size=6)
+    assert len({len(t) for t in expected}) > 2  # the rows do finish at different steps
+    texts, _ = generate_and_score(tiny_llama, tokenizer, prompts, [["x"] * 6], 12, batch_size=6)
+    assert texts == expected

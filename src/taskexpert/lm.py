@@ -7,7 +7,7 @@ or model size: it works for the testbed's tiny Llama and for a 7B model from a h
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -224,6 +224,7 @@ def generate_and_score(
     max_new_tokens: int = 128,
     batch_size: int = 16,
     copies: int = 1,
+    select_rows: Callable[[torch.Tensor | None], None] | None = None,
 ) -> tuple[list[str], list[list[list[float]]]]:
     """generate_greedy and target_token_nlls (one result per target set) from one prompt
     pass per batch: the prompts' KV cache feeds every target set's continuation (cropped back
@@ -231,7 +232,9 @@ def generate_and_score(
     is computed once instead of once per target set plus once to generate.
 
     No truncation here: the caller checks that prompt + target fits (see scoring). Layout and
-    `copies` as in target_token_nlls.
+    `copies` as in target_token_nlls. Decoding drops the rows that finished (see
+    greedy_from_cache); with copies > 1 only when `select_rows` tells the model (multi_lora's
+    switcher) which block each remaining row belongs to.
     """
     pad_id = ensure_pad_token(tokenizer)
     device = model_device(model)
@@ -262,7 +265,8 @@ def generate_and_score(
             logits_to_keep=1,
         )
         cache = getattr(out, "cache", None) or out.past_key_values  # (renamed in 5.x)
-        cached = {cache_keyword(model): cache}  # the prompt but its last column, for all below
+        keyword = cache_keyword(model)
+        cached = {keyword: cache}  # the prompt but its last column, for all below
         for set_index, target_set in enumerate(targets):
             rows = [[input_ids[r, -1].item()] + target_set[i % n] for r, i in enumerate(idx)]
             cont = max(len(r) for r in rows)
@@ -285,15 +289,69 @@ def generate_and_score(
             )
             for r, i in enumerate(idx):
                 nlls[set_index][i] = losses[r][labels[r] != IGNORE_INDEX].tolist()
-        generated = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad_id,
-            eos_token_id=tokenizer.eos_token_id,
-            **cached,
-        )
+        block = len(idx) // copies
+        new_tokens = greedy_from_cache(
+            model, input_ids[:, -1:], attention, positions[:, -1:], cache, max_new_tokens,
+            tokenizer.eos_token_id, select_rows,
+            torch.arange(len(idx), device=device) // block if copies > 1 else None,
+        )  # fmt: skip
         for r, i in enumerate(idx):
-            texts[i] = tokenizer.decode(generated[r, width:], skip_special_tokens=True)
+            texts[i] = tokenizer.decode(new_tokens[r], skip_special_tokens=True)
     return texts, nlls
+
+
+def greedy_from_cache(
+    model,
+    last: torch.Tensor,
+    attention: torch.Tensor,
+    position: torch.Tensor,
+    cache,
+    max_new_tokens: int,
+    eos_id: int | None,
+    select_rows: Callable[[torch.Tensor | None], None] | None,
+    slots: torch.Tensor | None,
+) -> list[list[int]]:
+    """Greedy decoding from a prompt cache (all but the prompts' `last` column); rows that
+    emitted EOS leave the batch and the cache, so a batch no longer decodes at full width
+    until its longest row ends. With `slots` (the slot of each row, multi_lora), rows leave
+    only through `select_rows(slots of the rows left)`, reset to None at the end; without
+    `select_rows` they then stay and are ignored. Tokens per row, EOS included: generate's
+    greedy argmax (no logits processors)."""
+    keyword = cache_keyword(model)
+    droppable = slots is None or select_rows is not None
+    alive = torch.arange(last.shape[0], device=last.device)  # batch row -> original row
+    done = torch.zeros(last.shape[0], dtype=torch.bool, device=last.device)
+    tokens: list[list[int]] = [[] for _ in range(last.shape[0])]
+    step_ids = last
+    for _ in range(max_new_tokens):
+        logits = model(
+            input_ids=step_ids,
+            attention_mask=attention,
+            position_ids=position,
+            use_cache=True,
+            logits_to_keep=1,
+            **{keyword: cache},
+        ).logits[:, -1]
+        chosen = logits.argmax(dim=-1)
+        for row, token, over in zip(alive.tolist(), chosen.tolist(), done.tolist(), strict=True):
+            if not over:
+                tokens[row].append(token)
+        if eos_id is not None:
+            done = done | (chosen == eos_id)
+        if bool(done.all()):
+            break
+        if droppable and bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            alive, chosen, attention, position = (
+                alive[keep], chosen[keep], attention[keep], position[keep]
+            )  # fmt: skip
+            done = done[keep]
+            if slots is not None:
+                select_rows(slots[alive])
+        attention = torch.cat([attention, attention.new_ones(attention.shape[0], 1)], dim=1)
+        position = position + 1
+        step_ids = chosen[:, None]
+    if slots is not None and select_rows is not None:
+        select_rows(None)
+    return tokens

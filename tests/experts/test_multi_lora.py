@@ -20,6 +20,9 @@ def test_each_row_block_gets_its_own_adapter_update():
     assert torch.equal(out[4:6], base(x[4:6]))  # the None slot adds exactly nothing
     with pytest.raises(ValueError, match="does not split"):
         layer(torch.randn(4, 1, 6))
+    layer.rows = torch.tensor([2, 0, 1])  # rows in any order, one per slot named
+    picked = x[[4, 0, 2]]
+    assert torch.allclose(layer(picked), out[[4, 0, 2]], atol=1e-5)
 
 
 def test_switcher_puts_the_base_layers_back(tiny_llama):

@@ -28,6 +28,7 @@ class MultiLoraLinear(torch.nn.Module):
         self.base = base
         self.A: torch.Tensor | None = None  # G x in x r
         self.B: torch.Tensor | None = None  # G x r x out, the scaling folded in
+        self.rows: torch.Tensor | None = None  # slot per row; None: G equal blocks of rows
 
     def load(self, factors: Sequence[tuple[torch.Tensor, torch.Tensor, float] | None]) -> None:
         """One (A [r, in], B [out, r], scaling) or None per slot; ranks are zero-padded and
@@ -51,6 +52,9 @@ class MultiLoraLinear(torch.nn.Module):
         out = self.base(x)
         if self.A is None:
             return out
+        if self.rows is not None:  # any rows, any order: gather each row's factors
+            low = torch.bmm(x.to(self.A.dtype), self.A[self.rows])
+            return out + torch.bmm(low, self.B[self.rows]).to(out.dtype)
         slots = self.A.shape[0]
         if x.shape[0] % slots:
             raise ValueError(f"a batch of {x.shape[0]} rows does not split into {slots} adapters")
@@ -100,6 +104,12 @@ class MultiLoraSwitcher:
         for name, layer in self.layers.items():
             layer.load([_factors(adapter, name) for adapter in group])
         return self.base_model
+
+    def select_rows(self, rows: torch.Tensor | None) -> None:
+        """From now on row i of a batch belongs to slot rows[i] (None: back to equal blocks),
+        e.g. after decoding dropped the rows that finished."""
+        for layer in self.layers.values():
+            layer.rows = rows
 
     def __exit__(self, *exc) -> None:
         for name, layer in self.layers.items():

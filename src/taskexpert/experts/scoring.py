@@ -283,9 +283,11 @@ def score_models(
     task: KShotTask,
     config: ScoringConfig | None = None,
     names: Sequence[str] = ("",),
+    select_rows: Callable | None = None,
 ) -> list[AdapterScore]:
     """score_model for len(names) models at once: `model` answers batches of adapter-major
-    row blocks, block g for names[g] (multi_lora's layout; one name: any plain model).
+    row blocks, block g for names[g] (multi_lora's layout; one name: any plain model);
+    `select_rows` lets decoding drop finished rows from such a batch (MultiLoraSwitcher's).
 
     Batches hold `batch_size` K-shot examples per model; with `share_prompt` one prompt pass
     per batch serves both NLL targets and generation. Without it (or when an example needs
@@ -306,6 +308,7 @@ def score_models(
             max_new_tokens=task.max_new_tokens,
             batch_size=config.batch_size,
             copies=copies,
+            select_rows=select_rows,
         )
         per_token = [
             row for g in range(copies) for part in nll_sets[:2] for row in part[g * n : (g + 1) * n]
@@ -508,7 +511,8 @@ def score_group(
         return scores
     with MultiLoraSwitcher(base_model) as switcher:
         model = switcher.activate([adapter for _, adapter in group])
-        scores = score_models(model, tokenizer, task, config, [name for name, _ in group])
+        names = [name for name, _ in group]
+        scores = score_models(model, tokenizer, task, config, names, switcher.select_rows)
     seconds = (time.perf_counter() - start) / len(group)  # switching is part of the cost
     for score in scores:
         score.seconds = seconds
