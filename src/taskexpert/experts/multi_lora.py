@@ -29,6 +29,7 @@ class MultiLoraLinear(torch.nn.Module):
         self.A: torch.Tensor | None = None  # G x in x r
         self.B: torch.Tensor | None = None  # G x r x out, the scaling folded in
         self.rows: torch.Tensor | None = None  # slot per row; None: G equal blocks of rows
+        self.mask: torch.Tensor | None = None  # rows x 1 x G*r: 1 over each row's own slot
 
     def load(self, factors: Sequence[tuple[torch.Tensor, torch.Tensor, float] | None]) -> None:
         """One (A [r, in], B [out, r], scaling) or None per slot; ranks are zero-padded and
@@ -48,13 +49,23 @@ class MultiLoraLinear(torch.nn.Module):
                 B[slot, : b.shape[1]] = (scaling * b.float()).T.to(weight)
         self.A, self.B = A, B
 
+    def _mask(self, rank: int) -> torch.Tensor:
+        if self.mask is None or self.mask.shape[0] != self.rows.shape[0]:
+            slots = torch.arange(self.A.shape[0], device=self.rows.device).repeat_interleave(rank)
+            self.mask = (self.rows[:, None] == slots).to(self.A.dtype)[:, None, :]
+        return self.mask
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         if self.A is None:
             return out
-        if self.rows is not None:  # any rows, any order: gather each row's factors
-            low = torch.bmm(x.to(self.A.dtype), self.A[self.rows])
-            return out + torch.bmm(low, self.B[self.rows]).to(out.dtype)
+        if self.rows is not None:
+            # any rows, any order: every slot's low-rank projection in one matmul, the other
+            # slots' zeroed, one matmul back (cheaper than gathering factors per row)
+            slots, fan_in, rank = self.A.shape
+            a_all = self.A.permute(1, 0, 2).reshape(fan_in, slots * rank)
+            low = (x.to(self.A.dtype) @ a_all) * self._mask(rank)
+            return out + (low @ self.B.reshape(slots * rank, -1)).to(out.dtype)
         slots = self.A.shape[0]
         if x.shape[0] % slots:
             raise ValueError(f"a batch of {x.shape[0]} rows does not split into {slots} adapters")
@@ -109,7 +120,7 @@ class MultiLoraSwitcher:
         """From now on row i of a batch belongs to slot rows[i] (None: back to equal blocks),
         e.g. after decoding dropped the rows that finished."""
         for layer in self.layers.values():
-            layer.rows = rows
+            layer.rows, layer.mask = rows, None
 
     def __exit__(self, *exc) -> None:
         for name, layer in self.layers.items():

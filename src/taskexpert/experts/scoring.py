@@ -52,7 +52,7 @@ class ScoringConfig:
     batch_size: int = 16  # K-shot examples per generation batch (per adapter); NLL batch rows
     # Adapters scored together in shared batches (experts/multi_lora.py); 1: one at a time
     # through PEFT, the reference path. The base row rides in the first group.
-    adapters_per_batch: int = 8
+    adapters_per_batch: int = 16
     # One prompt pass per batch whose KV cache serves both NLL targets and generation's
     # prefill (lm.generate_and_score); False: separate passes, the reference path.
     share_prompt: bool = True
