@@ -3,9 +3,11 @@
 Paper A's "abidance by K-shot": a good expert answers the K-shot correctly (EM) *and* finds
 the worked rationale likely (low reasoning perplexity, RPPL); a blind guesser hits the option
 without being able to justify it. One base model stays in memory; each adapter is injected
-from its in-memory factors (the bank read them once), scored in batches, and removed again,
-so a bank of any size costs one batched pass per adapter and never more than one adapter's
-weights inside the model.
+from its in-memory factors (the bank read them once), scored in batches, and removed again.
+By default `adapters_per_batch` adapters share each batch (experts/multi_lora.py, rows of a
+batch belong to different adapters) and one prompt pass per batch serves generation and both
+NLL targets (lm.generate_and_score); adapters_per_batch=1, share_prompt=False is the
+one-adapter-at-a-time PEFT path, kept as the reference.
 """
 
 from __future__ import annotations
