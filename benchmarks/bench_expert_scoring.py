@@ -1,15 +1,24 @@
-"""Expert-scoring cost: seconds per adapter against bank size, and what batching buys.
+"""Expert-scoring cost: seconds per adapter, the multi-adapter path against the reference.
 
-Stage 1 must cost about (bank size) x (one batched pass over the K-shot), with the base model
-loaded once and adapters swapped in from memory. This scores banks of growing size on a K-shot
-set and reports seconds per adapter (switch + EM generation + RPPL/PPL forward), the same for
-batch size 1 (what a per-example loop costs), and the one-off similarity matrix.
+Stage 1 scores every adapter of a bank on the K-shot (EM from greedy generation, RPPL and PPL
+from a masked NLL pass), the base model loaded once. This scores one bank twice in one
+process: the default path (`adapters_per_batch` adapters in shared batches,
+experts/multi_lora.py) and the reference path (adapters_per_batch=1: one adapter at a time
+through PEFT), and reports both paths' seconds per adapter (switching included), their ratio,
+and how far their scores are apart (max |NLL| difference, generations that differ).
 
-By default it runs on a random tiny Llama (hidden 128, 2 layers, character tokenizer) with
-random LoRAs (r=8 on every projection); `--testbed DIR` uses the testbed's base model, bank
-and a target's K-shot instead, with bank sizes capped at the bank.
+Bases: `--base tiny` (default; a random tiny Llama, hidden 128, 2 layers, character
+tokenizer, random r8 LoRAs on every projection), `--base smollm2` (SmolLM2-135M-Instruct as
+taskexpert.models loads it, random r8 q/v LoRAs), `--testbed DIR` (the testbed's base, bank
+and first target's K-shot), or `--bank DIR` for a real bank on the chosen base.
+`--bank-size N` grows the bank to N by re-using its adapters under new names (each is scored
+in full, so the cost is honest); `--reference-size` scores only the first adapters on the
+reference path when that path is too slow for the whole bank (seconds per adapter do not
+depend on bank size there).
 
-    .venv/bin/python benchmarks/bench_expert_scoring.py [--sizes 4 8 16] [--kshot 50]
+    .venv/bin/python benchmarks/bench_expert_scoring.py --bank-size 16 --kshot 50
+    .venv/bin/python benchmarks/bench_expert_scoring.py --testbed DIR --bank-size 100
+    .venv/bin/python benchmarks/bench_expert_scoring.py --base smollm2 --bank-size 16
 
 Prints one JSON line on stdout; progress goes to stderr.
 """
@@ -18,18 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import string
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from taskexpert.bank import load_bank
-from taskexpert.experts.diversity import similarity_matrix
-from taskexpert.experts.scoring import BASE_ROW, ScoringConfig, prepare_kshot, score_bank
+from taskexpert.experts.scoring import ScoringConfig, prepare_kshot, score_bank
 from taskexpert.records import Record, load_records
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -61,13 +69,15 @@ def tiny_llama(vocab_size: int, hidden: int, layers: int, seed: int = 0):
     return LlamaForCausalLM(config).eval()
 
 
-def random_bank(root: Path, count: int, vocab_size: int, hidden: int, layers: int) -> Path:
+def random_bank(root: Path, base, count: int, rank: int, targets: list[str]) -> Path:
+    """`count` PEFT LoRAs on copies of `base` with random (non-zero) B, saved under `root`."""
+    import copy
+
     from peft import LoraConfig, get_peft_model
 
     for i in range(count):
         model = get_peft_model(
-            tiny_llama(vocab_size, hidden, layers),
-            LoraConfig(r=8, lora_alpha=16, target_modules=PROJECTIONS),
+            copy.deepcopy(base), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets)
         )
         torch.manual_seed(100 + i)
         for name, param in model.named_parameters():
@@ -99,92 +109,136 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run(args) -> dict:
-    torch.set_num_threads(args.threads)
-    tmp = tempfile.TemporaryDirectory()
+def grown(adapters: dict, size: int) -> dict:
+    """`size` adapters from the bank's, cycling through them under new names."""
+    names = list(adapters)
+    return {
+        (names[i] if i < len(names) else f"{names[i % len(names)]}~{i}"): adapters[
+            names[i % len(names)]
+        ]
+        for i in range(size)
+    }
+
+
+def setup(args, tmp: Path):
+    """(base, tokenizer, bank directory or None, K-shot records, setting fields)."""
     if args.testbed:
         from taskexpert.testbed.layout import Testbed
 
         testbed = Testbed.load(args.testbed)
         base, tokenizer = testbed.load_base()
-        bank_dir = testbed.bank_dir
         target = testbed.targets[0]
         kshot = load_records(testbed.kshot_path(target))[: args.kshot]
-        setting = {
-            "model": f"testbed ({testbed.truth['build']['preset']})",
-            "target": target,
-        }
+        preset = testbed.truth["build"]["preset"]
+        return (
+            base,
+            tokenizer,
+            testbed.bank_dir,
+            kshot,
+            {"model": f"testbed ({preset})", "target": target},
+        )
+    if args.base == "smollm2":
+        from taskexpert.models import load_base
+
+        base, tokenizer = load_base("smollm2", progress=False)
+        setting = {"model": "SmolLM2-135M-Instruct", "lora": f"r{args.rank} q_proj v_proj"}
+        if args.bank is None:
+            log(f"building {args.random_adapters} random adapters ...")
+            random_bank(tmp, base, args.random_adapters, args.rank, ["q_proj", "v_proj"])
     else:
         tokenizer = char_tokenizer()
         base = tiny_llama(len(tokenizer), args.hidden, args.layers)
-        log(f"building {max(args.sizes)} random adapters ...")
-        bank_dir = random_bank(
-            Path(tmp.name), max(args.sizes), len(tokenizer), args.hidden, args.layers
-        )
-        kshot = synthetic_kshot(args.kshot)
-        setting = {"model": f"random tiny llama h{args.hidden} l{args.layers}", "lora": "r8 all"}
+        setting = {
+            "model": f"random tiny llama h{args.hidden} l{args.layers}",
+            "lora": f"r{args.rank} all",
+        }
+        if args.bank is None:
+            log(f"building {args.random_adapters} random adapters ...")
+            random_bank(tmp, base, args.random_adapters, args.rank, PROJECTIONS)
+    if args.bank is not None:
+        setting["lora"] = str(args.bank)
+    return base, tokenizer, args.bank or tmp, synthetic_kshot(args.kshot), setting
+
+
+def timed_scores(base, tokenizer, adapters: dict, task, config) -> tuple[dict, float]:
     start = time.perf_counter()
-    full_bank = load_bank(bank_dir, base)
+    scores = score_bank(base, tokenizer, adapters, task, config, include_base=False, progress=False)
+    return scores, time.perf_counter() - start
+
+
+def run(args) -> dict:
+    torch.set_num_threads(args.threads)
+    tmp = tempfile.TemporaryDirectory()
+    base, tokenizer, bank_dir, kshot, setting = setup(args, Path(tmp.name))
+    start = time.perf_counter()
+    bank = load_bank(bank_dir, base)
     load_seconds = time.perf_counter() - start
-    sizes = [s for s in args.sizes if s <= len(full_bank)]
-    config = ScoringConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
-    task = prepare_kshot(kshot, tokenizer, config)
-    rows = []
-    for size in sizes:
-        names = full_bank.names[:size]
-        adapters = {n: full_bank.adapters[n] for n in names}
-        start = time.perf_counter()
-        similarity_matrix(adapters)
-        sim_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        scores = score_bank(base, tokenizer, adapters, task, config, progress=False)
-        total = time.perf_counter() - start
-        per_adapter = [scores[n].seconds for n in names]
-        rows.append(
-            {
-                "bank_size": size,
-                "total_seconds": round(total, 3),
-                "base_row_seconds": round(scores[BASE_ROW].seconds, 3),
-                "seconds_per_adapter_median": round(statistics.median(per_adapter), 3),
-                "seconds_per_adapter_mean": round(statistics.mean(per_adapter), 3),
-                "similarity_seconds": round(sim_seconds, 4),
-            }
-        )
-        log(f"bank {size}: {rows[-1]}")
-    # the same work one example at a time, on two adapters: what batching saves
-    few = {n: full_bank.adapters[n] for n in full_bank.names[:2]}
-    unbatched_config = ScoringConfig(batch_size=1, max_new_tokens=args.max_new_tokens)
-    unbatched = score_bank(
-        base, tokenizer, few, task, unbatched_config, include_base=False, progress=False
+    adapters = grown(bank.adapters, args.bank_size)
+    config = ScoringConfig(
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        adapters_per_batch=args.adapters_per_batch,
     )
-    per_adapter_unbatched = statistics.mean(s.seconds for s in unbatched.values())
+    reference_config = replace(config, adapters_per_batch=1, share_prompt=False)
+    task = prepare_kshot(kshot, tokenizer, config)
+    log(f"{len(adapters)} adapters, K-shot {len(task)}, {task.max_new_tokens} new tokens")
+    fast, fast_seconds = timed_scores(base, tokenizer, adapters, task, config)
+    log(f"multi-adapter path: {fast_seconds:.1f} s")
+    some = dict(list(adapters.items())[: args.reference_size or len(adapters)])
+    reference, reference_seconds = timed_scores(base, tokenizer, some, task, reference_config)
+    log(f"reference path ({len(some)} adapters): {reference_seconds:.1f} s")
     tmp.cleanup()
+    nll_gap = max(
+        abs(a - b)
+        for name in some
+        for a, b in zip(
+            fast[name].rationale_nll + fast[name].answer_nll,
+            reference[name].rationale_nll + reference[name].answer_nll,
+            strict=True,
+        )
+    )
+    differing = sum(
+        a != b for name in some for a, b in zip(fast[name].generations, reference[name].generations)
+    )
+    per_adapter = fast_seconds / len(adapters)
+    per_adapter_reference = reference_seconds / len(some)
     return {
         "benchmark": "expert_scoring",
         **setting,
         "kshot": len(task),
         "max_new_tokens": task.max_new_tokens,
         "batch_size": args.batch_size,
+        "adapters_per_batch": args.adapters_per_batch,
         "threads": args.threads,
         "bank_load_seconds": round(load_seconds, 3),
-        "rows": rows,
-        "seconds_per_adapter_batch1": round(per_adapter_unbatched, 3),
-        "batching_speedup": round(per_adapter_unbatched / rows[0]["seconds_per_adapter_mean"], 2)
-        if rows
-        else None,
+        "bank_size": len(adapters),
+        "total_seconds": round(fast_seconds, 2),
+        "seconds_per_adapter": round(per_adapter, 4),
+        "reference_adapters": len(some),
+        "reference_seconds_per_adapter": round(per_adapter_reference, 4),
+        "speedup": round(per_adapter_reference / per_adapter, 2),
+        "max_nll_difference": float(f"{nll_gap:.3g}"),
+        "generations_differing": f"{differing}/{len(some) * len(task)}",
+        "em_equal": all(fast[n].em == reference[n].em for n in some),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--base", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument("--testbed", type=Path, default=None, help="a built testbed directory")
+    parser.add_argument("--bank", type=Path, default=None, help="an adapter bank directory")
+    parser.add_argument("--bank-size", type=int, default=16)
+    parser.add_argument("--random-adapters", type=int, default=8, help="distinct random LoRAs")
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--reference-size", type=int, default=None, help="default: the bank")
     parser.add_argument("--kshot", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--adapters-per-batch", type=int, default=ScoringConfig.adapters_per_batch)
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--testbed", type=Path, default=None, help="a built testbed directory")
     print(json.dumps(run(parser.parse_args())))
 
 

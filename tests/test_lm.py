@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -7,6 +8,7 @@ from taskexpert.lm import (
     IGNORE_INDEX,
     collate,
     encode_pair,
+    generate_and_score,
     generate_greedy,
     mean_nll,
     target_token_nlls,
@@ -60,3 +62,57 @@ def test_collate_pads_with_ignored_labels(char_tokenizer):
     batch = collate(pairs, pad_id=0)
     assert batch["input_ids"].shape == batch["labels"].shape == (2, len(pairs[1].input_ids))
     assert torch.all(batch["labels"][0][batch["attention_mask"][0] == 0] == IGNORE_INDEX)
+
+
+def test_target_token_nlls_equal_the_full_logits_nll(char_tokenizer, tiny_llama):
+    """Logits only from the first target column on (logits_to_keep) give the NLLs that the
+    logits of every position give (float32, 1e-5)."""
+    prompts, targets = ["ab", "abcdef", "a"], ["xyz", "q", "hello"]
+    per_token = target_token_nlls(tiny_llama, char_tokenizer, prompts, targets, batch_size=3)
+    for prompt, target, nlls in zip(prompts, targets, per_token):
+        pair = encode_pair(char_tokenizer, prompt, target)
+        with torch.no_grad():
+            logits = tiny_llama(input_ids=torch.tensor([pair.input_ids])).logits[0, :-1]
+        labels = torch.tensor(pair.labels[1:])
+        full = torch.nn.functional.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+        assert nlls == pytest.approx(full[labels != IGNORE_INDEX].tolist(), abs=1e-5)
+
+
+def test_copies_repeat_each_batch_copy_major(char_tokenizer, tiny_llama):
+    prompts, targets = ["ab", "abcdef", "a"], ["xyz", "q", "hello"]
+    once = target_token_nlls(tiny_llama, char_tokenizer, prompts, targets, batch_size=2)
+    twice = target_token_nlls(tiny_llama, char_tokenizer, prompts, targets, 2, copies=2)
+    assert len(twice) == 6
+    for a, b in zip(once + once, twice):
+        assert a == pytest.approx(b, abs=1e-5)
+    texts = generate_greedy(tiny_llama, char_tokenizer, prompts, 4, batch_size=2, copies=3)
+    assert texts == generate_greedy(tiny_llama, char_tokenizer, prompts, 4, batch_size=2) * 3
+
+
+def test_generate_and_score_equals_separate_passes(char_tokenizer, tiny_llama):
+    """One prompt pass whose cache serves two target sets and generation: the same texts and
+    NLLs (1e-5) as generate_greedy and target_token_nlls, with copies."""
+    prompts = ["ab", "abcdef", "a", "what is 3 plus 4?"]
+    first, second = ["xyz", "q", "hello", "7"], ["1", "22", "333", "seven"]
+    texts, (got_first, got_second) = generate_and_score(
+        tiny_llama, char_tokenizer, prompts, [first, second], 6, batch_size=3, copies=2
+    )
+    assert texts == generate_greedy(tiny_llama, char_tokenizer, prompts, 6, 3, copies=2)
+    for targets, got in ((first, got_first), (second, got_second)):
+        expected = target_token_nlls(tiny_llama, char_tokenizer, prompts, targets, 3, copies=2)
+        assert [len(x) for x in got] == [len(x) for x in expected]
+        for a, b in zip(got, expected):
+            assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_finished_rows_leave_the_batch_with_the_same_texts(char_tokenizer, tiny_llama):
+    """With a frequent character as EOS, rows finish at different steps and are dropped from
+    the batch and its cache; the texts stay generate's (which decodes them at full width)."""
+    tokenizer = copy.deepcopy(char_tokenizer)
+    prompts = ["ab", "abcdef", "a", "what is 3 plus 4?", "zz", "hello"]
+    free = generate_greedy(tiny_llama, tokenizer, prompts, 12, batch_size=6)
+    tokenizer.eos_token = free[1].split()[2]  # a token some rows emit early, others not
+    expected = generate_greedy(tiny_llama, tokenizer, prompts, 12, batch_size=6)
+    assert len({len(t) for t in expected}) > 2  # the rows do finish at different steps
+    texts, _ = generate_and_score(tiny_llama, tokenizer, prompts, [["x"] * 6], 12, batch_size=6)
+    assert texts == expected

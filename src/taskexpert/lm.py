@@ -7,7 +7,7 @@ or model size: it works for the testbed's tiny Llama and for a 7B model from a h
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -69,17 +69,39 @@ def batches_by_length(lengths: Sequence[int], batch_size: int) -> Iterator[list[
         yield order[start : start + batch_size]
 
 
+def repeated_batches(lengths: Sequence[int], batch_size: int, copies: int) -> Iterator[list[int]]:
+    """batches_by_length over n items, each batch repeated `copies` times, copy-major (copy c
+    of item i is row c * n + i): the layout multi_lora's several-adapters batches need."""
+    n = len(lengths)
+    for idx in batches_by_length(lengths, batch_size):
+        yield [c * n + i for c in range(copies) for i in idx]
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
 def _token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """NLL of every next token (batch x length-1) and the mask of the labelled ones."""
+    """NLL of every next token from the first labelled one on (batch x columns) and the mask
+    of the labelled ones.
+
+    Logits are computed only from the first labelled column on (`logits_to_keep`, where the
+    model takes it): the prompt's logits are never used, and with a large vocabulary they are
+    most of the memory and a good part of the time of the pass.
+    """
     device = model_device(model)
     batch = {k: v.to(device) for k, v in batch.items()}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labelled = (batch["labels"] != IGNORE_INDEX).any(dim=0).nonzero()
+    first = max(int(labelled[0]) if len(labelled) else 1, 1)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    keep = batch["labels"].shape[1] - first + 1  # positions first-1 ... last
+    try:
+        logits = model(**inputs, logits_to_keep=keep).logits
+    except TypeError:  # a model without logits_to_keep: all positions
+        logits = model(**inputs).logits
+    logits = logits[:, -keep:]
     shift_logits = logits[:, :-1].float()
-    shift_labels = batch["labels"][:, 1:]
+    shift_labels = batch["labels"][:, first:]
     mask = shift_labels != IGNORE_INDEX
     losses = torch.nn.functional.cross_entropy(
         shift_logits.transpose(1, 2), shift_labels.clamp(min=0), reduction="none"
@@ -101,15 +123,22 @@ def target_token_nlls(
     targets: Sequence[str],
     batch_size: int = 16,
     max_length: int = 1024,
+    copies: int = 1,
 ) -> list[list[float]]:
-    """NLL of each target token given the prompt, per example (prompt tokens masked)."""
+    """NLL of each target token given the prompt, per example (prompt tokens masked).
+
+    `copies` > 1: every batch of `batch_size` examples is repeated that many times (see
+    repeated_batches) and the result holds copies x len(prompts) rows, copy-major; the pairs
+    are tokenized once whatever the count.
+    """
     pad_id = ensure_pad_token(tokenizer)
     pairs = [
         encode_pair(tokenizer, p, t, max_length) for p, t in zip(prompts, targets, strict=True)
     ]
-    result: list[list[float]] = [[] for _ in pairs]
-    for idx in batches_by_length([len(p.input_ids) for p in pairs], batch_size):
-        losses, mask = _token_losses(model, collate([pairs[i] for i in idx], pad_id))
+    n = len(pairs)
+    result: list[list[float]] = [[] for _ in range(n * copies)]
+    for idx in repeated_batches([len(p.input_ids) for p in pairs], batch_size, copies):
+        losses, mask = _token_losses(model, collate([pairs[i % n] for i in idx], pad_id))
         for row, i in enumerate(idx):
             result[i] = losses[row][mask[row]].tolist()
     return result
@@ -142,20 +171,26 @@ def generate_greedy(
     max_new_tokens: int = 128,
     batch_size: int = 16,
     max_prompt_length: int = 1024,
+    copies: int = 1,
 ) -> list[str]:
-    """Batched greedy decoding with left padding; returns only the new text per prompt."""
+    """Batched greedy decoding with left padding; returns only the new text per prompt.
+
+    `copies` as in target_token_nlls: copies x len(prompts) outputs, copy-major, from batches
+    of `batch_size` prompts each repeated `copies` times, tokenized once.
+    """
     pad_id = ensure_pad_token(tokenizer)
     device = model_device(model)
     encoded = [
         tokenizer(p, add_special_tokens=True)["input_ids"][-max_prompt_length:] for p in prompts
     ]
-    outputs: list[str] = [""] * len(prompts)
-    for idx in batches_by_length([len(e) for e in encoded], batch_size):
-        width = max(len(encoded[i]) for i in idx)
+    n = len(encoded)
+    outputs: list[str] = [""] * (n * copies)
+    for idx in repeated_batches([len(e) for e in encoded], batch_size, copies):
+        width = max(len(encoded[i % n]) for i in idx)
         input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(idx), width), dtype=torch.long)
         for row, i in enumerate(idx):
-            ids = encoded[i]
+            ids = encoded[i % n]
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             attention[row, width - len(ids) :] = 1
         generated = model.generate(
@@ -169,3 +204,154 @@ def generate_greedy(
         for row, i in enumerate(idx):
             outputs[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=True)
     return outputs
+
+
+def cache_keyword(model) -> str:
+    """The keyword a model's forward takes its KV cache by: `cache` in recent transformers
+    (`past_key_values` is deprecated there), `past_key_values` before."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+@torch.no_grad()
+def generate_and_score(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    target_sets: Sequence[Sequence[str]],
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    copies: int = 1,
+    select_rows: Callable[[torch.Tensor | None], None] | None = None,
+) -> tuple[list[str], list[list[list[float]]]]:
+    """generate_greedy and target_token_nlls (one result per target set) from one prompt
+    pass per batch: the prompts' KV cache feeds every target set's continuation (cropped back
+    after each) and then generation's prefill. The prompt, often most of an example's tokens,
+    is computed once instead of once per target set plus once to generate.
+
+    No truncation here: the caller checks that prompt + target fits (see scoring). Layout and
+    `copies` as in target_token_nlls. Decoding drops the rows that finished (see
+    greedy_from_cache); with copies > 1 only when `select_rows` tells the model (multi_lora's
+    switcher) which block each remaining row belongs to.
+    """
+    pad_id = ensure_pad_token(tokenizer)
+    device = model_device(model)
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    targets = [
+        [tokenizer(t, add_special_tokens=False)["input_ids"] + eos for t in target_set]
+        for target_set in target_sets
+    ]
+    n = len(encoded)
+    texts: list[str] = [""] * (n * copies)
+    nlls: list[list[list[float]]] = [[[] for _ in range(n * copies)] for _ in target_sets]
+    for idx in repeated_batches([len(e) for e in encoded], batch_size, copies):
+        width = max(len(encoded[i % n]) for i in idx)
+        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids = encoded[i % n]
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        out = model(
+            input_ids=input_ids[:, :-1],
+            attention_mask=attention[:, :-1],
+            position_ids=positions[:, :-1],
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = getattr(out, "cache", None) or out.past_key_values  # (renamed in 5.x)
+        keyword = cache_keyword(model)
+        cached = {keyword: cache}  # the prompt but its last column, for all below
+        for set_index, target_set in enumerate(targets):
+            rows = [[input_ids[r, -1].item()] + target_set[i % n] for r, i in enumerate(idx)]
+            cont = max(len(r) for r in rows)
+            cont_ids = torch.full((len(idx), cont), pad_id, dtype=torch.long, device=device)
+            cont_mask = torch.zeros((len(idx), cont), dtype=torch.long, device=device)
+            for r, ids in enumerate(rows):
+                cont_ids[r, : len(ids)] = torch.tensor(ids)
+                cont_mask[r, : len(ids)] = 1
+            logits = model(
+                input_ids=cont_ids,
+                attention_mask=torch.cat([attention, cont_mask[:, 1:]], dim=1),
+                position_ids=positions[:, -1:] + torch.arange(cont, device=device),
+                use_cache=True,
+                **cached,
+            ).logits[:, :-1]
+            cache.crop(-cont)  # negative: tokens removed from the end, in every version
+            labels = cont_ids[:, 1:].masked_fill(cont_mask[:, 1:] == 0, IGNORE_INDEX)
+            losses = torch.nn.functional.cross_entropy(
+                logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none"
+            )
+            for r, i in enumerate(idx):
+                nlls[set_index][i] = losses[r][labels[r] != IGNORE_INDEX].tolist()
+        block = len(idx) // copies
+        new_tokens = greedy_from_cache(
+            model, input_ids[:, -1:], attention, positions[:, -1:], cache, max_new_tokens,
+            tokenizer.eos_token_id, select_rows,
+            torch.arange(len(idx), device=device) // block if copies > 1 else None,
+        )  # fmt: skip
+        for r, i in enumerate(idx):
+            texts[i] = tokenizer.decode(new_tokens[r], skip_special_tokens=True)
+    return texts, nlls
+
+
+def greedy_from_cache(
+    model,
+    last: torch.Tensor,
+    attention: torch.Tensor,
+    position: torch.Tensor,
+    cache,
+    max_new_tokens: int,
+    eos_id: int | None,
+    select_rows: Callable[[torch.Tensor | None], None] | None,
+    slots: torch.Tensor | None,
+) -> list[list[int]]:
+    """Greedy decoding from a prompt cache (all but the prompts' `last` column); rows that
+    emitted EOS leave the batch and the cache, so a batch no longer decodes at full width
+    until its longest row ends. With `slots` (the slot of each row, multi_lora), rows leave
+    only through `select_rows(slots of the rows left)`, reset to None at the end; without
+    `select_rows` they then stay and are ignored. Tokens per row, EOS included: generate's
+    greedy argmax (no logits processors)."""
+    keyword = cache_keyword(model)
+    droppable = slots is None or select_rows is not None
+    alive = torch.arange(last.shape[0], device=last.device)  # batch row -> original row
+    done = torch.zeros(last.shape[0], dtype=torch.bool, device=last.device)
+    tokens: list[list[int]] = [[] for _ in range(last.shape[0])]
+    step_ids = last
+    for _ in range(max_new_tokens):
+        logits = model(
+            input_ids=step_ids,
+            attention_mask=attention,
+            position_ids=position,
+            use_cache=True,
+            logits_to_keep=1,
+            **{keyword: cache},
+        ).logits[:, -1]
+        chosen = logits.argmax(dim=-1)
+        for row, token, over in zip(alive.tolist(), chosen.tolist(), done.tolist(), strict=True):
+            if not over:
+                tokens[row].append(token)
+        if eos_id is not None:
+            done = done | (chosen == eos_id)
+        if bool(done.all()):
+            break
+        if droppable and bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            alive, chosen, attention, position = (
+                alive[keep], chosen[keep], attention[keep], position[keep]
+            )  # fmt: skip
+            done = done[keep]
+            if slots is not None:
+                select_rows(slots[alive])
+        attention = torch.cat([attention, attention.new_ones(attention.shape[0], 1)], dim=1)
+        position = position + 1
+        step_ids = chosen[:, None]
+    if slots is not None and select_rows is not None:
+        select_rows(None)
+    return tokens

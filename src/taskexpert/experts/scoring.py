@@ -3,9 +3,11 @@
 Paper A's "abidance by K-shot": a good expert answers the K-shot correctly (EM) *and* finds
 the worked rationale likely (low reasoning perplexity, RPPL); a blind guesser hits the option
 without being able to justify it. One base model stays in memory; each adapter is injected
-from its in-memory factors (the bank read them once), scored in batches, and removed again,
-so a bank of any size costs one batched pass per adapter and never more than one adapter's
-weights inside the model.
+from its in-memory factors (the bank read them once), scored in batches, and removed again.
+By default `adapters_per_batch` adapters share each batch (experts/multi_lora.py, rows of a
+batch belong to different adapters) and one prompt pass per batch serves generation and both
+NLL targets (lm.generate_and_score); adapters_per_batch=1, share_prompt=False is the
+one-adapter-at-a-time PEFT path, kept as the reference.
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from taskexpert.bank import Bank, LoraAdapter
 from taskexpert.errors import InputError
+from taskexpert.experts.multi_lora import MultiLoraSwitcher, supports
 from taskexpert.lm import (
     ensure_pad_token,
+    generate_and_score,
     generate_greedy,
-    mean_nll,
     per_example_means,
     target_token_nlls,
 )
@@ -48,7 +51,13 @@ PASS_VARIANTS = ("contrast", "content")  # the variants that need extra per-K-sh
 class ScoringConfig:
     """How the K-shot is scored; the defaults suit any causal LM."""
 
-    batch_size: int = 16
+    batch_size: int = 16  # K-shot examples per generation batch (per adapter); NLL batch rows
+    # Adapters scored together in shared batches (experts/multi_lora.py); 1: one at a time
+    # through PEFT, the reference path. The base row rides in the first group.
+    adapters_per_batch: int = 16
+    # One prompt pass per batch whose KV cache serves both NLL targets and generation's
+    # prefill (lm.generate_and_score); False: separate passes, the reference path.
+    share_prompt: bool = True
     max_new_tokens: int | None = None  # None: 1.5x the longest K-shot reasoning target + 8
     max_new_tokens_cap: int = 512
     max_length: int = 1024
@@ -75,6 +84,7 @@ class KShotTask:
     warnings: list[str] = field(default_factory=list)
     mismatch_targets: list[str] | None = None  # another item's rationale, this item's answer
     content_masks: list[list[bool]] | None = None  # per target token: not shared template
+    longest_pair: int = 0  # tokens of the longest prompt + target + EOS (truncation check)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -154,7 +164,25 @@ def prepare_kshot(
         task.mismatch_targets = mismatched_targets(records, reasoning)
     if "content" in config.variants:
         task.content_masks = content_masks(tokenizer, reasoning, config.template_min_block)
+    task.longest_pair = longest_pair(
+        tokenizer, prompts, [reasoning, answers, task.mismatch_targets]
+    )
     return task
+
+
+def longest_pair(tokenizer, prompts: Sequence[str], target_sets) -> int:
+    """Tokens of the longest prompt + target + EOS over the target sets (None: skipped)."""
+
+    def count(text: str, special: bool) -> int:
+        return len(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    prompt_lengths = [count(p, True) for p in prompts]
+    return max(
+        length + count(target, False) + 1
+        for targets in target_sets
+        if targets is not None
+        for length, target in zip(prompt_lengths, targets, strict=True)
+    )
 
 
 def mismatched_targets(records: Sequence[Record], targets: Sequence[str]) -> list[str]:
@@ -247,8 +275,86 @@ def score_model(
     model, tokenizer, task: KShotTask, config: ScoringConfig | None = None, name: str = ""
 ) -> AdapterScore:
     """EM from batched greedy generation, RPPL and PPL from one batched masked-NLL pass."""
+    return score_models(model, tokenizer, task, config, [name])[0]
+
+
+@torch.no_grad()
+def score_models(
+    model,
+    tokenizer,
+    task: KShotTask,
+    config: ScoringConfig | None = None,
+    names: Sequence[str] = ("",),
+    select_rows: Callable | None = None,
+) -> list[AdapterScore]:
+    """score_model for len(names) models at once: `model` answers batches of adapter-major
+    row blocks, block g for names[g] (multi_lora's layout; one name: any plain model);
+    `select_rows` lets decoding drop finished rows from such a batch (MultiLoraSwitcher's).
+
+    Batches hold `batch_size` K-shot examples per model; with `share_prompt` one prompt pass
+    per batch serves both NLL targets and generation. Without it (or when an example needs
+    truncating), separate passes; their NLL batches hold `batch_size` rows in all (the logits
+    of every position are what limits their size)."""
     config = config or ScoringConfig()
     start = time.perf_counter()
+    copies, n = len(names), len(task)
+    if config.share_prompt and task.longest_pair <= config.max_length:
+        target_sets = [task.reasoning_targets, task.answer_targets]
+        if task.mismatch_targets is not None:
+            target_sets.append(task.mismatch_targets)
+        generations, nll_sets = generate_and_score(
+            model,
+            tokenizer,
+            task.prompts,
+            target_sets,
+            max_new_tokens=task.max_new_tokens,
+            batch_size=config.batch_size,
+            copies=copies,
+            select_rows=select_rows,
+        )
+        per_token = [
+            row for g in range(copies) for part in nll_sets[:2] for row in part[g * n : (g + 1) * n]
+        ]
+        mismatch = nll_sets[2] if task.mismatch_targets is not None else None
+    else:
+        generations, per_token, mismatch = separate_passes(model, tokenizer, task, config, copies)
+    seconds = (time.perf_counter() - start) / copies
+    scores = []
+    for g, name in enumerate(names):
+        texts = generations[g * n : (g + 1) * n]
+        tokens = per_token[2 * n * g : 2 * n * (g + 1)]
+        correct = [
+            is_correct(text, gold, kind)
+            for text, gold, kind in zip(texts, task.gold, task.kinds, strict=True)
+        ]
+        nlls = per_example_means(tokens)
+        rationale_nll, answer_nll = nlls[:n], nlls[n:]
+        scores.append(
+            AdapterScore(
+                name=name,
+                em=sum(correct) / len(correct),
+                rppl=perplexity(rationale_nll),
+                ppl=perplexity(answer_nll),
+                seconds=seconds,
+                correct=correct,
+                rationale_nll=rationale_nll,
+                answer_nll=answer_nll,
+                generations=texts,
+                mismatch_nll=None
+                if mismatch is None
+                else per_example_means(mismatch[g * n : (g + 1) * n]),
+                content_nll=None
+                if task.content_masks is None
+                else content_mean_nll(tokens[:n], task.content_masks),
+                rationale_token_nll=tokens[:n],
+            )
+        )
+    return scores
+
+
+def separate_passes(model, tokenizer, task: KShotTask, config: ScoringConfig, copies: int):
+    """Generation, then the NLL targets, each pass encoding the prompts again (the reference
+    path, and the one that truncates over-long examples): (texts, per_token, mismatch)."""
     generations = generate_greedy(
         model,
         tokenizer,
@@ -256,48 +362,31 @@ def score_model(
         max_new_tokens=task.max_new_tokens,
         batch_size=config.batch_size,
         max_prompt_length=config.max_length,
+        copies=copies,
     )
-    correct = [
-        is_correct(text, gold, kind)
-        for text, gold, kind in zip(generations, task.gold, task.kinds, strict=True)
-    ]
+    nll_batch = max(1, config.batch_size // copies)
     # Both targets in one call: batches_by_length packs them with the least padding.
     per_token = target_token_nlls(
         model,
         tokenizer,
         task.prompts + task.prompts,
         task.reasoning_targets + task.answer_targets,
-        batch_size=config.batch_size,
+        batch_size=nll_batch,
         max_length=config.max_length,
+        copies=copies,
     )
-    nlls = per_example_means(per_token)
-    rationale_nll, answer_nll = nlls[: len(task)], nlls[len(task) :]
-    mismatch_nll = content_nll = None
+    mismatch = None
     if task.mismatch_targets is not None:
-        mismatch_nll = mean_nll(
+        mismatch = target_token_nlls(
             model,
             tokenizer,
             task.prompts,
             task.mismatch_targets,
-            batch_size=config.batch_size,
+            batch_size=nll_batch,
             max_length=config.max_length,
+            copies=copies,
         )
-    if task.content_masks is not None:
-        content_nll = content_mean_nll(per_token[: len(task)], task.content_masks)
-    return AdapterScore(
-        name=name,
-        em=sum(correct) / len(correct),
-        rppl=perplexity(rationale_nll),
-        ppl=perplexity(answer_nll),
-        seconds=time.perf_counter() - start,
-        correct=correct,
-        rationale_nll=rationale_nll,
-        answer_nll=answer_nll,
-        generations=generations,
-        mismatch_nll=mismatch_nll,
-        content_nll=content_nll,
-        rationale_token_nll=per_token[: len(task)],
-    )
+    return generations, per_token, mismatch
 
 
 def content_mean_nll(
@@ -365,19 +454,68 @@ def score_bank(
     if BASE_ROW in adapters:
         raise InputError(f"an adapter may not be called {BASE_ROW!r}; that row is the base model")
     scores: dict[str, AdapterScore] = {}
-    if include_base:
-        scores[BASE_ROW] = score_model(base_model, tokenizer, task, config, BASE_ROW)
-        if on_score is not None:
-            on_score(BASE_ROW, scores[BASE_ROW])
-    with AdapterSwitcher(base_model) as switcher:
-        for name, adapter in progress_bar(
-            adapters.items(), desc="scoring adapters", unit="adapter", enabled=progress
-        ):
-            start = time.perf_counter()
-            model = switcher.activate(adapter)
-            score = score_model(model, tokenizer, task, config, name)
-            score.seconds = time.perf_counter() - start  # switching is part of the cost
-            scores[name] = score
+
+    def record(group_scores: Sequence[AdapterScore]) -> None:
+        for score in group_scores:
+            scores[score.name] = score
             if on_score is not None:
-                on_score(name, score)
+                on_score(score.name, score)
+
+    if config.adapters_per_batch <= 1:
+        if include_base:
+            record([score_model(base_model, tokenizer, task, config, BASE_ROW)])
+        with AdapterSwitcher(base_model) as switcher:
+            for name, adapter in progress_bar(
+                adapters.items(), desc="scoring adapters", unit="adapter", enabled=progress
+            ):
+                start = time.perf_counter()
+                model = switcher.activate(adapter)
+                score = score_model(model, tokenizer, task, config, name)
+                score.seconds = time.perf_counter() - start  # switching is part of the cost
+                record([score])
+        return scores
+    items = progress_bar(
+        adapters.items(), desc="scoring adapters", unit="adapter", enabled=progress
+    )
+    pending: list[tuple[str, LoraAdapter | None]] = [(BASE_ROW, None)] if include_base else []
+    for item in items:
+        pending.append(item)
+        if len(pending) == config.adapters_per_batch:
+            record(score_group(base_model, tokenizer, pending, task, config))
+            pending = []
+    if pending:
+        record(score_group(base_model, tokenizer, pending, task, config))
+    return scores
+
+
+def score_group(
+    base_model,
+    tokenizer,
+    group: Sequence[tuple[str, LoraAdapter | None]],
+    task: KShotTask,
+    config: ScoringConfig,
+) -> list[AdapterScore]:
+    """Several adapters (None: the base model) scored in shared batches (multi_lora); one at
+    a time through PEFT where a layer they touch is not a plain linear one."""
+    start = time.perf_counter()
+    adapters = [adapter for _, adapter in group if adapter is not None]
+    if not supports(base_model, adapters):
+        single = replace(config, adapters_per_batch=1)
+        scores = []
+        for name, adapter in group:
+            if adapter is None:
+                scores.append(score_model(base_model, tokenizer, task, single, name))
+            else:
+                part = score_bank(
+                    base_model, tokenizer, {name: adapter}, task, single, False, False
+                )
+                scores.append(part[name])
+        return scores
+    with MultiLoraSwitcher(base_model) as switcher:
+        model = switcher.activate([adapter for _, adapter in group])
+        names = [name for name, _ in group]
+        scores = score_models(model, tokenizer, task, config, names, switcher.select_rows)
+    seconds = (time.perf_counter() - start) / len(group)  # switching is part of the cost
+    for score in scores:
+        score.seconds = seconds
     return scores
