@@ -15,9 +15,9 @@ needs with a specialist of that family, holds no guesser and no two members of o
 
 For each selection rule it reports how often the group holds the target's relevant experts,
 a blind guesser, the format-mimic guesser, a near-duplicate pair, or two of one family. For
-each indicator alone it reports where the relevant expert ranks among the usable adapters, how many guessers rank
-above it, and the mimic-to-expert ratio (the prototype saw the mimic within 10% of the expert
-on paper RPPL; a fix should push that ratio well above 1).
+each indicator alone it reports where the relevant expert ranks among the usable adapters,
+how many guessers rank above it, and the mimic-to-expert ratio (the prototype saw the mimic
+within 10% of the expert on paper RPPL; a fix should push that ratio well above 1).
 
     .venv/bin/python benchmarks/bench_expert_ablation.py --seeds 0,1,2 \
         [--testbed runs/tb/{preset}-s{seed}] [--preset standard] [--cache DIR]
