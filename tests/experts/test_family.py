@@ -78,6 +78,10 @@ def test_one_per_family_keeps_the_better_scored_member():
     # the order decides who stays; thresholds of 1+ find no family
     assert "expert" in one_per_family(["twin", *names[:1]], similarity, generations, 0.9, 0.9)
     assert one_per_family(names, similarity, generations, 1.1, 1.0) == {}
+    # `keep` stops the walk: only the best `keep` distinct ones are compared
+    late = ["expert", "other", "twin"]
+    assert one_per_family(late, similarity, generations, 0.9, 0.9, keep=2) == {}
+    assert set(one_per_family(late, similarity, generations, 0.9, 0.9, keep=3)) == {"twin"}
 
 
 def scored_bank():

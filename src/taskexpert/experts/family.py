@@ -101,12 +101,17 @@ def one_per_family(
     generations: Mapping[str, Sequence[str]] | None,
     weight_threshold: float | None,
     behaviour_threshold: float | None,
+    keep: int | None = None,
 ) -> dict[str, str]:
     """Walk `ordered` (best first) and drop each adapter of the same family as one kept
-    before it: the verdicts of the dropped ones."""
+    before it: the verdicts of the dropped ones. With `keep`, the walk stops once that many
+    are kept (only the best can be chosen), so a large bank costs O(keep) comparisons per
+    adapter walked, not O(bank)."""
     kept: list[str] = []
     dropped: dict[str, str] = {}
     for name in ordered:
+        if keep is not None and len(kept) >= keep:
+            break
         for other in kept:
             why = same_family(
                 name, other, weight_similarity, generations, weight_threshold, behaviour_threshold

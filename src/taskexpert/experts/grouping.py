@@ -349,8 +349,9 @@ def _objective_for(config: GroupingConfig, n: int) -> str:
     return "diversity" if config.diversity else "top-N"
 
 
-def _same_family(survivors, em, perplexity, similarity, generations, config) -> dict[str, str]:
-    """family.one_per_family over the survivors in quality order (best first)."""
+def _same_family(survivors, em, perplexity, similarity, generations, config, keep):
+    """family.one_per_family over the survivors in quality order (best first), until `keep`
+    are kept; the verdicts of those dropped."""
     quality, _ = rank_quality(
         {n: em[n] for n in survivors},
         {n: perplexity[n] for n in survivors} if perplexity is not None else None,
@@ -364,6 +365,7 @@ def _same_family(survivors, em, perplexity, similarity, generations, config) -> 
         generations,
         config.family_weight_similarity,
         config.family_generation_similarity,
+        keep,
     )
 
 
@@ -450,9 +452,14 @@ def choose_group(
     if not survivors:
         raise _nothing_left(decisions, base_em, base_perplexity)
     if config.one_per_family:
-        decisions.update(_same_family(survivors, em, perplexity, similarity, generations, config))
+        family = (em, perplexity, similarity, generations, config)
+        decisions.update(_same_family(survivors, *family, keep=m))
         survivors = [n for n in survivors if n not in decisions]
     top, quality, ranks = _rank_candidates(survivors, em, perplexity, names, config, m, decisions)
+    if config.one_per_family:  # reranking without the dropped can lift one not yet compared
+        twins = _same_family(top, *family, keep=None)
+        decisions.update(twins)
+        top = [n for n in top if n not in twins]
     warnings: list[str] = []
     n = config.n
     if len(top) < n:
