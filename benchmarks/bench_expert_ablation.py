@@ -8,15 +8,22 @@ indicator (EM only, EM+PPL, EM+RPPL and its variants): plain top-N, with diversi
 and with the coverage objective (the group with the lowest routed RPPL among the candidates),
 the last two also with adapters whose perplexity is above the base model's dropped first.
 
+The named rules (experts.config.RULES: "family", the default, and "paper") and the earlier
+tuned rule ("tuned": coverage, perplexity above the base's and ungrounded adapters dropped)
+run as select-experts runs them; a group is right when it covers every skill the target
+needs with a specialist of that family, holds no guesser and no two members of one family.
+
 For each selection rule it reports how often the group holds the target's relevant experts,
-a blind guesser, the format-mimic guesser, or a near-duplicate pair. For each indicator alone
-it reports where the relevant expert ranks among the usable adapters, how many guessers rank
-above it, and the mimic-to-expert ratio (the prototype saw the mimic within 10% of the expert
-on paper RPPL; a fix should push that ratio well above 1).
+a blind guesser, the format-mimic guesser, a near-duplicate pair, or two of one family. For
+each indicator alone it reports where the relevant expert ranks among the usable adapters,
+how many guessers rank above it, and the mimic-to-expert ratio (the prototype saw the mimic
+within 10% of the expert on paper RPPL; a fix should push that ratio well above 1).
 
-    .venv/bin/python benchmarks/bench_expert_ablation.py --testbed DIR [--preset standard]
+    .venv/bin/python benchmarks/bench_expert_ablation.py --seeds 0,1,2 \
+        [--testbed runs/tb/{preset}-s{seed}] [--preset standard] [--cache DIR]
 
-`DIR` is built with `taskexpert testbed build` when it is missing (minutes for `standard`).
+Each build (one per seed) is built with `taskexpert testbed build` when it is missing
+(minutes for `standard`).
 Prints one JSON line on stdout; progress goes to stderr.
 """
 
@@ -34,7 +41,9 @@ import torch
 
 from taskexpert.bank import load_bank
 from taskexpert.errors import TaskexpertError
+from taskexpert.experts.config import RULES, ExpertSelectionConfig
 from taskexpert.experts.diversity import similarity_matrix
+from taskexpert.experts.family import rationale_match
 from taskexpert.experts.grouping import GroupingConfig, choose_group
 from taskexpert.experts.scoring import (
     BASE_ROW,
@@ -59,6 +68,17 @@ MODES = (
     "+coverage+shrink+ppl<base",
     "+coverage+ppl<base+grounded",
 )
+# select-experts' rules, each also with the other group objective, and the earlier tuned rule
+NAMED = {
+    **{f"rule:{name}": {"rule": name} for name in RULES},
+    "rule:family+diversity": {"group_objective": "diversity"},
+    "rule:tuned": {
+        "rule": "paper",
+        "group_objective": "coverage",
+        "drop_above_base_perplexity": True,
+        "drop_ungrounded": True,
+    },
+}
 INDICATORS = {
     "em": None,
     "em+ppl": "ppl",
@@ -99,6 +119,17 @@ def duplicate_pairs(names: list[str], adapters_truth: dict) -> list[tuple[str, s
 SPECIALISTS = ("expert", "duplicate", "scaled")
 
 
+def family_pairs(names: list[str], adapters_truth: dict) -> list[tuple[str, str]]:
+    """Pairs of specialists of the same family (expert, its seed twin, its other-rank copy)."""
+    return [
+        (a, b)
+        for a, b in itertools.combinations(names, 2)
+        if adapters_truth[a]["kind"] in SPECIALISTS
+        and adapters_truth[b]["kind"] in SPECIALISTS
+        and adapters_truth[a]["families"] == adapters_truth[b]["families"]
+    ]
+
+
 def group_metrics(chosen: list[str], target: dict, adapters_truth: dict) -> dict:
     relevant = target["relevant_experts"]
     mimics = [n for n in target["guessers"] if adapters_truth[n].get("data") == "mimic"]
@@ -116,6 +147,7 @@ def group_metrics(chosen: list[str], target: dict, adapters_truth: dict) -> dict
         "guessers": [n for n in chosen if adapters_truth[n]["kind"] == "guesser"],
         "mimic": any(n in chosen for n in mimics),
         "duplicate_pairs": duplicate_pairs(chosen, adapters_truth),
+        "family_pairs": family_pairs(chosen, adapters_truth),
     }
 
 
@@ -146,7 +178,9 @@ def summarise(runs: list[dict]) -> dict:
     with_guessers = [r for r in runs if r["has_guessers"]]
     unforced = [r for r in with_guessers if not r["guesser_forced"]]
     with_duplicates = [r for r in runs if r["has_duplicates"]]
+    right = [r["skill_coverage"] == 1 and not r["guessers"] and not r["family_pairs"] for r in runs]
     return {
+        "right": f"{sum(right)}/{len(right)}",
         "targets_without_group": sum(r["no_group"] is not None for r in runs),
         "relevant_recall": round(statistics.mean(r["relevant_recall"] for r in runs), 4),
         "skill_coverage": round(statistics.mean(r["skill_coverage"] for r in runs), 4),
@@ -166,6 +200,7 @@ def summarise(runs: list[dict]) -> dict:
         )
         if with_duplicates
         else None,
+        "family_pair_rate": round(statistics.mean(bool(r["family_pairs"]) for r in runs), 4),
     }
 
 
@@ -191,10 +226,33 @@ def load_scores(path: Path | None, ids: list[str], names: list[str]) -> dict | N
     return {n: AdapterScore(**data["scores"][n]) for n in names}
 
 
-def run(args) -> dict:
-    torch.set_num_threads(args.threads)
+def choose_and_check(scores, names, measure_name, grouping, similarity, inputs) -> dict:
+    """One rule's group on one target ({"chosen": [], "no_group": why} when its filters
+    leave no adapter)."""
+    perplexity = None
+    if measure_name is not None:
+        perplexity = {n: measure(scores, n, measure_name) for n in names}
+    try:
+        chosen = choose_group(
+            {n: scores[n].em for n in names},
+            perplexity,
+            similarity,
+            grouping,
+            scores[BASE_ROW].em,
+            base_perplexity=None
+            if measure_name is None
+            else measure(scores, BASE_ROW, measure_name),
+            **inputs,
+        ).chosen
+        return {"chosen": chosen, "no_group": None}
+    except TaskexpertError as exc:  # the rule's filters left no adapter: no group
+        return {"chosen": [], "no_group": str(exc)}
+
+
+def run(args, path: Path, seed: int, cache_dir: Path | None) -> dict:
+    """Every rule on every target of one build (scores cached in `cache_dir`)."""
     began = time.perf_counter()
-    testbed = open_testbed(args.testbed, args.preset, args.seed)
+    testbed = open_testbed(path, args.preset, seed)
     truth = testbed.truth
     adapters_truth = truth["adapters"]
     base, tokenizer = testbed.load_base()
@@ -231,7 +289,7 @@ def run(args) -> dict:
         kshot = load_records(testbed.kshot_path(target_name))[: args.kshot]
         task = prepare_kshot(kshot, tokenizer, config)
         start = time.perf_counter()
-        cache = args.cache / f"scores_{target_name}.json" if args.cache else None
+        cache = cache_dir / f"scores_{target_name}.json" if cache_dir else None
         scores = load_scores(cache, task.ids, [BASE_ROW, *names])
         if scores is None:
             scores = score_bank(base, tokenizer, bank, task, config, progress=args.progress)
@@ -243,15 +301,28 @@ def run(args) -> dict:
         honest = [n for n in above_base if adapters_truth[n]["kind"] != "guesser"]
         forced = len(honest) < args.n  # too few non-guessers pass the EM filter to fill N
         target_runs = {}
-        contrast = {n: measure(scores, n, "contrast") for n in names}
+        keep = [i for i, has in enumerate(task.has_rationale) if has]
+        inputs = {
+            "token_nll": {n: scores[n].rationale_token_nll for n in names},
+            "contrast": {n: measure(scores, n, "contrast") for n in names},
+            "base_contrast": measure(scores, BASE_ROW, "contrast"),
+            "generations": {n: scores[n].generations for n in names},
+            "rationale_match": {
+                n: rationale_match(
+                    [scores[n].generations[i] for i in keep],
+                    [scores[n].correct[i] for i in keep],
+                    [task.reasoning_targets[i] for i in keep],
+                )
+                for n in names
+            }
+            if keep
+            else None,
+        }
+        runs = []
         for label, measure_name in INDICATORS.items():
-            perplexity = None
-            if measure_name is not None:
-                perplexity = {n: measure(scores, n, measure_name) for n in names}
             for mode in MODES:
                 if measure_name is None and "<base" in mode:
                     continue  # the perplexity filter needs a perplexity
-                rule = label + mode
                 grouping = GroupingConfig(
                     n=args.n,
                     diversity="+diversity" in mode,
@@ -260,37 +331,30 @@ def run(args) -> dict:
                     drop_above_base_perplexity="<base" in mode,
                     shrink="+shrink" in mode,
                     drop_ungrounded="+grounded" in mode,
+                    drop_unsupported=False,
+                    one_per_family=False,
                 )
-                try:
-                    chosen = choose_group(
-                        em,
-                        perplexity,
-                        similarity["delta"],
-                        grouping,
-                        scores[BASE_ROW].em,
-                        token_nll={n: scores[n].rationale_token_nll for n in names},
-                        base_perplexity=None
-                        if measure_name is None
-                        else measure(scores, BASE_ROW, measure_name),
-                        contrast=contrast,
-                        base_contrast=measure(scores, BASE_ROW, "contrast"),
-                    ).chosen
-                    failure = None
-                except TaskexpertError as exc:  # the rule's filters left no adapter: no group
-                    chosen, failure = [], str(exc)
-                metrics = group_metrics(chosen, target, adapters_truth)
-                metrics["no_group"] = failure
-                metrics["has_guessers"] = bool(target["guessers"])
-                metrics["guesser_forced"] = forced
-                metrics["has_duplicates"] = any(
-                    adapters_truth[n].get("duplicate_of") in target["relevant_experts"]
-                    for n in names
-                )
-                per_rule.setdefault(rule, []).append(metrics)
-                target_runs[rule] = {
-                    k: metrics[k]
-                    for k in ("chosen", "guessers", "mimic", "skill_coverage", "no_group")
-                }
+                runs.append((label + mode, measure_name, grouping))
+        for rule, settings in NAMED.items():
+            selection = ExpertSelectionConfig(n=args.n, tolerance=args.tolerance, **settings)
+            measure_name = "ppl" if selection.perplexity == "ppl" else selection.rppl_variant
+            runs.append((rule, measure_name, selection.grouping()))
+        for rule, measure_name, grouping in runs:
+            metrics = choose_and_check(
+                scores, names, measure_name, grouping, similarity["delta"], inputs
+            )
+            metrics.update(group_metrics(metrics["chosen"], target, adapters_truth))
+            metrics["has_guessers"] = bool(target["guessers"])
+            metrics["guesser_forced"] = forced
+            metrics["has_duplicates"] = any(
+                adapters_truth[n].get("duplicate_of") in target["relevant_experts"] for n in names
+            )
+            per_rule.setdefault(rule, []).append(metrics)
+            target_runs[rule] = {
+                k: metrics[k]
+                for k in ("chosen", "guessers", "mimic", "skill_coverage", "family_pairs")
+                + ("no_group",)
+            }
         per_target[target_name] = {
             "kshot": len(task),
             "above_base_em": above_base,
@@ -302,7 +366,7 @@ def run(args) -> dict:
         }
     return {
         "benchmark": "expert_ablation",
-        "testbed": str(args.testbed),
+        "testbed": str(path),
         "preset": truth["build"]["preset"],
         "recipe_current": testbed.recipe_current,
         "n": args.n,
@@ -317,9 +381,13 @@ def run(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--testbed", type=Path, required=True)
+    parser.add_argument(
+        "--testbed",
+        default="runs/tb/{preset}-s{seed}",
+        help="each build's directory; {preset} and {seed} are filled in",
+    )
     parser.add_argument("--preset", default="standard")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated build seeds")
     parser.add_argument("--targets", nargs="*", default=None)
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument(
@@ -329,8 +397,31 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--progress", action="store_true")
-    parser.add_argument("--cache", type=Path, default=None, help="keep/reuse scores here")
-    print(json.dumps(run(parser.parse_args())))
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="keep/reuse scores here (a folder per build)"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    builds = {}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        name = f"{args.preset}-s{seed}"
+        path = Path(args.testbed.format(preset=args.preset, seed=seed))
+        builds[name] = run(args, path, seed, args.cache / name if args.cache else None)
+    rules = sorted({rule for build in builds.values() for rule in build["rules"]})
+    print(
+        json.dumps(
+            {
+                "benchmark": "expert_ablation",
+                # each rule's score per build: targets where the group is right (every skill
+                # covered by a specialist of its family, no guesser, no two of one family)
+                "right": {
+                    rule: {name: build["rules"][rule]["right"] for name, build in builds.items()}
+                    for rule in rules
+                },
+                "builds": builds,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

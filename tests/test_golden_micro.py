@@ -39,7 +39,8 @@ def run_pipeline(testbed, out: Path) -> dict:
     kshot, test = testbed.kshot_path(TARGET), testbed.test_path(TARGET)
     base = testbed.base_dir
     cli("select-experts", "--base", base, "--bank", testbed.bank_dir, "--kshot", kshot,
-        "--n", 2, "--max-new-tokens", 12, "--device", "cpu", "--out", out / "experts.json")
+        "--n", 2, "--max-new-tokens", 12, "--device", "cpu", "--out", out / "experts.json",
+        "--rule", "paper")  # the micro adapters barely train: the default rule keeps one
     cli("select-data", "--pool", testbed.pool_path, "--kshot", kshot, "--budget", 24,
         "--no-cache", "--device", "cpu", "--out", out / "selected.jsonl")
     cli("train-moe", "--base", base, "--experts", out / "experts.json", "--data",

@@ -137,7 +137,7 @@ def test_choose_group_with_the_coverage_objective_explains_itself():
     bank = two_skill_bank()
     em = {n: 0.0 for n in bank}
     rppl = {n: float(np.mean([math.exp(np.mean(r)) for r in bank[n]])) for n in bank}
-    config = GroupingConfig(n=2, m=5, objective="coverage")
+    config = GroupingConfig(n=2, m=5, objective="coverage", drop_above_base_perplexity=False)
     choice = choose_group(em, rppl, None, config, base_em=0.0, token_nll=bank)
     assert set(choice.chosen) == {"x2", "y"}  # x2 is a little better on x's half
     assert "routed reasoning perplexity" in choice.reason
@@ -171,6 +171,7 @@ def test_choose_group_shrinks_only_when_asked():
     rppl = {n: 2.0 for n in bank}
     token_nll = dict(bank)
     base = dict(objective="coverage", n=4, m=5, coverage_tolerance=0.02)
+    base["drop_above_base_perplexity"] = False  # no base perplexity in this bank
     kept = choose_group(em, rppl, None, GroupingConfig(**base), base_em=0.0, token_nll=token_nll)
     shrunk = choose_group(
         em, rppl, None, GroupingConfig(**base, shrink=True), base_em=0.0, token_nll=token_nll

@@ -5,7 +5,12 @@ import pytest
 
 from taskexpert.errors import TaskexpertError
 from taskexpert.experts.diversity import SimilarityMatrix
-from taskexpert.experts.grouping import GroupingConfig, choose_group, rank_quality
+from taskexpert.experts.grouping import GroupingConfig, choose_group, rank_quality, rule_settings
+
+
+def paper(**settings) -> GroupingConfig:
+    """Paper A's rule: these tests check its mechanics (filters, tolerance, diversity)."""
+    return GroupingConfig(**{**rule_settings("paper"), **settings})
 
 
 def matrix(names, pairs, default=0.1):
@@ -52,13 +57,13 @@ def test_diverse_group_among_near_equal_quality_skips_near_duplicates():
     em = {"a": 0.9, "a_twin": 0.9, "b": 0.85, "c": 0.85, "d": 0.2}
     ppl = {"a": 1.5, "a_twin": 1.6, "b": 1.8, "c": 1.9, "d": 9.0}
     sim = matrix(names, {("a", "a_twin"): 0.99, ("b", "c"): 0.3})
-    choice = choose_group(em, ppl, sim, GroupingConfig(n=3, tolerance=0.2))
+    choice = choose_group(em, ppl, sim, paper(n=3, tolerance=0.2))
     assert choice.search == "exhaustive"
     assert set(choice.chosen) == {"a", "b", "c"}
     assert "near-duplicate of a (similarity 0.990)" in choice.decisions["a_twin"]
     assert choice.decisions["a"].startswith("chosen")
     # without diversity the two best by quality win, twins and all
-    plain = choose_group(em, ppl, sim, GroupingConfig(n=2, diversity=False))
+    plain = choose_group(em, ppl, sim, paper(n=2, diversity=False))
     assert plain.chosen == ["a", "a_twin"] and plain.search == "top-N by quality"
 
 
@@ -66,9 +71,9 @@ def test_tolerance_bounds_what_diversity_may_cost():
     names = ["best", "good", "far_but_weak"]
     em = {"best": 0.9, "good": 0.8, "far_but_weak": 0.5}
     sim = matrix(names, {("best", "good"): 0.6, ("best", "far_but_weak"): 0.0})
-    strict = choose_group(em, None, sim, GroupingConfig(n=2, tolerance=0.0))
+    strict = choose_group(em, None, sim, paper(n=2, tolerance=0.0))
     assert strict.chosen == ["best", "good"]
-    loose = choose_group(em, None, sim, GroupingConfig(n=2, tolerance=0.5))
+    loose = choose_group(em, None, sim, paper(n=2, tolerance=0.5))
     assert set(loose.chosen) == {"best", "far_but_weak"}
     assert "lowest mean pairwise similarity (0.000)" in loose.reason
 
@@ -76,7 +81,7 @@ def test_tolerance_bounds_what_diversity_may_cost():
 def test_below_base_and_outside_top_m_are_dropped_with_reasons():
     em = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6, "low": 0.1}
     names = list(em)
-    choice = choose_group(em, None, matrix(names, {}), GroupingConfig(n=2, m=3), base_em=0.2)
+    choice = choose_group(em, None, matrix(names, {}), paper(n=2, m=3), base_em=0.2)
     assert choice.decisions["low"] == "dropped: EM 0.100 is below the base model's 0.200"
     assert "outside the top M=3" in choice.decisions["d"]
     assert choice.decisions["c"].startswith("candidate, not chosen")
@@ -85,21 +90,21 @@ def test_below_base_and_outside_top_m_are_dropped_with_reasons():
 
 def test_group_shrinks_with_a_warning_and_fails_when_nothing_beats_the_base():
     em = {"a": 0.9, "b": 0.1, "c": 0.1}
-    choice = choose_group(em, None, matrix(list(em), {}), GroupingConfig(n=2), base_em=0.5)
+    choice = choose_group(em, None, matrix(list(em), {}), paper(n=2), base_em=0.5)
     assert choice.chosen == ["a"] and "instead of N=2" in choice.warnings[0]
     with pytest.raises(TaskexpertError, match="3 with exact match below the base model's 0.950"):
-        choose_group(em, None, matrix(list(em), {}), GroupingConfig(n=2), base_em=0.95)
+        choose_group(em, None, matrix(list(em), {}), paper(n=2), base_em=0.95)
     with pytest.raises(ValueError, match="n <= m"):
-        choose_group(em, None, None, GroupingConfig(n=3, m=2))
+        choose_group(em, None, None, paper(n=3, m=2))
 
 
 def test_adapters_that_reason_worse_than_the_base_can_be_dropped():
     em = {"expert": 0.6, "guesser": 0.7, "other": 0.5}
     rppl = {"expert": 1.1, "guesser": 80.0, "other": 1.9}
     sim = matrix(list(em), {})
-    kept = choose_group(em, rppl, sim, GroupingConfig(n=2, m=3), base_em=0.5)
+    kept = choose_group(em, rppl, sim, paper(n=2, m=3), base_em=0.5)
     assert "guesser" in kept.chosen  # the paper's rule: EM rank carries it in
-    config = GroupingConfig(n=2, m=3, drop_above_base_perplexity=True)
+    config = paper(n=2, m=3, drop_above_base_perplexity=True)
     choice = choose_group(em, rppl, sim, config, base_em=0.5, base_perplexity=2.0)
     assert sorted(choice.chosen) == ["expert", "other"]
     assert "above the base model's 2" in choice.decisions["guesser"]
@@ -118,13 +123,13 @@ def test_adapters_less_grounded_in_the_question_than_the_base_can_be_dropped():
     rppl = {"expert": 1.1, "mimic": 1.2, "half": 2.4}
     contrast = {"expert": 0.5, "mimic": 1.0, "half": 0.83}  # "half": within 5% of the base
     sim = matrix(list(em), {})
-    config = GroupingConfig(n=3, m=3)
+    config = paper(n=3, m=3)
     assert "mimic" in choose_group(em, rppl, sim, config, base_em=0.0).chosen
-    config = GroupingConfig(n=3, m=3, drop_ungrounded=True)
+    config = paper(n=3, m=3, drop_ungrounded=True)
     choice = choose_group(em, rppl, sim, config, base_em=0.0, contrast=contrast, base_contrast=0.82)
     assert sorted(choice.chosen) == ["expert", "half"]
     assert "depend on the question less" in choice.decisions["mimic"]
-    strict = GroupingConfig(n=3, m=3, drop_ungrounded=True, grounding_tolerance=0.0)
+    strict = paper(n=3, m=3, drop_ungrounded=True, grounding_tolerance=0.0)
     choice = choose_group(em, rppl, sim, strict, base_em=0.0, contrast=contrast, base_contrast=0.82)
     assert choice.chosen == ["expert"]
     with pytest.raises(ValueError, match="contrast scores"):
@@ -137,7 +142,7 @@ def test_duplicates_share_a_group_only_when_unavoidable():
     names = ["a", "a2", "b"]
     sim = matrix(names, {("a", "a2"): 0.97, ("a", "b"): 0.95, ("a2", "b"): 0.96})
     em = dict.fromkeys(names, 0.5)
-    choice = choose_group(em, None, sim, GroupingConfig(n=2, tolerance=1.0))
+    choice = choose_group(em, None, sim, paper(n=2, tolerance=1.0))
     assert "near-duplicates had to share the group" in choice.warnings[0]
     assert set(choice.chosen) == {"a", "b"}
 
@@ -145,11 +150,9 @@ def test_duplicates_share_a_group_only_when_unavoidable():
 @pytest.mark.parametrize("seed", range(6))
 def test_greedy_agrees_with_exhaustive_on_small_clustered_banks(seed):
     em, ppl, sim, cluster = clustered([3, 2, 2, 3], seed)
-    config = GroupingConfig(n=4, m=10, tolerance=0.3)
+    config = paper(n=4, m=10, tolerance=0.3)
     exhaustive = choose_group(em, ppl, sim, config)
-    greedy = choose_group(
-        em, ppl, sim, GroupingConfig(n=4, m=10, tolerance=0.3, exhaustive_limit=1)
-    )
+    greedy = choose_group(em, ppl, sim, paper(n=4, m=10, tolerance=0.3, exhaustive_limit=1))
     assert exhaustive.search == "exhaustive" and greedy.search == "greedy"
     # one expert per cluster, and the same group
     assert len({cluster[n] for n in exhaustive.chosen}) == 4
@@ -164,7 +167,7 @@ def test_exhaustive_really_minimises_similarity_within_the_tolerance():
     np.fill_diagonal(sim, 1.0)
     em = {n: float(rng.uniform()) for n in names}
     similarity = SimilarityMatrix(names, sim, "delta", np.ones_like(sim, dtype=int))
-    config = GroupingConfig(n=3, m=7, tolerance=0.15, max_pair_similarity=None)
+    config = paper(n=3, m=7, tolerance=0.15, max_pair_similarity=None)
     choice = choose_group(em, None, similarity, config)
     quality, _ = rank_quality(em, None)
     best = np.mean(sorted(quality.values(), reverse=True)[:3])
@@ -184,7 +187,7 @@ def test_verdicts_tell_low_quality_from_less_diverse():
     names = ["a", "b", "c", "d"]
     em = {"a": 0.9, "b": 0.85, "c": 0.84, "d": 0.2}
     sim = matrix(names, {("a", "b"): 0.5, ("a", "c"): 0.1, ("b", "c"): 0.1})
-    choice = choose_group(em, None, sim, GroupingConfig(n=2, m=4, tolerance=0.2))
+    choice = choose_group(em, None, sim, paper(n=2, m=4, tolerance=0.2))
     assert set(choice.chosen) == {"a", "c"}
     assert choice.decisions["b"].endswith("a more diverse group of near-best quality was preferred")
     assert choice.decisions["d"].endswith("no group with it comes within the quality tolerance")

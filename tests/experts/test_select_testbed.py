@@ -32,7 +32,9 @@ def test_select_experts_on_the_micro_testbed(micro_testbed, tmp_path):
     assert set(payload["scores"]) == {BASE_ROW, *usable}
     assert set(payload["rejected"]) == {n for n, a in truth.items() if a["kind"] == "foreign"}
     assert "do not fit the base layer" in payload["rejected"]["foreign_add"]
-    assert len(payload["chosen"]) == 4 and set(payload["chosen"]) <= set(usable)
+    # the default rule may leave fewer than N: the micro bank's adapters barely trained
+    assert 1 <= len(payload["chosen"]) <= 4 and set(payload["chosen"]) <= set(usable)
+    assert payload["config"]["rule"] == "family"
     matrix = np.array(payload["similarity"]["matrix"])
     assert np.allclose(matrix, matrix.T) and np.allclose(np.diag(matrix), 1.0)
     for name in usable:
@@ -46,14 +48,10 @@ STANDARD = Path(os.environ.get("TASKEXPERT_TESTBED", "runs/testbed"))
 
 @pytest.mark.slow
 def test_chosen_groups_match_the_standard_testbeds_ground_truth():
-    """Issue 4 item 6: every target's group holds an expert of each skill it needs (the
-    relevant expert itself or its seed-duplicate, the same family trained with another seed)
-    and no blind guesser. Run with the rule that passes on the standard build: the paper's
-    reasoning perplexity, the coverage objective, and two filters: adapters that predict the
-    K-shot rationales worse than the base, and adapters whose rationales depend on the question
-    less than the base's (contrast), are dropped. Without the second filter the format-mimic
-    joins mc_add_quiz's group on build 13; the paper's default lets the guessers in. The
-    benchmark bench_expert_ablation.py reports those and every other variant."""
+    """Issues 4 and 19: every target's group holds a specialist of each skill it needs (the
+    relevant expert or its seed twin or other-rank copy), no guesser and no two members of
+    one family, with the default rule (experts.config.RULES, "family"). The paper's rule lets
+    the guessers and twins in; bench_expert_ablation.py reports it and every other variant."""
     from taskexpert.testbed.build import build_testbed
 
     testbed = build_testbed(STANDARD, "standard", 0, progress=False)
@@ -67,12 +65,14 @@ def test_chosen_groups_match_the_standard_testbeds_ground_truth():
             STANDARD / "selection" / f"{target}.json",
             device="cpu",
             progress=False,
-            group_objective="coverage",
-            drop_above_base_perplexity=True,
-            drop_ungrounded=True,
         )
-        for expert in info["relevant_experts"]:
-            twins = {n for n, a in adapters.items() if a.get("duplicate_of") == expert}
-            assert ({expert} | twins) & set(selection.chosen), (target, expert, selection.reason)
+        specialists = [
+            n for n in selection.chosen if adapters[n]["kind"] in ("expert", "duplicate", "scaled")
+        ]
+        for skill in info["skills"]:
+            members = [n for n in specialists if adapters[n]["families"] == [skill]]
+            assert len(members) == 1, (target, skill, members, selection.reason)
         guessers = [n for n in selection.chosen if adapters[n]["kind"] == "guesser"]
         assert not guessers, (target, guessers)
+        families = [tuple(adapters[n]["families"]) for n in specialists]
+        assert len(families) == len(set(families)), (target, specialists)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from taskexpert.configs import Cli
 
@@ -17,6 +17,19 @@ if TYPE_CHECKING:
     from taskexpert.experts.scoring import ScoringConfig
 
 GROUPING_NAMES = {"objective": "group_objective"}  # GroupingConfig's name -> ours
+
+# Named rules: the settings a rule changes from the defaults (the default rule, "family", is
+# the fields' own defaults). "paper" is Paper A's rule, kept for comparison: no base-model
+# perplexity filter, no family or guesser test, the most diverse near-best group.
+RULES: dict[str, dict[str, object]] = {
+    "family": {},
+    "paper": {
+        "group_objective": "diversity",
+        "drop_above_base_perplexity": False,
+        "drop_unsupported": False,
+        "one_per_family": False,
+    },
+}
 
 
 class ExpertSelectionConfig(BaseModel):
@@ -29,6 +42,11 @@ class ExpertSelectionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    rule: Literal["family", "paper"] = Field(
+        "family",
+        description="family (default: one adapter per family, no guessers) or paper (Paper A's "
+        "rule, for comparison); settings given beside it win over the rule's.",
+    )
     n: int = Field(4, ge=1, description="Experts in the group (paper: 4).")
     m: int | None = Field(None, ge=1, description="Candidates kept by quality (default: 2N).")
     tolerance: float = Field(
@@ -58,7 +76,7 @@ class ExpertSelectionConfig(BaseModel):
         description="Choose among near-best groups by diversity (false: plain top-N by quality).",
     )
     group_objective: Literal["diversity", "coverage"] = Field(
-        "diversity",
+        "coverage",
         description="diversity (paper: most diverse near-best group) or coverage (lowest "
         "reasoning perplexity when each token goes to the member that predicts it best).",
     )
@@ -81,8 +99,30 @@ class ExpertSelectionConfig(BaseModel):
         description="Drop adapters whose EM is below the base model's.",
     )
     drop_above_base_perplexity: bool = Field(
-        False,
-        description="Drop adapters whose (reasoning) perplexity is above the base model's.",
+        True,
+        description="Drop adapters whose (reasoning) perplexity is above the base model's "
+        "(the answer-only guesser).",
+    )
+    drop_unsupported: bool = Field(
+        True,
+        description="Drop adapters whose right K-shot answers come with rationales matching "
+        "the worked ones less than the best adapter's by more than --rationale-match-margin "
+        "(the format-mimic guesser).",
+    )
+    rationale_match_margin: float = Field(
+        0.1, ge=0, description="Slack (0..1 text similarity) of --drop-unsupported."
+    )
+    one_per_family: bool = Field(
+        True,
+        description="At most one adapter per family (the better-scored stays): same family "
+        "when their generations on the K-shot are --family-generation-similarity alike or "
+        "their weight similarity reaches --family-weight-similarity.",
+    )
+    family_generation_similarity: float = Field(
+        0.9, ge=0, le=1, description="Generation similarity (0..1) that makes one family."
+    )
+    family_weight_similarity: float = Field(
+        0.9, ge=0, description="Weight similarity that makes one family (copies, rescaled)."
     )
     drop_ungrounded: bool = Field(
         False,
@@ -115,6 +155,14 @@ class ExpertSelectionConfig(BaseModel):
     )
     # set by the program (--quiet), not a setting
     progress: Annotated[bool, Cli(option=False, file=False)] = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_rule(cls, data):
+        """A named rule fills the settings it changes unless they are given beside it."""
+        if isinstance(data, dict) and data.get("rule") in RULES:
+            data = {**RULES[data["rule"]], **data}
+        return data
 
     @field_validator("max_pair_similarity")
     @classmethod

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from taskexpert.errors import TaskexpertError
-from taskexpert.experts.config import GROUPING_NAMES, ExpertSelectionConfig
+from taskexpert.experts.config import GROUPING_NAMES, RULES, ExpertSelectionConfig
 from taskexpert.experts.coverage import TokenTable, best_covering_group
 from taskexpert.experts.diverse_group import (
     best_mean_with,
@@ -26,6 +26,7 @@ from taskexpert.experts.diverse_group import (
     mean_pair_similarity,
 )
 from taskexpert.experts.diversity import SimilarityMatrix
+from taskexpert.experts.family import one_per_family, unsupported_answers
 
 EPS = 1e-9
 OBJECTIVES = ("diversity", "coverage")
@@ -65,6 +66,13 @@ class GroupingConfig:
     # the format-mimic's signature, which plain reasoning perplexity misses
     drop_ungrounded: bool = _default("drop_ungrounded")
     grounding_tolerance: float = _default("grounding_tolerance")
+    # family.py: the format-mimic (right answers, other problems' rationales) is dropped, and
+    # at most one adapter of a family (behaviour or weights alike) stays, the better-scored
+    drop_unsupported: bool = _default("drop_unsupported")
+    rationale_match_margin: float = _default("rationale_match_margin")
+    one_per_family: bool = _default("one_per_family")
+    family_generation_similarity: float = _default("family_generation_similarity")
+    family_weight_similarity: float = _default("family_weight_similarity")
     # near-duplicates never share a group if avoidable
     max_pair_similarity: float | None = _default("max_pair_similarity")
     # largest C(M, N) enumerated; greedy beyond
@@ -77,6 +85,13 @@ class GroupingConfig:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown group objective {self.objective!r}; known: {OBJECTIVES}")
         return m
+
+
+def rule_settings(rule: str) -> dict[str, object]:
+    """The GroupingConfig keywords of a named rule (config.RULES), e.g. `GroupingConfig(n=2,
+    **rule_settings("paper"))` for Paper A's rule."""
+    ours = {name: field for field, name in GROUPING_NAMES.items()}
+    return {ours.get(key, key): value for key, value in RULES[rule].items()}
 
 
 @dataclass
@@ -176,8 +191,12 @@ def _drop_ungrounded(names, contrast, base_contrast, config, **_) -> dict[str, s
     }
 
 
-def _base_filters(config: GroupingConfig, base_em, perplexity) -> list:
-    """The base-model filters `config` turns on, in the order they are applied."""
+def _drop_unsupported(names, rationale_match, config, **_) -> dict[str, str]:
+    return unsupported_answers(names, rationale_match, config.rationale_match_margin)
+
+
+def _base_filters(config: GroupingConfig, base_em, perplexity, rationale_match) -> list:
+    """The filters `config` turns on (and has the inputs for), in the order they apply."""
     filters = []
     if config.drop_below_base and base_em is not None:
         filters.append(_drop_below_base_em)
@@ -185,6 +204,8 @@ def _base_filters(config: GroupingConfig, base_em, perplexity) -> list:
         filters.append(_drop_above_base_perplexity)
     if config.drop_ungrounded:
         filters.append(_drop_ungrounded)
+    if config.drop_unsupported and rationale_match is not None:
+        filters.append(_drop_unsupported)
     return filters
 
 
@@ -195,6 +216,8 @@ def _nothing_left(decisions: Mapping[str, str], base_em, base_perplexity) -> Tas
         return sum(why.startswith(f"dropped: {prefix} ") for why in decisions.values())
 
     parts = []
+    if guessers := dropped_by("guesser:"):
+        parts.append(f"{guessers} right for the wrong reasons")
     if below_em := dropped_by("EM"):
         parts.append(f"{below_em} with exact match below the base model's {base_em:.3f}")
     if above_ppl := dropped_by("perplexity"):
@@ -326,6 +349,26 @@ def _objective_for(config: GroupingConfig, n: int) -> str:
     return "diversity" if config.diversity else "top-N"
 
 
+def _same_family(survivors, em, perplexity, similarity, generations, config, keep):
+    """family.one_per_family over the survivors in quality order (best first), until `keep`
+    are kept; the verdicts of those dropped."""
+    quality, _ = rank_quality(
+        {n: em[n] for n in survivors},
+        {n: perplexity[n] for n in survivors} if perplexity is not None else None,
+        config.em_weight,
+        config.perplexity_weight,
+    )
+    ordered = sorted(survivors, key=lambda n: (-quality[n], -em[n], survivors.index(n)))
+    return one_per_family(
+        ordered,
+        similarity,
+        generations,
+        config.family_weight_similarity,
+        config.family_generation_similarity,
+        keep,
+    )
+
+
 def _rank_candidates(survivors, em, perplexity, names, config, m, decisions):
     """Quality-rank the survivors and keep the top M (`decisions` gets the rest's verdicts)."""
     quality, ranks = rank_quality(
@@ -374,6 +417,8 @@ def choose_group(
     base_perplexity: float | None = None,
     contrast: Mapping[str, float] | None = None,
     base_contrast: float | None = None,
+    generations: Mapping[str, Sequence[str]] | None = None,
+    rationale_match: Mapping[str, tuple[float | None, int]] | None = None,
 ) -> GroupChoice:
     """docs/design.md's group rule over scored adapters (names in `em`; the base model excluded).
 
@@ -381,13 +426,16 @@ def choose_group(
     OBJECTIVE_TABLE over those. With `config.objective == "coverage"` the last step picks,
     among the top M, the group with the lowest routed reasoning perplexity (coverage.py);
     `token_nll` then gives each adapter's per-token NLL on the K-shot rationales. `contrast`
-    and `base_contrast` (the contrast reasoning score) serve `config.drop_ungrounded`.
+    and `base_contrast` (the contrast reasoning score) serve `config.drop_ungrounded`;
+    `rationale_match` (family.rationale_match per adapter) serves `config.drop_unsupported`
+    and `generations` (per adapter, on the K-shot) the behavioural half of
+    `config.one_per_family`, whose weight half uses `similarity`.
     """
     config = config or GroupingConfig()
     m = config.candidates()
     names = list(em)
     decisions: dict[str, str] = {}
-    for drop in _base_filters(config, base_em, perplexity):
+    for drop in _base_filters(config, base_em, perplexity, rationale_match):
         found = drop(
             names=[name for name in names if name not in decisions],
             em=em,
@@ -396,13 +444,22 @@ def choose_group(
             base_em=base_em,
             base_perplexity=base_perplexity,
             base_contrast=base_contrast,
+            rationale_match=rationale_match,
             config=config,
         )
         decisions.update(found)
     survivors = [n for n in names if n not in decisions]
     if not survivors:
         raise _nothing_left(decisions, base_em, base_perplexity)
+    if config.one_per_family:
+        family = (em, perplexity, similarity, generations, config)
+        decisions.update(_same_family(survivors, *family, keep=m))
+        survivors = [n for n in survivors if n not in decisions]
     top, quality, ranks = _rank_candidates(survivors, em, perplexity, names, config, m, decisions)
+    if config.one_per_family:  # reranking without the dropped can lift one not yet compared
+        twins = _same_family(top, *family, keep=None)
+        decisions.update(twins)
+        top = [n for n in top if n not in twins]
     warnings: list[str] = []
     n = config.n
     if len(top) < n:
