@@ -13,7 +13,8 @@ from expert_helpers import save_random_lora
 from kill_resume import assert_json_close, assert_no_partial_files, kill_midway, rerun, without
 from tiny_models import make_char_tokenizer, make_tiny_llama
 
-from taskexpert.experts import scoring
+from taskexpert.experts import select as select_module
+from taskexpert.experts.scoring import BASE_ROW
 from taskexpert.recipes.select_experts import score_dir
 from taskexpert.records import Record, write_records
 
@@ -104,14 +105,15 @@ def test_a_killed_run_resumes_to_the_uninterrupted_choice(
     assert assert_no_partial_files(tmp_path) >= stored > 0
     assert stored < ADAPTERS + 1, "the whole bank was scored before the kill"
 
-    scored = []
-    real_score_model = scoring.score_model
+    scored = []  # the models the rerun hands to the scorer (which may batch adapters)
+    real_score_bank = select_module.score_bank
 
     def counting(*args, **kwargs):
-        scored.append(args)
-        return real_score_model(*args, **kwargs)
+        scored.extend(args[2])
+        scored.extend([BASE_ROW] if kwargs.get("include_base", True) else [])
+        return real_score_bank(*args, **kwargs)
 
-    monkeypatch.setattr(scoring, "score_model", counting)
+    monkeypatch.setattr(select_module, "score_bank", counting)
     rerun(command(world, out), subprocess_log=tmp_path / "rerun.log" if fresh_interpreter else None)
 
     # (a) the rerun scored only what the killed run had not, and chose as an uninterrupted run
