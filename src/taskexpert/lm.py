@@ -186,13 +186,8 @@ def generate_greedy(
     n = len(encoded)
     outputs: list[str] = [""] * (n * copies)
     for idx in repeated_batches([len(e) for e in encoded], batch_size, copies):
-        width = max(len(encoded[i % n]) for i in idx)
-        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids = encoded[i % n]
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention[row, width - len(ids) :] = 1
+        input_ids, attention = left_padded([encoded[i % n] for i in idx], pad_id)
+        width = input_ids.shape[1]
         generated = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
@@ -204,6 +199,18 @@ def generate_greedy(
         for row, i in enumerate(idx):
             outputs[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=True)
     return outputs
+
+
+def left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows padded on the left to one width (decoding continues every row at the right
+    edge): input ids and attention mask, on the CPU."""
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention[row, width - len(ids) :] = 1
+    return input_ids, attention
 
 
 def cache_keyword(model) -> str:
@@ -247,14 +254,9 @@ def generate_and_score(
     n = len(encoded)
     texts: list[str] = [""] * (n * copies)
     nlls: list[list[list[float]]] = [[[] for _ in range(n * copies)] for _ in target_sets]
+    keyword = cache_keyword(model)
     for idx in repeated_batches([len(e) for e in encoded], batch_size, copies):
-        width = max(len(encoded[i % n]) for i in idx)
-        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids = encoded[i % n]
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention[row, width - len(ids) :] = 1
+        input_ids, attention = left_padded([encoded[i % n] for i in idx], pad_id)
         input_ids, attention = input_ids.to(device), attention.to(device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         out = model(
@@ -265,7 +267,6 @@ def generate_and_score(
             logits_to_keep=1,
         )
         cache = getattr(out, "cache", None) or out.past_key_values  # (renamed in 5.x)
-        keyword = cache_keyword(model)
         cached = {keyword: cache}  # the prompt but its last column, for all below
         for set_index, target_set in enumerate(targets):
             rows = [[input_ids[r, -1].item()] + target_set[i % n] for r, i in enumerate(idx)]

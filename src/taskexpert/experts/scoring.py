@@ -474,17 +474,18 @@ def score_bank(
                 score.seconds = time.perf_counter() - start  # switching is part of the cost
                 record([score])
         return scores
-    items = progress_bar(
-        adapters.items(), desc="scoring adapters", unit="adapter", enabled=progress
+    models: list[tuple[str, LoraAdapter | None]] = [(BASE_ROW, None)] if include_base else []
+    models += list(adapters.items())
+    size = config.adapters_per_batch
+    # the bar moves as each group's scores exist, not as adapters are queued for one
+    bar = progress_bar(
+        total=len(adapters), desc="scoring adapters", unit="adapter", enabled=progress
     )
-    pending: list[tuple[str, LoraAdapter | None]] = [(BASE_ROW, None)] if include_base else []
-    for item in items:
-        pending.append(item)
-        if len(pending) == config.adapters_per_batch:
-            record(score_group(base_model, tokenizer, pending, task, config))
-            pending = []
-    if pending:
-        record(score_group(base_model, tokenizer, pending, task, config))
+    with bar:
+        for start in range(0, len(models), size):
+            group = models[start : start + size]
+            record(score_group(base_model, tokenizer, group, task, config))
+            bar.update(sum(adapter is not None for _, adapter in group))
     return scores
 
 
