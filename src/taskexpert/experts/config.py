@@ -116,13 +116,10 @@ class ExpertSelectionConfig(BaseModel):
         True,
         description="At most one adapter per family (the better-scored stays): same family "
         "when their generations on the K-shot are --family-generation-similarity alike or "
-        "their weight similarity reaches --family-weight-similarity.",
+        "their weight similarity reaches --max-pair-similarity (a copy or rescaled copy).",
     )
     family_generation_similarity: float = Field(
         0.9, ge=0, le=1, description="Generation similarity (0..1) that makes one family."
-    )
-    family_weight_similarity: float = Field(
-        0.9, ge=0, description="Weight similarity that makes one family (copies, rescaled)."
     )
     drop_ungrounded: bool = Field(
         False,

@@ -72,7 +72,6 @@ class GroupingConfig:
     rationale_match_margin: float = _default("rationale_match_margin")
     one_per_family: bool = _default("one_per_family")
     family_generation_similarity: float = _default("family_generation_similarity")
-    family_weight_similarity: float = _default("family_weight_similarity")
     # near-duplicates never share a group if avoidable
     max_pair_similarity: float | None = _default("max_pair_similarity")
     # largest C(M, N) enumerated; greedy beyond
@@ -351,26 +350,22 @@ def _objective_for(config: GroupingConfig, n: int) -> str:
 
 def _same_family(survivors, em, perplexity, similarity, generations, config, keep):
     """family.one_per_family over the survivors in quality order (best first), until `keep`
-    are kept; the verdicts of those dropped."""
-    quality, _ = rank_quality(
-        {n: em[n] for n in survivors},
-        {n: perplexity[n] for n in survivors} if perplexity is not None else None,
-        config.em_weight,
-        config.perplexity_weight,
-    )
-    ordered = sorted(survivors, key=lambda n: (-quality[n], -em[n], survivors.index(n)))
+    are kept; the verdicts of those dropped. Weight copies use the near-duplicate threshold
+    (max_pair_similarity), the one setting for "these weights are the same adapter"."""
+    ordered, _, _ = _quality_order(survivors, em, perplexity, survivors, config)
     return one_per_family(
         ordered,
         similarity,
         generations,
-        config.family_weight_similarity,
+        config.max_pair_similarity,
         config.family_generation_similarity,
         keep,
     )
 
 
-def _rank_candidates(survivors, em, perplexity, names, config, m, decisions):
-    """Quality-rank the survivors and keep the top M (`decisions` gets the rest's verdicts)."""
+def _quality_order(survivors, em, perplexity, names, config):
+    """The survivors best first by quality rank (ties: EM, then `names` order), with the
+    quality and rank explanation of each."""
     quality, ranks = rank_quality(
         {n: em[n] for n in survivors},
         {n: perplexity[n] for n in survivors} if perplexity is not None else None,
@@ -378,6 +373,12 @@ def _rank_candidates(survivors, em, perplexity, names, config, m, decisions):
         config.perplexity_weight,
     )
     ordered = sorted(survivors, key=lambda n: (-quality[n], -em[n], names.index(n)))
+    return ordered, quality, ranks
+
+
+def _rank_candidates(survivors, em, perplexity, names, config, m, decisions):
+    """Quality-rank the survivors and keep the top M (`decisions` gets the rest's verdicts)."""
+    ordered, quality, ranks = _quality_order(survivors, em, perplexity, names, config)
     for place, name in enumerate(ordered[m:], start=m + 1):
         decisions[name] = (
             f"dropped: quality {quality[name]:.3f} ({ranks[name]}) places {place} of "
