@@ -43,7 +43,7 @@ from taskexpert.bank import load_bank
 from taskexpert.errors import TaskexpertError
 from taskexpert.experts.config import RULES, ExpertSelectionConfig
 from taskexpert.experts.diversity import similarity_matrix
-from taskexpert.experts.family import rationale_match
+from taskexpert.experts.family import kshot_rationale_match
 from taskexpert.experts.grouping import GroupingConfig, choose_group
 from taskexpert.experts.scoring import (
     BASE_ROW,
@@ -301,22 +301,12 @@ def run(args, path: Path, seed: int, cache_dir: Path | None) -> dict:
         honest = [n for n in above_base if adapters_truth[n]["kind"] != "guesser"]
         forced = len(honest) < args.n  # too few non-guessers pass the EM filter to fill N
         target_runs = {}
-        keep = [i for i, has in enumerate(task.has_rationale) if has]
         inputs = {
             "token_nll": {n: scores[n].rationale_token_nll for n in names},
             "contrast": {n: measure(scores, n, "contrast") for n in names},
             "base_contrast": measure(scores, BASE_ROW, "contrast"),
             "generations": {n: scores[n].generations for n in names},
-            "rationale_match": {
-                n: rationale_match(
-                    [scores[n].generations[i] for i in keep],
-                    [scores[n].correct[i] for i in keep],
-                    [task.reasoning_targets[i] for i in keep],
-                )
-                for n in names
-            }
-            if keep
-            else None,
+            "rationale_match": kshot_rationale_match(scores, names, task),
         }
         runs = []
         for label, measure_name in INDICATORS.items():

@@ -50,6 +50,22 @@ def rationale_match(
     return (float(np.mean(matched)) if matched else None), len(matched)
 
 
+def kshot_rationale_match(scores: Mapping, names: Sequence[str], task) -> dict | None:
+    """rationale_match for each named adapter's scores (scoring.AdapterScore) over the K-shot
+    items with a worked rationale (scoring.KShotTask); None when there are none: there is
+    nothing to match."""
+    keep = [i for i, has in enumerate(task.has_rationale) if has]
+    if not keep:
+        return None
+    targets = [task.reasoning_targets[i] for i in keep]
+    return {
+        n: rationale_match(
+            [scores[n].generations[i] for i in keep], [scores[n].correct[i] for i in keep], targets
+        )
+        for n in names
+    }
+
+
 def unsupported_answers(
     names: Sequence[str], match: Mapping[str, tuple[float | None, int]], margin: float
 ) -> dict[str, str]:

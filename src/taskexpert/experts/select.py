@@ -16,7 +16,7 @@ from taskexpert.bank import Bank
 from taskexpert.errors import InputError
 from taskexpert.experts.config import ExpertSelectionConfig
 from taskexpert.experts.diversity import SimilarityMatrix, similarity_matrix
-from taskexpert.experts.family import rationale_match
+from taskexpert.experts.family import kshot_rationale_match
 from taskexpert.experts.grouping import GroupChoice, choose_group
 from taskexpert.experts.scoring import (
     BASE_ROW,
@@ -144,21 +144,6 @@ def _score(
     return {name: scores[name] for name in [BASE_ROW, *bank.adapters]}
 
 
-def _rationale_match(scores, adapters, task) -> dict | None:
-    """family.rationale_match per adapter, over the K-shot items with a worked rationale
-    (None when there are none: there is nothing to match)."""
-    keep = [i for i, has in enumerate(task.has_rationale) if has]
-    if not keep:
-        return None
-    targets = [task.reasoning_targets[i] for i in keep]
-    return {
-        n: rationale_match(
-            [scores[n].generations[i] for i in keep], [scores[n].correct[i] for i in keep], targets
-        )
-        for n in adapters
-    }
-
-
 def select_experts(
     base_model,
     tokenizer,
@@ -220,7 +205,7 @@ def select_experts(
         contrast=contrast,
         base_contrast=None if contrast is None else contrast.pop(BASE_ROW),
         generations={n: scores[n].generations for n in adapters},
-        rationale_match=_rationale_match(scores, adapters, task),
+        rationale_match=kshot_rationale_match(scores, adapters, task),
     )
     warnings = list(task.warnings)
     warnings += [f"adapter {n!r}: {w}" for n, ws in bank.warnings.items() for w in ws]
