@@ -41,10 +41,12 @@ SMOKE_TRAIN = {
 }  # fmt: skip
 
 
-def prepare(work: Path, data: Path) -> None:
-    """Target files and the pool under `work`, made once (same seed, same bytes)."""
-    if not (work / "targets" / "targets.json").is_file():
-        make_targets(data, work / "targets", seed=0)
+def prepare(work: Path, data: Path, test_size: int | None) -> None:
+    """Target files and the pool under `work`, made once (same seed, same bytes); the targets
+    are remade when they were carved with another test cap."""
+    summary = work / "targets" / "targets.json"
+    if not summary.is_file() or json.loads(summary.read_text()).get("test_size") != test_size:
+        make_targets(data, work / "targets", seed=0, test_size=test_size)
     if not (work / "pool.jsonl").is_file():
         write_records(work / "pool.jsonl", import_all_pools(data))
 
@@ -151,11 +153,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "real")
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--bank", type=Path, default=None, help="default: the configs' bank")
+    parser.add_argument(
+        "--test-size", type=int, default=300,
+        help="seeded cap on each test set (0: whole test sets; GSM8K is 200 either way)",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     args.work = args.work.resolve()
     began = time.perf_counter()
-    prepare(args.work, args.data)
+    prepare(args.work, args.data, args.test_size or None)
     prepared = time.perf_counter() - began
     results = [run_target(name, args) for name in (args.target or TARGETS)]
     print(table(results), file=sys.stderr)

@@ -73,3 +73,20 @@ def test_bad_requests(data_dir, tmp_path):
     assert not (tmp_path / "x" / "arc_easy").exists()  # nothing written
     with pytest.raises(InputError, match="unknown target 'mmlu'"):
         make_targets(data_dir, tmp_path / "x", targets=["mmlu"])
+
+
+def test_test_size_caps_the_test_set_and_keeps_the_kshot(data_dir, tmp_path):
+    make_targets(data_dir, tmp_path / "all", seed=0, kshot=2, targets=["arc_easy"])
+    summary = make_targets(
+        data_dir, tmp_path / "cap", seed=0, kshot=2, targets=["arc_easy"], test_size=2
+    )
+    assert summary["targets"]["arc_easy"] == {"kshot": 2, "test": 2}
+    assert summary["test_size"] == 2
+    full = {r.id for r in load_records(tmp_path / "all/arc_easy/test.jsonl")}
+    capped = {r.id for r in load_records(tmp_path / "cap/arc_easy/test.jsonl")}
+    assert capped < full  # a subset of the uncapped test set
+    assert (tmp_path / "all/arc_easy/kshot.jsonl").read_bytes() == (
+        tmp_path / "cap/arc_easy/kshot.jsonl"
+    ).read_bytes()
+    with pytest.raises(InputError, match="test_size must be at least 1"):
+        make_targets(data_dir, tmp_path / "bad", targets=["arc_easy"], test_size=0)

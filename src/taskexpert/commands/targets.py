@@ -19,13 +19,17 @@ def main(
     ),
     kshot: int = typer.Option(50, "--kshot", help="K-shot items per target."),
     gsm8k_test: int = typer.Option(200, "--gsm8k-test", help="GSM8K test items (seeded)."),
+    test_size: int | None = typer.Option(
+        None, "--test-size", help="Cap every test set at a seeded subset of this size."
+    ),
 ) -> None:
     """Write ARC-Challenge, ARC-Easy, BoolQ and GSM8K K-shot and test files (same seed,
     same bytes)."""
     from taskexpert.importers.target_sets import make_targets
 
     summary = make_targets(
-        data, out, seed=seed, targets=target or None, kshot=kshot, gsm8k_test=gsm8k_test
-    )
+        data, out, seed=seed, targets=target or None, kshot=kshot, gsm8k_test=gsm8k_test,
+        test_size=test_size,
+    )  # fmt: skip
     for name, sizes in summary["targets"].items():
         typer.echo(f"{name:<14} K-shot {sizes['kshot']:>4}  test {sizes['test']:>5}  {out / name}")
