@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from taskexpert import lm
 from taskexpert.lm import (
     IGNORE_INDEX,
     collate,
@@ -89,9 +90,16 @@ def test_copies_repeat_each_batch_copy_major(char_tokenizer, tiny_llama):
     assert texts == generate_greedy(tiny_llama, char_tokenizer, prompts, 4, batch_size=2) * 3
 
 
-def test_generate_and_score_equals_separate_passes(char_tokenizer, tiny_llama):
+@pytest.mark.parametrize("logits_bytes", [None, 1])
+def test_generate_and_score_equals_separate_passes(
+    char_tokenizer, tiny_llama, monkeypatch, logits_bytes
+):
     """One prompt pass whose cache serves two target sets and generation: the same texts and
-    NLLs (1e-5) as generate_greedy and target_token_nlls, with copies."""
+    NLLs (1e-5) as generate_greedy and target_token_nlls, with copies; also when a tiny
+    logits budget feeds the continuations one column at a time (the cache grows and is
+    cropped back per target set)."""
+    if logits_bytes is not None:
+        monkeypatch.setattr(lm, "LOGITS_BYTES", logits_bytes)
     prompts = ["ab", "abcdef", "a", "what is 3 plus 4?"]
     first, second = ["xyz", "q", "hello", "7"], ["1", "22", "333", "seven"]
     texts, (got_first, got_second) = generate_and_score(

@@ -222,6 +222,36 @@ def cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+LOGITS_BYTES = 512 * 2**20  # fp32 logits held at once when scoring continuations
+
+
+def _column_chunks(columns: int, rows: int, vocab: int) -> Iterator[tuple[int, int]]:
+    """[a, b) column ranges whose logits (rows x width x vocab, fp32) stay under
+    LOGITS_BYTES: with many adapters' rows and a real vocabulary (SmolLM2: 49k) one pass over
+    a 150-token rationale is 8 GB of logits, twice that with the loss."""
+    width = max(1, LOGITS_BYTES // max(1, rows * vocab * 4))
+    for a in range(0, columns, width):
+        yield a, min(columns, a + width)
+
+
+def _continuation_losses(
+    model, cont_ids, cont_mask, attention, positions, labels, a: int, b: int, cached
+) -> torch.Tensor:
+    """Per-token losses of continuation columns [a, b) (each predicting the next column),
+    feeding them through the KV cache, which grows by b - a."""
+    device = cont_ids.device
+    logits = model(
+        input_ids=cont_ids[:, a:b],
+        attention_mask=torch.cat([attention, cont_mask[:, 1:b]], dim=1),
+        position_ids=positions[:, -1:] + torch.arange(a, b, device=device),
+        use_cache=True,
+        **cached,
+    ).logits
+    return torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), labels[:, a:b].clamp(min=0), reduction="none"
+    )
+
+
 @torch.no_grad()
 def generate_and_score(
     model,
@@ -276,18 +306,19 @@ def generate_and_score(
             for r, ids in enumerate(rows):
                 cont_ids[r, : len(ids)] = torch.tensor(ids)
                 cont_mask[r, : len(ids)] = 1
-            logits = model(
-                input_ids=cont_ids,
-                attention_mask=torch.cat([attention, cont_mask[:, 1:]], dim=1),
-                position_ids=positions[:, -1:] + torch.arange(cont, device=device),
-                use_cache=True,
-                **cached,
-            ).logits[:, :-1]
-            cache.crop(-cont)  # negative: tokens removed from the end, in every version
             labels = cont_ids[:, 1:].masked_fill(cont_mask[:, 1:] == 0, IGNORE_INDEX)
-            losses = torch.nn.functional.cross_entropy(
-                logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none"
+            losses = torch.cat(
+                [
+                    _continuation_losses(
+                        model, cont_ids, cont_mask, attention, positions, labels, a, b, cached
+                    )
+                    for a, b in _column_chunks(cont - 1, len(idx), len(tokenizer))
+                ],
+                dim=1,
             )
+            # negative: tokens removed from the end, in every version; the continuation's last
+            # column predicts nothing and was never fed
+            cache.crop(-(cont - 1))
             for r, i in enumerate(idx):
                 nlls[set_index][i] = losses[r][labels[r] != IGNORE_INDEX].tolist()
         block = len(idx) // copies
