@@ -194,3 +194,37 @@ def test_top_k_above_the_chosen_experts_is_lowered_with_a_warning(micro_testbed,
     assert any("top_k 3 lowered to 2" in r.getMessage() for r in caplog.records)
     saved = next((tmp_path / "run/stages/train/moe-seed0/model").rglob("*config*.json"))
     assert json.loads(saved.read_text())["top_k"] == 2
+
+
+def test_scores_of_a_run_killed_while_scoring_the_bank_are_kept(
+    micro_testbed, tmp_path, monkeypatch
+):
+    """The select-experts stage builds in a temp dir that is new per attempt; the bank's
+    scores live beside it, so the rerun after a crash mid-selection scores nothing again."""
+    from taskexpert.experts import select as select_module
+
+    real = select_module.score_bank
+
+    def then_crash(*args, **kwargs):
+        real(*args, **kwargs)  # every score stored (on_score), then the process "dies"
+        raise RuntimeError("killed after scoring")
+
+    # a run that already exists (a fresh one that fails is removed whole: it wrote nothing)
+    run_method(micro_config(micro_testbed, methods=["base"]), tmp_path / "run", progress=False)
+    config = micro_config(micro_testbed, methods=["base", "uniform_merge"], seeds=[0])
+    monkeypatch.setattr(select_module, "score_bank", then_crash)
+    with pytest.raises(RuntimeError, match="killed after scoring"):
+        run_method(config, tmp_path / "run", resume=True, progress=False)
+    assert any((tmp_path / "run/stages/select-experts.scores").iterdir())
+
+    asked: list[list[str]] = []
+
+    def spy(base_model, tokenizer, todo, *args, **kwargs):
+        asked.append(sorted(todo))
+        return real(base_model, tokenizer, todo, *args, **kwargs)
+
+    monkeypatch.setattr(select_module, "score_bank", spy)
+    result = run_method(config, tmp_path / "run", resume=True, progress=False)
+    assert asked == []  # the base row and every adapter were found in the kept scores
+    assert not (tmp_path / "run/stages/select-experts.scores").exists()  # gone once done
+    assert {m.method for m in result.verdict.methods} == {"base", "uniform_merge"}

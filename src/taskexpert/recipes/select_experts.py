@@ -40,14 +40,16 @@ def run_select_experts(
     kshot_path: Path,
     out: Path,
     config: SelectExpertsConfig | None = None,
+    scores: Path | None = None,
     **settings: Any,
 ) -> ExpertSelection:
     """Load everything (failing early on bad input), select, then write experts.json atomically.
 
     The settings are `config`, or SelectExpertsConfig's fields as keywords.
     With `ray`, the bank is scored on `ray_actors` Ray actors, each loading the base itself.
-    Scores are kept in `score_dir(out)` while the bank is scored, so a killed run resumes
-    where it stopped when rerun; the directory goes once experts.json is written.
+    Scores are kept in `scores` (default `score_dir(out)`) while the bank is scored, so a
+    killed run resumes where it stopped when rerun; the directory goes once experts.json is
+    written. Pass `scores` when `out` lies in a fresh temp directory per attempt.
     """
     from taskexpert.bank import bank_entries, load_bank
     from taskexpert.experts.distributed import base_loader
@@ -88,7 +90,7 @@ def run_select_experts(
     bank = load_bank(
         bank_source, model, config.strict, config.allow_pickle, config.allow_other_base
     )
-    work = score_dir(out)
+    work = Path(scores) if scores is not None else score_dir(out)
     selection = select_experts(
         model, tokenizer, bank, kshot, selection_config, kshot_path, scorer=scorer, score_dir=work
     )
