@@ -107,27 +107,19 @@ def scored_bank():
 def test_the_default_rule_keeps_one_per_family_and_no_guesser_the_paper_rule_does_not():
     names, em, rppl, generations, match = scored_bank()
     similarity = sim(names, {})
-    inputs = dict(base_em=0.2, base_perplexity=6.0, generations=generations)
-    family = choose_group(
-        em,
-        rppl,
-        similarity,
-        ExpertSelectionConfig(n=4, group_objective="diversity").grouping(),
-        rationale_match=match,
-        **inputs,
-    )
+
+    def choose(config: ExpertSelectionConfig):
+        return choose_group(
+            em, rppl, similarity, config.grouping(), rationale_match=match,
+            base_em=0.2, base_perplexity=6.0, generations=generations,
+        )  # fmt: skip
+
+    family = choose(ExpertSelectionConfig(n=4, group_objective="diversity"))
     assert family.chosen[0] == "expert" and {"twin", "mimic", "answers"}.isdisjoint(family.chosen)
     assert family.decisions["twin"].startswith("dropped: same family as expert")
     assert family.decisions["mimic"].startswith("dropped: guesser")
     assert "above the base model's" in family.decisions["answers"]
-    paper = choose_group(
-        em,
-        rppl,
-        similarity,
-        ExpertSelectionConfig(n=4, rule="paper").grouping(),
-        rationale_match=match,
-        **inputs,
-    )
+    paper = choose(ExpertSelectionConfig(n=4, rule="paper"))
     assert {"twin", "mimic", "answers"} <= set(paper.chosen)
 
 
