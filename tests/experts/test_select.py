@@ -162,3 +162,25 @@ def test_coverage_objective_picks_the_group_with_the_lowest_routed_rppl(
     for name in bank.names:
         means = [sum(x) / len(x) for x in scores[name].rationale_token_nll]
         assert means == pytest.approx(scores[name].rationale_nll, rel=1e-6)
+
+
+def test_max_kshot_scores_an_evenly_spaced_subset_and_says_so(tmp_path, tiny_llama, char_tokenizer):
+    bank = load_bank(make_lora_bank(tmp_path / "bank", tiny_llama), tiny_llama)
+    records = kshot(5)
+    config = ExpertSelectionConfig(n=2, drop_below_base=False, max_kshot=3, **FAST)
+    selection = select_experts(tiny_llama, char_tokenizer, bank, records, config)
+    assert selection.kshot_size == 3
+    assert "scored on 3 of the K-shot's 5 items (max_kshot)" in selection.warnings
+    seen = {len(score.generations) for score in selection.scores.values()}
+    assert seen == {3}
+
+
+def test_cap_kshot_keeps_first_and_last_and_leaves_small_kshots_alone():
+    from taskexpert.experts.select import cap_kshot
+
+    records = kshot(7)
+    chosen, warnings = cap_kshot(records, 3)
+    assert [r.id for r in chosen] == [records[0].id, records[3].id, records[6].id]
+    assert warnings
+    assert cap_kshot(records, 7) == (records, [])
+    assert cap_kshot(records, None) == (records, [])

@@ -135,6 +135,13 @@ class ExpertSelectionConfig(BaseModel):
         description="Near-duplicate threshold (1 turns the rule off).",
     )
     batch_size: int = Field(16, ge=1, description="Examples per forward pass.")
+    max_kshot: int | None = Field(
+        None,
+        ge=2,
+        description="Score on at most this many K-shot items, evenly spaced (default: all). "
+        "Scoring is one generation and one NLL pass per item and adapter: 50 items with "
+        "rationales over a 16-adapter SmolLM2 bank is over 30 min on 2 CPU cores.",
+    )
     max_new_tokens: int | None = Field(
         None, ge=1, description="Generation length (default: from the K-shot targets)."
     )

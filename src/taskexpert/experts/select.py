@@ -29,6 +29,7 @@ from taskexpert.experts.scoring import (
     score_bank,
 )
 from taskexpert.records import Record, load_records
+from taskexpert.tensor_sample import spaced_indices
 
 __all__ = ["ExpertSelection", "ExpertSelectionConfig", "select_experts"]
 
@@ -110,6 +111,15 @@ def _num(value: float) -> str:
     return f"{value:.4g}" if value == value and value != float("inf") else "inf"
 
 
+def cap_kshot(kshot: Sequence[Record], cap: int | None) -> tuple[list[Record], list[str]]:
+    """At most `cap` evenly spaced items (first and last kept: no seed, the same subset on
+    every run), and the warning that says so; all of them when `cap` is None or not smaller."""
+    if cap is None or len(kshot) <= cap:
+        return list(kshot), []
+    chosen = [kshot[i] for i in spaced_indices(len(kshot), cap).tolist()]
+    return chosen, [f"scored on {cap} of the K-shot's {len(kshot)} items (max_kshot)"]
+
+
 def _score(
     base_model,
     tokenizer,
@@ -175,7 +185,9 @@ def select_experts(
     grouping = config.grouping()
     grouping.candidates()  # raises on n > m before any expensive work
     check_kshot(kshot, source, contrast=config.needs_contrast)
+    kshot, capped = cap_kshot(kshot, config.max_kshot)
     task = prepare_kshot(kshot, tokenizer, config.scoring(), source)
+    task.warnings[:0] = capped
     similarity = similarity_matrix(bank.adapters, config.similarity, progress=config.progress)
     scores = _score(base_model, tokenizer, bank, task, config, scorer, score_dir)
     adapters = [name for name in scores if name != BASE_ROW]

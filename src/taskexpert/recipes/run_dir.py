@@ -27,7 +27,14 @@ from typing import Any
 from taskexpert.errors import InputError
 from taskexpert.io import remove_tree, write_json
 from taskexpert.models import SMOLLM2_ALIAS, smollm2_location
-from taskexpert.rundir import MARKER, CorruptStep, RunDir, check_marker, identity_changes
+from taskexpert.rundir import (
+    MARKER,
+    CorruptStep,
+    RunDir,
+    check_marker,
+    clear_leftovers,
+    identity_changes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +177,11 @@ class RunDirectory:
 
     @contextlib.contextmanager
     def open(self, inputs: Mapping[str, str], seeds: list[int]) -> Iterator[RunDirectory]:
-        """Lock the directory for the run and (re)write the manifest's header."""
+        """Lock the directory for the run and (re)write the manifest's header. A killed
+        attempt's stage temp dirs (each attempt builds in a new one) go with the lock held."""
         self.check_reusable()
         with self._rundir.open():
+            clear_leftovers(self.path / STAGES_DIR)
             old = self._read_manifest() if self.manifest_path.exists() else {}
             self.manifest = {
                 "format": FORMAT,
