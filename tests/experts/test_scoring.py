@@ -189,3 +189,38 @@ def test_several_adapters_per_batch_match_one_at_a_time(tmp_path, tiny_llama, ch
             assert got.generations == expected.generations and got.em == expected.em
             assert got.seconds > 0
     assert not any("lora" in n.lower() for n, _ in tiny_llama.named_modules())
+
+
+def test_groups_shrink_until_one_batchs_kv_cache_fits_the_budget(
+    tmp_path, tiny_llama, char_tokenizer, monkeypatch
+):
+    """2 * layers * kv heads * head dim * tokens * dtype bytes per row; batch_size rows per
+    adapter; the group is the most adapters whose batch fits (1 at least)."""
+    from taskexpert.experts import scoring
+
+    task = prepare_kshot(kshot(5), char_tokenizer, ScoringConfig())
+    cfg = tiny_llama.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
+    tokens = task.longest_pair + task.max_new_tokens
+    per_row = 2 * cfg.num_hidden_layers * kv_heads * head_dim * tokens * 4
+    assert scoring.kv_cache_bytes_per_row(tiny_llama, tokens) == per_row
+    batch = per_row * 4  # batch_size 4 rows per adapter
+    for budget, expected in ((batch * 2 + 1, 2), (batch - 1, 1), (batch * 100, 16)):
+        config = ScoringConfig(batch_size=4, kv_cache_budget_bytes=budget)
+        assert scoring.adapters_per_group(tiny_llama, task, config) == expected
+    assert scoring.kv_cache_bytes_per_row(torch.nn.Linear(2, 2), tokens) is None
+
+    bank = load_bank(make_lora_bank(tmp_path / "bank", tiny_llama), tiny_llama)
+    sizes = []
+    real = scoring.score_group
+    monkeypatch.setattr(
+        scoring,
+        "score_group",
+        lambda m, t, group, *a: sizes.append(len(group)) or real(m, t, group, *a),
+    )
+    task.max_new_tokens = 2
+    per_row = scoring.kv_cache_bytes_per_row(tiny_llama, task.longest_pair + 2)
+    config = ScoringConfig(batch_size=4, kv_cache_budget_bytes=per_row * 4 * 2)
+    scores = score_bank(tiny_llama, char_tokenizer, bank, task, config, progress=False)
+    assert sizes == [2, 2] and len(scores) == 4  # base + 3 adapters, two per batch

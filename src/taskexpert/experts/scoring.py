@@ -55,6 +55,10 @@ class ScoringConfig:
     # Adapters scored together in shared batches (experts/multi_lora.py); 1: one at a time
     # through PEFT, the reference path. The base row rides in the first group.
     adapters_per_batch: int = 16
+    # The KV cache of a shared batch grows with rows x (prompt + target + generation) tokens:
+    # groups shrink until one batch's cache fits this budget (kv_cache_bytes_per_row); 17
+    # SmolLM2 models x 16 ARC items held about 4 GB, a 7B model's would be over 30 GB.
+    kv_cache_budget_bytes: int = 2 << 30
     # One prompt pass per batch whose KV cache serves both NLL targets and generation's
     # prefill (lm.generate_and_score); False: separate passes, the reference path.
     share_prompt: bool = True
@@ -476,7 +480,7 @@ def score_bank(
         return scores
     models: list[tuple[str, LoraAdapter | None]] = [(BASE_ROW, None)] if include_base else []
     models += list(adapters.items())
-    size = config.adapters_per_batch
+    size = adapters_per_group(base_model, task, config)
     # the bar moves as each group's scores exist, not as adapters are queued for one
     bar = progress_bar(
         total=len(adapters), desc="scoring adapters", unit="adapter", enabled=progress
@@ -487,6 +491,33 @@ def score_bank(
             record(score_group(base_model, tokenizer, group, task, config))
             bar.update(sum(adapter is not None for _, adapter in group))
     return scores
+
+
+def kv_cache_bytes_per_row(model, tokens: int) -> int | None:
+    """Bytes of keys and values one batch row holds at `tokens` tokens (None: the model's
+    config does not say: no layer count or head sizes)."""
+    config = getattr(model, "config", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    heads = getattr(config, "num_attention_heads", None)
+    hidden = getattr(config, "hidden_size", None)
+    if not (layers and heads and hidden):
+        return None
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    dtype = next(model.parameters()).dtype
+    return 2 * layers * kv_heads * head_dim * tokens * dtype.itemsize
+
+
+def adapters_per_group(model, task: KShotTask, config: ScoringConfig) -> int:
+    """`adapters_per_batch`, lowered (to 1 at least) until one shared batch's KV cache fits
+    `kv_cache_budget_bytes`: batch_size rows per adapter, each as long as the longest prompt
+    and target plus the generation."""
+    per_row = kv_cache_bytes_per_row(model, task.longest_pair + task.max_new_tokens)
+    rows = min(config.batch_size, max(len(task), 1))
+    if per_row is None:
+        return config.adapters_per_batch
+    fits = config.kv_cache_budget_bytes // (per_row * rows)
+    return max(1, min(config.adapters_per_batch, fits))
 
 
 def score_group(
