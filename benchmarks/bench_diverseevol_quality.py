@@ -36,6 +36,7 @@ STRATEGIES = [
     "margin",
     "entropy",
     "kcenter-robust",
+    "kmeans",
 ]
 ROBUST = "-robust"  # label suffix: K-center with --outlier-share of the pool left out
 

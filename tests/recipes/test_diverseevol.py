@@ -140,7 +140,9 @@ def test_kcenter_rounds_grow_the_subset_with_the_previous_models_farthest_points
     assert not (run / "scratch").exists()
 
 
-@pytest.mark.parametrize("strategy", ["random", "least-confidence", "entropy", "kcenter-oneshot"])
+@pytest.mark.parametrize(
+    "strategy", ["random", "least-confidence", "entropy", "kcenter-oneshot", "kmeans"]
+)
 def test_baselines_pick_by_their_definition(world, tmp_path, strategy):
     from taskexpert.models import load_base
     from taskexpert.records import load_records
@@ -156,6 +158,13 @@ def test_baselines_pick_by_their_definition(world, tmp_path, strategy):
     if strategy == "kcenter-oneshot":
         base_embeddings = np.load(tmp_path / "run" / "base_embeddings.npy")
         assert added == kcenter_greedy(base_embeddings, 10, initial=init, progress=False)
+    elif strategy == "kmeans":
+        from taskexpert.recipes.diverseevol_rounds import round_seed
+        from taskexpert.selection.kmeans import kmeans_representatives
+
+        embeddings = round_model_embeddings(world, tmp_path / "run", 0, cfg)
+        seed = round_seed(cfg, 1)
+        assert added == kmeans_representatives(embeddings, 10, exclude=init, seed=seed)
     elif strategy != "random":
         base, tokenizer = load_base(str(world["base"]), device="cpu")
         model = load_round_model(base, tmp_path / "run" / "rounds" / "00", cfg, False)

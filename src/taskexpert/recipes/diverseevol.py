@@ -79,7 +79,8 @@ class _Common(RaySettings):
     rounds: int = Field(10, gt=0, description="Rounds after round 0 (may grow on a rerun).")
     strategy: str = Field(
         "kcenter",
-        description="kcenter, random, least-confidence, margin, entropy or kcenter-oneshot.",
+        description="kcenter, random, least-confidence, margin, entropy, kcenter-oneshot or "
+        "kmeans (the row nearest each of per_round k-means centroids).",
     )
     embed_layer: str = Field("last", description="'last' or a hidden-state index (0: embeddings).")
     outlier_share: float = Field(

@@ -106,6 +106,22 @@ def _kcenter(run: RoundRunner, round_index: int, chosen: list[int], previous: Pa
     return info
 
 
+def _kmeans(run: RoundRunner, round_index: int, chosen: list[int], previous: Path) -> dict:
+    """k-means representatives of the unchosen rows in the previous model's space: typical
+    rows of per_round clusters, where K-center takes the farthest (outliers, noise)."""
+    from taskexpert.selection.kmeans import kmeans_representatives
+
+    began = time.perf_counter()
+    model = load_round_model(run.base, previous, run.config, trainable=False)
+    embeddings = run.round_embeddings(model, round_index, previous)
+    info = {"seconds_embed": round(time.perf_counter() - began, 3)}
+    exclude = np.union1d(chosen, run.outliers(embeddings)).astype(np.int64)
+    seed = round_seed(run.config, round_index)
+    info["added"] = kmeans_representatives(embeddings, run.config.per_round, exclude, seed)
+    info["embeddings"] = f"round {round_index - 1} model, hidden state {run.layer}"
+    return info
+
+
 def _uncertainty(measure: str) -> Strategy:
     def pick(run: RoundRunner, round_index: int, chosen: list[int], previous: Path) -> dict:
         model = load_round_model(run.base, previous, run.config, trainable=False)
@@ -123,6 +139,7 @@ STRATEGIES: dict[str, Strategy] = {
     "margin": _uncertainty("margin"),
     "entropy": _uncertainty("entropy"),
     "kcenter-oneshot": _kcenter_oneshot,
+    "kmeans": _kmeans,
 }
 
 
@@ -231,11 +248,16 @@ class RoundRunner:
         write_json(marker, expected)
         return matrix
 
-    def kcenter(self, embeddings: np.ndarray, k: int, chosen: list[int]) -> list[int]:
-        from taskexpert.selection.kcenter import kcenter_greedy
+    def outliers(self, embeddings: np.ndarray) -> np.ndarray:
+        """The --outlier-share of rows no diversity strategy may pick (none by default)."""
         from taskexpert.selection.outliers import far_outliers
 
-        exclude = far_outliers(embeddings, self.config.outlier_share, seed=self.config.seed)
+        return far_outliers(embeddings, self.config.outlier_share, seed=self.config.seed)
+
+    def kcenter(self, embeddings: np.ndarray, k: int, chosen: list[int]) -> list[int]:
+        from taskexpert.selection.kcenter import kcenter_greedy
+
+        exclude = self.outliers(embeddings)
         if self.config.ray:
             from taskexpert.scaleout.select import ray_kcenter
 
