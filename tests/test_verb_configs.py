@@ -94,8 +94,14 @@ def invoke(*args) -> str:
 ROUND_TRIPS = {
     "train-moe": (
         ["--top-k", "3", "--router-init", "kshot", "--lb-coef", "0.01", "--lr", "1e-4"]
-        + ["--schedule", "linear", "--allow-pickle", "--device", "cpu"],
-        {"top_k": 3, "router_init": "kshot", "load_balancing_coef": 0.01, "allow_pickle": True},
+        + ["--schedule", "linear", "--allow-pickle", "--device", "cpu", "--shared-rank", "8"],
+        {
+            "top_k": 3,
+            "router_init": "kshot",
+            "load_balancing_coef": 0.01,
+            "allow_pickle": True,
+            "shared_rank": 8,
+        },
     ),
     "diverseevol": (
         ["--init", "5", "--continue", "--full", "--lr", "3e-5", "--strategy", "random"]

@@ -158,3 +158,92 @@ def test_export_rejects_bad_gates(trained_moe, tmp_path):
     with pytest.raises(InputError, match="all gates are zero"):
         export_merged_lora(trained_moe, tmp_path / "m", gates=[0, 0, 0, 0])
     assert not (tmp_path / "m").exists()
+
+
+@pytest.fixture()
+def shared_moe(make_experts, tiny_llama):
+    """A mixture with a shared expert of rank 3 whose B_s moved away from 0."""
+    base = copy.deepcopy(tiny_llama)
+    config = MoeConfig(top_k=2, router_seed=3, shared_rank=3, shared_alpha=9.0)
+    moe = attach_mixture(base, make_experts([2, 4, 3]), config)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for layer in mixture_layers(moe).values():
+            layer.router.weight.normal_(std=1.0)
+            layer.shared.lora_B.normal_(std=0.5)
+    return moe
+
+
+def test_shared_expert_round_trips_and_old_files_load_without_one(
+    shared_moe, trained_moe, tiny_llama, tmp_path, input_ids
+):
+    save_mixture(shared_moe, tmp_path / "moe")
+    keys = set(safe_open_keys(tmp_path / "moe" / WEIGHTS_FILE))
+    modules = mixture_config(shared_moe).modules
+    assert {f"{m}.shared.lora_{p}" for m in modules for p in "AB"} <= keys
+    restored = load(copy.deepcopy(tiny_llama), tmp_path / "moe")
+    assert mixture_config(restored) == mixture_config(shared_moe)
+    assert next(iter(mixture_layers(restored).values())).shared.scaling == 3.0
+    with torch.no_grad():
+        assert torch.equal(
+            restored(input_ids=input_ids).logits, shared_moe(input_ids=input_ids).logits
+        )
+    assert all(p.requires_grad for n, p in restored.named_parameters() if ".shared." in n)
+    # a directory as versions before the shared expert wrote it: no keys, no tensors
+    save_mixture(trained_moe, tmp_path / "old")
+    assert "shared_rank" not in json.loads((tmp_path / "old" / CONFIG_FILE).read_text())
+    old = load(copy.deepcopy(tiny_llama), tmp_path / "old")
+    assert mixture_config(old).shared_rank == 0
+    assert all(layer.shared is None for layer in mixture_layers(old).values())
+
+
+def safe_open_keys(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return list(handle.keys())
+
+
+def test_shared_expert_tensors_that_disagree_with_the_config_are_named(
+    shared_moe, tiny_llama, tmp_path
+):
+    from safetensors.torch import load_file, save_file
+
+    save_mixture(shared_moe, tmp_path / "moe")
+    weights = tmp_path / "moe" / WEIGHTS_FILE
+    tensors = load_file(str(weights))
+    module = mixture_config(shared_moe).modules[0]
+    wrong = dict(tensors, **{f"{module}.shared.lora_A": tensors[f"{module}.shared.lora_A"][:2]})
+    save_file(wrong, str(weights))
+    with pytest.raises(InputError, match=rf"shared expert, module {module}: lora_A \(2, "):
+        load(copy.deepcopy(tiny_llama), tmp_path / "moe")
+    missing = {k: v for k, v in tensors.items() if ".shared." not in k}
+    save_file(missing, str(weights))
+    with pytest.raises(InputError, match=r"missing tensor .*shared.*shared_rank=3"):
+        load(copy.deepcopy(tiny_llama), tmp_path / "moe")
+    config = json.loads((tmp_path / "moe" / CONFIG_FILE).read_text())
+    config.pop("shared_rank"), config.pop("shared_alpha")
+    (tmp_path / "moe" / CONFIG_FILE).write_text(json.dumps(config))
+    save_file(tensors, str(weights))
+    with pytest.raises(InputError, match=r"unexpected tensor .*shared.*shared_rank=0"):
+        load(copy.deepcopy(tiny_llama), tmp_path / "moe")
+
+
+@pytest.mark.parametrize("gates", ["uniform", [0.0, 0.0, 0.0]])
+def test_export_folds_the_shared_expert_at_gate_one(
+    shared_moe, tiny_llama, tmp_path, input_ids, gates
+):
+    """The shared expert is one more stacked block: rank grows by 3; with every routed expert
+    at 0 the export is the shared LoRA alone, not refused (it is not the base model)."""
+    export_merged_lora(shared_moe, tmp_path / "merged", gates=gates)
+    merged = PeftModel.from_pretrained(copy.deepcopy(tiny_llama), tmp_path / "merged").eval()
+    with torch.no_grad():
+        with fixed_gates(shared_moe, gates):
+            expected = shared_moe(input_ids=input_ids).logits
+        got = merged(input_ids=input_ids).logits
+        bare = tiny_llama(input_ids=input_ids).logits
+    # float32, the same terms summed in another order: 1e-5 as for the plain export
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, bare, atol=1e-3)
+    ranks = load_adapter(tmp_path / "merged").ranks
+    assert ranks == {2 + 4 + 3 + 3 if gates == "uniform" else 3}

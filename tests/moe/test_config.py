@@ -40,3 +40,22 @@ def test_invalid_configs_name_the_field(tmp_path):
     (tmp_path / CONFIG_FILE).write_text(json.dumps({"format_version": 99}))
     with pytest.raises(InputError, match="newer taskexpert"):
         MoeConfig.load(tmp_path)
+
+
+def test_shared_expert_is_off_by_default_and_left_out_of_the_file(tmp_path):
+    """shared_rank 0 writes the file versions before it wrote; alpha defaults to 2 r."""
+    config = MoeConfig()
+    assert (config.shared_rank, config.shared_alpha, config.shared_scaling) == (0, None, 0.0)
+    config.save(tmp_path)
+    data = json.loads((tmp_path / CONFIG_FILE).read_text())
+    assert "shared_rank" not in data and "shared_alpha" not in data
+    assert MoeConfig.load(tmp_path) == config
+    shared = MoeConfig(shared_rank=8)
+    assert (
+        shared.shared_scaling == 2.0
+        and MoeConfig(shared_rank=8, shared_alpha=4).shared_scaling == 0.5
+    )
+    shared.save(tmp_path)
+    assert MoeConfig.load(tmp_path) == shared
+    with pytest.raises(ValueError, match="shared_rank"):
+        MoeConfig(shared_rank=-1)

@@ -117,3 +117,40 @@ def test_trainable_parameters_outside_the_experts_refuse_the_fold(
     gates = dict.fromkeys(mixture_layers(moe), [1.0, 0.0, 0.0])
     with pytest.raises(TaskexpertError, match="lm_head.weight.*refused"):
         write_stacked_lora(moe, gates, tmp_path)
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_the_fold_carries_the_shared_expert(
+    tiny_llama, make_experts, char_tokenizer, tmp_path, top_k
+):
+    """The shared expert is always on, so the fold stacks it at gate 1: exact under collapsed
+    routing, and exactly the mixture under the fold's constant gates otherwise."""
+    experts = make_experts([2, 4, 3])
+    config = MoeConfig(top_k=top_k, shared_rank=2)
+    moe = attach_mixture(copy.deepcopy(tiny_llama), experts, config)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for layer in mixture_layers(moe).values():
+            layer.router.weight.zero_()  # top-1: one expert everywhere
+            layer.shared.lora_B.normal_(std=0.5)
+    moe.eval()
+    report, gates, folded = _fold(moe, tiny_llama, char_tokenizer, tmp_path / "fold")
+    expert_ranks = {r for r in load_adapter(tmp_path / "fold").ranks}
+    if top_k == 1:
+        assert diff_max(moe, folded, char_tokenizer) < EXACT
+        assert len(expert_ranks) == 1 and next(iter(expert_ranks)) - 2 in (2, 4, 3)
+    else:  # routed: the fold is exact under its own constant gates
+        same = {layer: report.usage[0] for layer in gates}
+        write_stacked_lora(moe, same, tmp_path / "same")
+        folded = PeftModel.from_pretrained(copy.deepcopy(tiny_llama), tmp_path / "same").eval()
+        with fixed_gates(moe, report.usage[0]):
+            assert diff_max(moe, folded, char_tokenizer) < EXACT
+    # without the shared expert's block the fold would be another model
+    with torch.no_grad():
+        for layer in mixture_layers(moe).values():
+            layer.shared.lora_B.zero_()
+    assert diff_max(moe, folded, char_tokenizer) > 1e-3
+
+
+def diff_max(moe, folded, tokenizer):
+    return logit_difference(moe, folded, _batches(tokenizer))["max_abs"]

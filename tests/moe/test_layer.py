@@ -228,3 +228,89 @@ def test_aux_loss_leaves_padding_out():
     layer.forward_mask.mask = torch.zeros(2, 5)
     layer(x)
     assert layer.last_aux_loss is None  # nothing real to balance
+
+
+# --- the shared expert -----------------------------------------------------------------------
+
+SHARED_RANK = 3
+
+
+def make_shared_layer(top_k, seed=0, shared_scaling=2.0):
+    """make_layer's mixture plus a shared expert with PEFT's init (B_s = 0)."""
+    layer = make_layer(top_k, seed=seed)
+    A_s = torch.empty(SHARED_RANK, 16).uniform_(-0.25, 0.25)
+    shared = (A_s, torch.zeros(24, SHARED_RANK), shared_scaling)
+    experts = [(layer.lora_A[e], layer.lora_B[e], s) for e, s in enumerate(layer.scaling)]
+    with_shared = MixtureOfLoraLinear(layer.base_layer, experts, top_k=top_k, shared=shared)
+    with torch.no_grad():
+        with_shared.router.weight.copy_(layer.router.weight)
+    return layer, with_shared
+
+
+def shared_delta(layer, x):
+    """s_s * B_s A_s x, expert by expert as the docstring says."""
+    shared = layer.shared
+    return x @ shared.lora_A.T @ shared.lora_B.T * shared.scaling
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 4])
+@pytest.mark.parametrize("mode", ["train", "eval", "fixed"])
+def test_a_fresh_shared_expert_changes_nothing_then_adds_exactly_its_lora(path, top_k, mode):
+    """B_s = 0: bit-identical to the mixture without it; after B_s changes in place (the eval
+    path's cache must not hide that), the output moves by exactly s_s B_s A_s x."""
+    plain, layer = make_shared_layer(top_k)
+    plain, layer = on_path(plain, path), on_path(layer, path)
+    plain.train(mode == "train"), layer.train(mode == "train")
+    if mode == "fixed":
+        plain.fixed_gates = layer.fixed_gates = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    x = torch.randn(3, 7, 16)
+    with torch.no_grad():
+        assert torch.equal(layer(x), plain(x))
+        layer.shared.lora_B.normal_()
+        got = layer(x) - plain(x)
+    assert float(got.abs().max()) > 0.1
+    # float32, one extra addition of the delta into the output: 1e-5 of the output's scale
+    scale = float(plain(x).abs().max())
+    torch.testing.assert_close(got, shared_delta(layer, x), rtol=0, atol=1e-5 * scale)
+
+
+def test_gradients_reach_the_shared_expert(path):
+    """Both factors get the formula's gradients; at init (B_s = 0) B_s's is already non-zero,
+    so the shared expert trains from the first step."""
+    _, layer = make_shared_layer(top_k=2)
+    layer = on_path(layer, path).train()
+    x = torch.randn(3, 7, 16)
+    layer(x).pow(2).sum().backward()
+    assert layer.shared.lora_B.grad.abs().sum() > 0
+    assert layer.shared.lora_A.grad.abs().sum() == 0  # B_s = 0: nothing to pass back yet
+    with torch.no_grad():
+        layer.shared.lora_B.normal_()
+    params = [layer.router.weight, *layer.lora_A, *layer.lora_B]
+    params += [layer.shared.lora_A, layer.shared.lora_B]
+    got = torch.autograd.grad(layer(x).pow(2).sum(), params)
+    want = torch.autograd.grad(
+        (dense_reference(layer, x) + shared_delta(layer, x)).pow(2).sum(), params
+    )
+    for g, w in zip(got, want):
+        assert_matches(g, w)
+    assert got[-2].abs().sum() > 0 and got[-1].abs().sum() > 0
+
+
+def test_shared_expert_state_dict_keys_and_shape_errors():
+    _, layer = make_shared_layer(top_k=2)
+    keys = {k for k in layer.state_dict() if not k.startswith("base_layer.")}
+    assert keys - {"router.weight"} - {f"lora_{p}.{e}" for p in "AB" for e in range(4)} == {
+        "shared.lora_A",
+        "shared.lora_B",
+    }
+    assert "shared_rank=3" in repr(layer)
+    base = nn.Linear(16, 24)
+    experts = [(torch.randn(2, 16), torch.randn(24, 2), 1.0)]
+    with pytest.raises(ValueError, match="shared expert.*do not fit"):
+        MixtureOfLoraLinear(
+            base, experts, top_k=1, shared=(torch.randn(3, 8), torch.zeros(24, 3), 1)
+        )
+    with pytest.raises(ValueError, match="shared expert.*not the factors of one LoRA"):
+        MixtureOfLoraLinear(
+            base, experts, top_k=1, shared=(torch.randn(3, 16), torch.zeros(24, 2), 1)
+        )

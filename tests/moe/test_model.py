@@ -171,3 +171,33 @@ def test_bad_choices_are_refused(make_experts, tiny_llama):
     assert all(isinstance(m, MixtureOfLoraLinear) for m in mixture_layers(tiny_llama).values())
     with pytest.raises(InputError, match="already has a mixture"):
         attach_mixture(tiny_llama, adapters)
+
+
+def test_a_fresh_shared_expert_starts_as_peft_does_and_changes_nothing(
+    make_experts, tiny_llama, input_ids
+):
+    """A_s kaiming-uniform (|A_s| <= 1/sqrt(in)), B_s = 0, seeded; the logits equal the mixture
+    without it bit for bit, and its factors train (the parameter count grows by r (in + out))."""
+    experts = make_experts([2, 4])
+    plain = attach_mixture(copy.deepcopy(tiny_llama), experts, MoeConfig(router_seed=1))
+    shared = attach_mixture(
+        copy.deepcopy(tiny_llama), experts, MoeConfig(router_seed=1, shared_rank=3)
+    )
+    assert mixture_config(shared).shared_alpha == 6.0  # recorded: twice the rank
+    assert all(layer.shared is None for layer in mixture_layers(plain).values())
+    extra = 0
+    for layer in mixture_layers(shared).values():
+        A, B = layer.shared.lora_A, layer.shared.lora_B
+        inp, out = layer.base_layer.in_features, layer.base_layer.out_features
+        assert A.shape == (3, inp) and B.shape == (out, 3) and layer.shared.scaling == 2.0
+        assert 0 < float(A.detach().abs().max()) <= 1 / inp**0.5 and not B.any()
+        assert A.requires_grad and B.requires_grad
+        extra += 3 * (inp + out)
+    assert freeze_base(shared) == freeze_base(plain) + extra
+    with torch.no_grad():
+        assert torch.equal(shared(input_ids=input_ids).logits, plain(input_ids=input_ids).logits)
+    again = attach_mixture(
+        copy.deepcopy(tiny_llama), experts, MoeConfig(router_seed=1, shared_rank=3)
+    )
+    for name, layer in mixture_layers(again).items():
+        assert torch.equal(layer.shared.lora_A, mixture_layers(shared)[name].shared.lora_A)

@@ -154,3 +154,36 @@ def test_a_work_dir_of_an_older_format_is_refused_by_version(
     config = MoeTrainConfig(max_steps=1, batch_size=2, micro_batch_size=2, progress=False)
     with pytest.raises(InputError, match=r"version 1 \(it has None.*without --resume"):
         train_mixture(model, char_tokenizer, _records(), out, config, resume=True)
+
+
+def test_shared_rank_reaches_the_mixture_and_trains(
+    make_experts, tiny_llama, char_tokenizer, tmp_path
+):
+    """--shared-rank gives every layer a shared LoRA that trains beside the experts (B_s
+    leaves 0, and A_s moves once B_s has) and is saved with the mixture."""
+    from taskexpert.moe.train import build_mixture
+
+    assert MoeTrainConfig().moe_config().shared_rank == 0
+    config = MoeTrainConfig(
+        shared_rank=2, shared_alpha=8, max_steps=3, batch_size=2, lr=1e-2, progress=False
+    )
+    assert (config.moe_config().shared_rank, config.moe_config().shared_scaling) == (2, 4.0)
+    model, _ = build_mixture(
+        copy.deepcopy(tiny_llama), char_tokenizer, make_experts([2, 2]), config
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if ".shared." in n}
+    assert len(before) == 2 * len(mixture_layers(model))
+    summary = train_mixture(model, char_tokenizer, _records(), tmp_path / "moe", config)
+    assert summary["shared_rank"] == 2
+    after = dict(model.named_parameters())
+    for name, value in before.items():
+        assert not torch.equal(after[name], value), name
+    reloaded = load_mixture(copy.deepcopy(tiny_llama), tmp_path / "moe")
+    torch.testing.assert_close(mixture_state(reloaded), mixture_state(model), rtol=0, atol=0)
+
+
+def test_a_run_started_before_a_setting_existed_resumes_at_its_default():
+    from taskexpert.moe.train import _default_of
+
+    assert _default_of("config.shared_rank") == 0 and _default_of("config.shared_alpha") is None
+    assert _default_of("config.nope") is None and _default_of("records") is None

@@ -228,3 +228,16 @@ def test_scores_of_a_run_killed_while_scoring_the_bank_are_kept(
     assert asked == []  # the base row and every adapter were found in the kept scores
     assert not (tmp_path / "run/stages/select-experts.scores").exists()  # gone once done
     assert {m.method for m in result.verdict.methods} == {"base", "uniform_merge"}
+
+
+def test_the_train_section_sets_the_shared_expert(tmp_path):
+    """train-moe's --shared-rank is the run config's train.shared_rank (one field, both)."""
+    path = tmp_path / "run.yaml"
+    base = "base: smollm2\nbank: bank\nkshot: k.jsonl\npools: [p.jsonl]\nbudget: 5\n"
+    path.write_text(base + "train:\n  shared_rank: 8\n  shared_alpha: 4\n")
+    moe = load_run_config(path).train.moe_config()
+    assert (moe.shared_rank, moe.shared_scaling) == (8, 0.5)
+    path.write_text(base + "train:\n  shared_rank: -1\n")
+    with pytest.raises(InputError) as error:
+        load_run_config(path)
+    assert error.value.field == "train.shared_rank"

@@ -1,4 +1,6 @@
-"""A mixture on disk: `moe_config.json` + `moe_model.safetensors` (experts and routers only).
+"""A mixture on disk: `moe_config.json` + `moe_model.safetensors` (experts, routers and, when
+the mixture has one, the shared expert's `<module>.shared.lora_A` / `.lora_B`; a directory
+without them, as older versions wrote, is a mixture without shared expert).
 
 Loading is strict: every tensor must be there and fit the base, and the base's weights must
 match the fingerprint recorded at attach time, so a directory never silently lands on the
@@ -39,13 +41,17 @@ def _refuse_foreign_dir(path: Path, marker: str) -> None:
 
 
 def mixture_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Experts and routers by `<module>.{router.weight, lora_A.<e>, lora_B.<e>}`, on CPU."""
+    """Experts and routers by `<module>.{router.weight, lora_A.<e>, lora_B.<e>}`, and the
+    shared expert by `<module>.shared.{lora_A, lora_B}` where there is one, on CPU."""
     state = {}
     for module, layer in mixture_layers(model).items():
         state[f"{module}.router.weight"] = layer.router.weight
         for e in range(layer.num_experts):
             state[f"{module}.lora_A.{e}"] = layer.lora_A[e]
             state[f"{module}.lora_B.{e}"] = layer.lora_B[e]
+        if layer.shared is not None:
+            state[f"{module}.shared.lora_A"] = layer.shared.lora_A
+            state[f"{module}.shared.lora_B"] = layer.shared.lora_B
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
@@ -87,6 +93,31 @@ def _warn_if_renamed(base_model: nn.Module, config: MoeConfig) -> None:
         )
 
 
+def _shared_factors(
+    base_model: nn.Module, config: MoeConfig, tensors: Mapping[str, torch.Tensor], weights: Path
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+    """Each module's shared (A_s, B_s) from the file, checked against the config's rank and the
+    base layer; None for a mixture without shared expert."""
+    if config.shared_rank == 0:
+        return None
+    shared = {}
+    for module in config.modules:
+        linear = _base_linear(base_model, module, "the mixture", weights)
+        A, B = tensors[f"{module}.shared.lora_A"], tensors[f"{module}.shared.lora_B"]
+        want_A = (config.shared_rank, linear.in_features)
+        want_B = (linear.out_features, config.shared_rank)
+        if tuple(A.shape) != want_A or tuple(B.shape) != want_B:
+            raise InputError(
+                f"shared expert, module {module}: lora_A {tuple(A.shape)} and lora_B "
+                f"{tuple(B.shape)}, expected {want_A} and {want_B} (shared_rank="
+                f"{config.shared_rank}, base layer {linear.in_features} -> "
+                f"{linear.out_features})",
+                weights,
+            )
+        shared[module] = (A, B)
+    return shared
+
+
 def load_mixture(base_model: nn.Module, path: str | Path, freeze: bool = True) -> nn.Module:
     """Restore a saved mixture onto the base it was built on (errors on any other base)."""
     path = Path(path)
@@ -101,9 +132,13 @@ def load_mixture(base_model: nn.Module, path: str | Path, freeze: bool = True) -
         for part in "AB"
         for e in range(len(config.experts))
     }
+    if config.shared_rank > 0:
+        expected |= {f"{m}.shared.lora_{part}" for m in config.modules for part in "AB"}
     if expected != set(tensors):
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
         what = f"missing tensor {missing[0]}" if missing else f"unexpected tensor {extra[0]}"
+        if any(".shared." in key for key in missing + extra):
+            what += f" (the config says shared_rank={config.shared_rank})"
         raise InputError(f"weights do not match {CONFIG_FILE}: {what}", weights_file)
     experts = {}
     for module in config.modules:
@@ -129,9 +164,10 @@ def load_mixture(base_model: nn.Module, path: str | Path, freeze: bool = True) -
                 )
             factors.append((A, B, expert.scaling_of(module)))
         experts[module] = factors
+    shared = _shared_factors(base_model, config, tensors, weights_file)
     check_fingerprint(base_model, config, path)
     _warn_if_renamed(base_model, config)
-    install_mixture(base_model, config, experts)
+    install_mixture(base_model, config, experts, shared)
     with torch.no_grad():
         for module, layer in mixture_layers(base_model).items():
             router = tensors[f"{module}.router.weight"]
@@ -156,13 +192,14 @@ def export_merged_lora(
 
     The experts' factors are stacked, not averaged: A' = [A_1; A_2; ...] and
     B' = [g_1 s_1 B_1 | g_2 s_2 B_2 | ...], rank = sum of ranks, lora_alpha = rank (scaling 1),
-    so B'A' = sum_e g_e s_e B_e A_e exactly. What is lost is the per-token routing.
+    so B'A' = sum_e g_e s_e B_e A_e exactly; a shared expert is one more block at gate 1.
+    What is lost is the per-token routing.
     """
     from taskexpert.moe.fold import write_stacked_lora
 
     path = Path(path)
     values = resolve_gates(model, gates)
-    if not any(g != 0.0 for g in values):
+    if not any(g != 0.0 for g in values) and mixture_config(model).shared_rank == 0:
         raise InputError("all gates are zero; the export would be the base model", field="gates")
     _refuse_foreign_dir(path, PEFT_CONFIG_FILE)
     with atomic_dir(path) as tmp:

@@ -52,6 +52,10 @@ class MoeConfig(BaseModel):
     router_seed: int = 0  # fresh routers are reproducible
     kshot_temperature: float = Field(default=4.0, gt=0.0)  # logit scale of K-shot routers
     load_balancing_coef: float = Field(default=0.0, ge=0.0)  # switch-style aux loss; 0 = off
+    # An always-on shared LoRA beside the routed experts (MixLoRA, DeepSeekMoE): its rank
+    # (0 = none) and alpha (None = twice the rank, the LoRA baselines' convention).
+    shared_rank: int = Field(default=0, ge=0)
+    shared_alpha: float | None = Field(default=None, gt=0.0)
     # Filled by attach_mixture from the adapters and the base model:
     experts: list[ExpertSpec] = Field(default_factory=list)
     target_modules: list[str] = Field(default_factory=list)  # suffixes, e.g. ["q_proj", "v_proj"]
@@ -73,10 +77,20 @@ class MoeConfig(BaseModel):
     def expert_names(self) -> list[str]:
         return [e.name for e in self.experts]
 
+    @property
+    def shared_scaling(self) -> float:
+        """The shared expert's alpha / r (alpha defaults to 2 r); 0 when there is none."""
+        if self.shared_rank == 0:
+            return 0.0
+        alpha = self.shared_alpha if self.shared_alpha is not None else 2.0 * self.shared_rank
+        return alpha / self.shared_rank
+
     def save(self, directory: str | Path) -> Path:
-        """Write `moe_config.json` into `directory` (atomically)."""
+        """Write `moe_config.json` into `directory` (atomically). Without a shared expert its
+        keys are left out, so the file is what versions before it wrote and they can read it."""
         path = Path(directory) / CONFIG_FILE
-        write_json(path, self.model_dump(mode="json"))
+        exclude = {"shared_rank", "shared_alpha"} if self.shared_rank == 0 else None
+        write_json(path, self.model_dump(mode="json", exclude=exclude))
         return path
 
     @classmethod

@@ -19,8 +19,12 @@ collapsed top-1 mixture that is the dominant expert at weight 1, and exact where
 always picks it; where routing is constant per module (forced, or top_k = N with equal gates)
 it is exact too.
 
+A shared expert (MoeConfig.shared_rank > 0) is one more always-on term, s_s B_s A_s x at gate
+1 for every token, so it folds exactly: its A_s is one more block of A' and s_s B_s one more
+block of B' (rank sum_e r_e + r_s), whatever the constants.
+
 The mixture holds nothing else that trains: MixtureOfLoraLinear has the frozen base layer,
-the experts and the router (no shared expert, no bias), and `check_foldable` refuses a model
+the experts, the router and the shared expert (no bias), and `check_foldable` refuses a model
 with any other trainable parameter, which the fold would otherwise silently drop.
 """
 
@@ -40,7 +44,8 @@ from taskexpert.peft_glue import peft_weight_key
 
 
 def check_foldable(model: nn.Module) -> None:
-    """Refuse a model with trainable parameters outside the experts and routers."""
+    """Refuse a model with trainable parameters outside the experts, routers and shared
+    experts (the parameters `stacked_lora` folds, and the routers it replaces by constants)."""
     layers = mixture_layers(model)
     owned = {
         id(p)
@@ -51,7 +56,8 @@ def check_foldable(model: nn.Module) -> None:
     extra = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in owned]
     if extra:
         raise TaskexpertError(
-            f"the mixture has trainable parameters besides its experts and routers "
+            f"the mixture has trainable parameters besides its experts, routers and shared "
+            f"experts "
             f"({extra[0]} and {len(extra) - 1} more); a LoRA fold would drop them, so it is "
             "refused"
         )
@@ -82,20 +88,21 @@ def gates_from_routing(
 def stacked_lora(
     model: nn.Module, gates: Mapping[str, Sequence[float]]
 ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    """PEFT factor tensors of dW = sum_e c_e s_e B_e A_e per module, and each module's rank."""
+    """PEFT factor tensors of dW = sum_e c_e s_e B_e A_e (+ s_s B_s A_s, the shared expert at
+    gate 1, where there is one) per module, and each module's rank."""
     tensors, ranks = {}, {}
     for module, layer in mixture_layers(model).items():
         values = [float(v) for v in gates[module]]
         if len(values) != layer.num_experts:
             raise InputError(f"{len(values)} gates for {layer.num_experts} experts", field=module)
         kept = [e for e, g in enumerate(values) if g != 0.0]
-        if not kept:
+        if not kept and layer.shared is None:
             raise InputError("all gates are zero; the export would be the base model", field=module)
-        A = torch.cat([layer.lora_A[e].detach().float() for e in kept], dim=0)
-        B = torch.cat(
-            [layer.lora_B[e].detach().float() * (values[e] * layer.scaling[e]) for e in kept],
-            dim=1,
-        )
+        blocks = [(layer.lora_A[e], layer.lora_B[e], values[e] * layer.scaling[e]) for e in kept]
+        if layer.shared is not None:
+            blocks.append((layer.shared.lora_A, layer.shared.lora_B, layer.shared.scaling))
+        A = torch.cat([a.detach().float() for a, _, _ in blocks], dim=0)
+        B = torch.cat([b.detach().float() * factor for _, b, factor in blocks], dim=1)
         dtype = layer.lora_A[0].dtype
         tensors[peft_weight_key(module, "A")] = A.to(dtype).cpu().contiguous()
         tensors[peft_weight_key(module, "B")] = B.to(dtype).cpu().contiguous()

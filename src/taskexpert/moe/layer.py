@@ -2,7 +2,10 @@
 
 y = W0 x + sum over the k chosen experts of p_e * s_e * B_e A_e x, where p = softmax(W_g x)
 restricted to the top k and renormalised, and s_e is each expert's own alpha/r (the reference
-code forgot it).
+code forgot it). With a shared expert (MoeConfig.shared_rank > 0, MixLoRA / DeepSeekMoE) the
+layer also adds s_s * B_s A_s x at gate 1 for every token, routed or under fixed gates: one
+small matmul pair outside the stacked weights (so the cache and the routed paths below are
+untouched), B_s zero at attach time so the mixture starts exactly as without it.
 
 How it is computed (issue 20: the mixture near one LoRA's cost). The router rows and every
 expert's A are stacked into one [N + sum r_e, in] matrix, so one matmul per token gives the
@@ -63,6 +66,32 @@ class StackedWeights(NamedTuple):
     b_t: torch.Tensor  # [R, out]: s_e * B_e^T of every expert, stacked in the same order
 
 
+class SharedLora(nn.Module):
+    """The always-on shared expert: lora_A [r, in], lora_B [out, r] and its scaling alpha/r."""
+
+    def __init__(self, lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float) -> None:
+        super().__init__()
+        if lora_A.ndim != 2 or lora_B.ndim != 2 or lora_B.shape[1] != lora_A.shape[0]:
+            raise ValueError(
+                f"shared expert: lora_A {tuple(lora_A.shape)} and lora_B {tuple(lora_B.shape)} "
+                "are not the factors of one LoRA"
+            )
+        self.lora_A = nn.Parameter(lora_A)
+        self.lora_B = nn.Parameter(lora_B)
+        self.scaling = float(scaling)
+
+    @property
+    def rank(self) -> int:
+        return int(self.lora_A.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """s_s * B_s A_s x, computed as PEFT does."""
+        return F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, scaling={self.scaling}"
+
+
 class ForwardMask:
     """The attention mask of a model's current forward, one object shared by its layers."""
 
@@ -87,7 +116,9 @@ class MixtureOfLoraLinear(nn.Module):
         top_k: int = 2,
         load_balancing_coef: float = 0.0,
         expert_names: Sequence[str] | None = None,
+        shared: tuple[torch.Tensor, torch.Tensor, float] | None = None,
     ) -> None:
+        """`shared`: the shared expert's (A_s, B_s, scaling), or None for none."""
         super().__init__()
         if not experts:
             raise ValueError("a mixture needs at least one expert")
@@ -125,6 +156,19 @@ class MixtureOfLoraLinear(nn.Module):
         )
         self.router = nn.Linear(base_layer.in_features, len(experts), bias=False, **factory)
         nn.init.zeros_(self.router.weight)
+        # Registered only when there is one, so a mixture without keeps its state_dict layout.
+        self.shared: SharedLora | None = None
+        if shared is not None:
+            A, B, scaling = shared
+            fits = A.ndim == B.ndim == 2 and A.shape[1] == base_layer.in_features
+            if not (fits and B.shape[0] == base_layer.out_features):
+                raise ValueError(
+                    f"shared expert: lora_A {tuple(A.shape)} / lora_B {tuple(B.shape)} do not "
+                    f"fit a linear layer {base_layer.in_features} -> {base_layer.out_features}"
+                )
+            self.shared = SharedLora(
+                A.detach().to(**factory).clone(), B.detach().to(**factory).clone(), scaling
+            )
         self.top_k = top_k
         self.load_balancing_coef = load_balancing_coef
         self.expert_names = list(expert_names or [str(i) for i in range(len(experts))])
@@ -266,6 +310,8 @@ class MixtureOfLoraLinear(nn.Module):
         if self.fixed_gates is not None:
             self._last_logits = self._last_chosen = self.last_aux_loss = None
             delta = self._fixed_mix(flat, self.fixed_gates)
+            if self.shared is not None:
+                delta = delta + self.shared(flat)
             return result + delta.reshape(result.shape).to(result.dtype)
         weight, b_t = self.stacked_weights()
         logits, h = F.linear(flat, weight).split([self.num_experts, b_t.shape[0]], dim=1)
@@ -275,6 +321,8 @@ class MixtureOfLoraLinear(nn.Module):
             self._grouped_mix(h, gates, chosen, b_t, out)
         else:
             self._dense_mix(h, gates, chosen, b_t, out)
+        if self.shared is not None:
+            out.add_(self.shared(flat).to(out.dtype))
         return result
 
     def _route(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -356,4 +404,5 @@ class MixtureOfLoraLinear(nn.Module):
 
     def extra_repr(self) -> str:
         ranks = [a.shape[0] for a in self.lora_A]
-        return f"experts={self.num_experts}, ranks={ranks}, top_k={self.top_k}"
+        shared = f", shared_rank={self.shared.rank}" if self.shared is not None else ""
+        return f"experts={self.num_experts}, ranks={ranks}, top_k={self.top_k}{shared}"

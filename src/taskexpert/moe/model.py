@@ -9,6 +9,7 @@ so saving needs nothing but the model. Saving, loading and the PEFT export live 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -27,7 +28,11 @@ CONFIG_ATTR = "moe_config"
 MASK_ATTR = "_moe_attention_mask"
 MASK_HOOK_ATTR = "_moe_mask_hook"
 FINGERPRINT_SAMPLES = 4  # weight values sampled per adapted module to recognise the base
+# A fresh shared expert's A is drawn from router_seed + this, so it does not repeat the draws
+# of the routers (seeded by router_seed itself).
+SHARED_SEED_OFFSET = 1_000_003
 Experts = list[tuple[torch.Tensor, torch.Tensor, float]]
+Shared = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (A_s, B_s)
 
 
 def mixture_layers(model: nn.Module) -> dict[str, MixtureOfLoraLinear]:
@@ -168,8 +173,31 @@ def _remember_attention_mask(model: nn.Module, args: tuple, kwargs: dict) -> Non
     getattr(model, MASK_ATTR).mask = mask.detach() if isinstance(mask, torch.Tensor) else None
 
 
-def install_mixture(model: nn.Module, config: MoeConfig, experts: Mapping[str, Experts]) -> None:
-    """Replace each named linear by a mixture of the given (A, B, scaling) experts."""
+def fresh_shared(model: nn.Module, config: MoeConfig, modules: Sequence[str]) -> Shared:
+    """A new shared expert per module, initialised as PEFT initialises a LoRA: A kaiming-uniform
+    (a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in))), B zero, so the mixture's output is unchanged
+    until B trains. Seeded, like the routers, so attaching is reproducible."""
+    generator = torch.Generator().manual_seed(config.router_seed + SHARED_SEED_OFFSET)
+    rank, shared = config.shared_rank, {}
+    for module in sorted(modules):
+        linear = model.get_submodule(module)
+        bound = 1.0 / math.sqrt(linear.in_features)
+        A = torch.empty(rank, linear.in_features).uniform_(-bound, bound, generator=generator)
+        shared[module] = (A, torch.zeros(linear.out_features, rank))
+    return shared
+
+
+def install_mixture(
+    model: nn.Module,
+    config: MoeConfig,
+    experts: Mapping[str, Experts],
+    shared: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> None:
+    """Replace each named linear by a mixture of the given (A, B, scaling) experts; with
+    config.shared_rank > 0 each also gets its shared expert's (A_s, B_s) from `shared`
+    (fresh ones when None)."""
+    if config.shared_rank > 0 and shared is None:
+        shared = fresh_shared(model, config, list(experts))
     holder = getattr(model, MASK_ATTR, None)
     if not isinstance(holder, ForwardMask):
         holder = ForwardMask()
@@ -183,6 +211,7 @@ def install_mixture(model: nn.Module, config: MoeConfig, experts: Mapping[str, E
             top_k=config.top_k,
             load_balancing_coef=config.load_balancing_coef,
             expert_names=config.expert_names,
+            shared=(*shared[module], config.shared_scaling) if config.shared_rank > 0 else None,
         )
         mixture.forward_mask = holder
         parent_name, _, child = module.rpartition(".")
@@ -212,10 +241,12 @@ def attach_mixture(
     config: MoeConfig | None = None,
     freeze: bool = True,
 ) -> nn.Module:
-    """Turn every linear the experts adapt into a mixture of them, with fresh routers.
+    """Turn every linear the experts adapt into a mixture of them, with fresh routers (and a
+    fresh shared expert when config.shared_rank > 0).
 
-    `config` carries the routing choices (top_k, load balancing, router seed); the experts,
-    modules and base fingerprint are filled in here. The base is frozen unless freeze=False.
+    `config` carries the routing choices (top_k, load balancing, router seed, shared expert);
+    the experts, modules and base fingerprint are filled in here. The base is frozen unless
+    freeze=False.
     """
     choices = (config or MoeConfig()).model_dump(
         exclude={"experts", "modules", "target_modules", "base_model_name", "base_fingerprint"}
@@ -226,6 +257,8 @@ def attach_mixture(
             f"top_k={choices['top_k']} but only {len(adapters)} experts", field="top_k"
         )
     base_name = getattr(model, "name_or_path", None) or adapters[0].base_model_name
+    if choices["shared_rank"] > 0 and choices["shared_alpha"] is None:  # recorded as used
+        choices["shared_alpha"] = 2.0 * choices["shared_rank"]
     resolved = MoeConfig(
         **choices,
         experts=[_expert_spec(a) for a in adapters],
@@ -248,7 +281,8 @@ def attach_mixture(
 
 
 def freeze_base(model: nn.Module) -> int:
-    """Only experts and routers train; returns the number of trainable parameters."""
+    """Only experts, routers and shared experts train; returns the number of trainable
+    parameters."""
     trainable = set()
     for layer in mixture_layers(model).values():
         for name, param in layer.named_parameters():

@@ -59,6 +59,15 @@ class MoeTrainConfig(BaseModel):
     load_balancing_coef: Annotated[float, Cli(flag="--lb-coef")] = Field(
         0.0, ge=0, description="Load-balancing loss coefficient (0: off, as in the paper)."
     )
+    shared_rank: int = Field(
+        0,
+        ge=0,
+        description="Rank of an always-on shared LoRA beside the routed experts, trained with "
+        "them (MixLoRA, DeepSeekMoE); 0: none, as in the paper.",
+    )
+    shared_alpha: float | None = Field(
+        None, gt=0, description="LoRA alpha of the shared LoRA [default: twice its rank]."
+    )
     epochs: float = Field(5.0, gt=0, description="Passes over the data (paper: 5).")
     max_steps: int | None = Field(None, gt=0, description="Optimizer steps; overrides --epochs.")
     lr: float = Field(5e-5, gt=0, description="Learning rate of the experts (and routers).")
@@ -90,6 +99,8 @@ class MoeTrainConfig(BaseModel):
             top_k=self.top_k,
             load_balancing_coef=self.load_balancing_coef,
             router_seed=self.seed,
+            shared_rank=self.shared_rank,
+            shared_alpha=self.shared_alpha,
             **extra,
         )
 
@@ -327,6 +338,14 @@ def _differences(changes: Sequence[Change]) -> str:
     return "; ".join(change.describe(lambda key: key.split(".")[-1]) for change in changes)
 
 
+def _default_of(key: str) -> object:
+    """The default of a setting a run started before it existed did not record (`config.x`),
+    so that run still resumes as long as the setting keeps its default; None otherwise."""
+    parent, _, name = key.rpartition(".")
+    found = MoeTrainConfig.model_fields.get(name) if parent == "config" else None
+    return None if found is None or found.is_required() else found.get_default()
+
+
 def _rounded(value):
     return round(value, 6) if isinstance(value, float) else value
 
@@ -369,7 +388,7 @@ def train_mixture(
         )
     rundir = RunDir(work_dir(out), kind="train-moe", remedy="rerun without --resume to start over")
     with rundir.open():
-        changes = rundir.changes(run) if resume else None
+        changes = rundir.changes(run, _default_of) if resume else None
         if changes:
             raise InputError(
                 f"the unfinished run there used other settings ({_differences(changes)}); "
@@ -421,6 +440,7 @@ def _train_and_save(
         "experts": [e.model_dump(mode="json") for e in moe.experts],
         "top_k": moe.top_k,
         "router_init": moe.router_init,
+        "shared_rank": moe.shared_rank,
         "trainable_parameters": stats["trainable_parameters"],
         "records": len(records),
         "train": result.to_dict(),
