@@ -9,6 +9,12 @@ on K-shot + selected data (`select_data` from the pool, default sentence encoder
 many trainable parameters as the mixture on the same data; and the mixture itself (top-2,
 top-1, top-2 with routers from K-shot hidden states, top-2 with randomly drawn bank experts).
 
+Not run by default (name them in --methods), issue 19 item 3's mixture variants:
+- moe_top2_shared: top-2 plus an always-on shared LoRA of rank --shared-rank (default 8,
+  alpha twice the rank) trained beside the experts (MixLoRA, DeepSeekMoE; MoeConfig.shared_rank);
+- moe_dense: dense gating, top_k = the number of chosen experts (every expert on every token,
+  softmax-weighted).
+
 Seeded methods run once per seed (LoRA and router init, data order, random experts, search
 noise); deterministic ones (base, bank adapter, uniform merge) once. Prints one JSON line;
 progress and a table go to stderr.
@@ -42,8 +48,11 @@ ALL_METHODS = (
     "moe_top2_kshot_router",
     "moe_random_top2",
     "moe_truth_top2",
+    "moe_top2_shared",
+    "moe_dense",
 )
-DEFAULT_METHODS = [m for m in ALL_METHODS if m not in ("moe_top2_kshot_router", "moe_truth_top2")]
+OFF_BY_DEFAULT = ("moe_top2_kshot_router", "moe_truth_top2", "moe_top2_shared", "moe_dense")
+DEFAULT_METHODS = [m for m in ALL_METHODS if m not in OFF_BY_DEFAULT]
 DETERMINISTIC = {"base", "best_bank_adapter", "uniform_merge"}
 NOT_ADAPTERS = {"base", "kshot_lora", "ceiling_lora"}
 
@@ -337,6 +346,10 @@ def run_target(args, testbed, target: str, base, tokenizer, work: Path) -> dict:
                     config = config.model_copy(update={"top_k": 1})
                 if method == "moe_top2_kshot_router":
                     config = config.model_copy(update={"router_init": "kshot"})
+                if method == "moe_top2_shared":
+                    config = config.model_copy(update={"shared_rank": args.shared_rank})
+                if method == "moe_dense":
+                    config = config.model_copy(update={"top_k": len(chosen)})
                 if method == "moe_random_top2":
                     draw = random.Random(seed).sample(usable, len(names))
                     chosen = [load_adapter(testbed.adapter_dir(n), name=n) for n in draw]
@@ -350,6 +363,8 @@ def run_target(args, testbed, target: str, base, tokenizer, work: Path) -> dict:
                     em(model),
                     t0,
                     experts=[a.name for a in chosen],
+                    top_k=config.top_k,
+                    shared_rank=config.shared_rank,
                     trainable=summary["trainable_parameters"],
                     entropy=summary["final_router_entropy"],
                     max_entropy=summary["router_max_entropy"],
@@ -459,6 +474,9 @@ def main() -> None:
     )
     parser.add_argument("--lora-lr", type=float, default=3e-3)
     parser.add_argument("--lb-coef", type=float, default=0.0)
+    parser.add_argument(
+        "--shared-rank", type=int, default=8, help="Rank of moe_top2_shared's shared LoRA."
+    )
     parser.add_argument("--lorahub-budget", type=int, default=40)
     parser.add_argument("--max-length", type=int, default=192)
     parser.add_argument("--max-test", type=int, default=0, help="Evaluate on the first N tests.")
