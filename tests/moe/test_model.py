@@ -184,6 +184,11 @@ def test_a_fresh_shared_expert_starts_as_peft_does_and_changes_nothing(
         copy.deepcopy(tiny_llama), experts, MoeConfig(router_seed=1, shared_rank=3)
     )
     assert mixture_config(shared).shared_alpha == 6.0  # recorded: twice the rank
+    unused = MoeConfig(shared_alpha=4.0)  # without a shared expert its alpha is dropped
+    assert (
+        mixture_config(attach_mixture(copy.deepcopy(tiny_llama), experts, unused)).shared_alpha
+        is None
+    )
     assert all(layer.shared is None for layer in mixture_layers(plain).values())
     extra = 0
     for layer in mixture_layers(shared).values():

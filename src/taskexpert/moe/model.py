@@ -257,7 +257,9 @@ def attach_mixture(
             f"top_k={choices['top_k']} but only {len(adapters)} experts", field="top_k"
         )
     base_name = getattr(model, "name_or_path", None) or adapters[0].base_model_name
-    if choices["shared_rank"] > 0 and choices["shared_alpha"] is None:  # recorded as used
+    if choices["shared_rank"] == 0:  # no shared expert: an alpha for it means nothing
+        choices["shared_alpha"] = None
+    elif choices["shared_alpha"] is None:  # recorded as used
         choices["shared_alpha"] = 2.0 * choices["shared_rank"]
     resolved = MoeConfig(
         **choices,
