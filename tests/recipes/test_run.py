@@ -12,7 +12,14 @@ import yaml
 from taskexpert.errors import InputError
 from taskexpert.experts.config import RULES
 from taskexpert.recipes.run import SIMPLER_FIRST, run_method
-from taskexpert.recipes.run_config import RunConfig, dump_run_config, load_run_config
+from taskexpert.recipes.run_config import (
+    ADDED_LATER,
+    RunConfig,
+    default_of,
+    dump_run_config,
+    keyed_settings,
+    load_run_config,
+)
 from taskexpert.recipes.run_example import example_for_testbed
 from taskexpert.records import load_records
 
@@ -110,6 +117,43 @@ def test_resume_after_a_change_reruns_exactly_what_depends_on_it(first_run, micr
     expected = {f"{stage}/{m}-seed{s}" for stage in ("train", "eval")
                 for m in ("plain_lora", "kshot_lora") for s in (0, 1)}  # fmt: skip
     assert set(result.ran) == expected | {"verdict"}
+
+
+def test_a_run_made_before_a_setting_existed_is_reused_while_it_keeps_its_default(
+    first_run, tmp_path
+):
+    """Settings added later (run_config.ADDED_LATER) stay out of the stored config and the
+    stage keys at their default: such a run reruns nothing, with or without --resume."""
+    import shutil
+
+    config, out, _ = first_run
+    old = tmp_path / "old-run"
+    shutil.copytree(out, old, ignore=shutil.ignore_patterns(".lock"))
+    manifest = json.loads((old / "manifest.json").read_text())
+    for section, names in ADDED_LATER.items():
+        for name in names:
+            del manifest["config"][section][name]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert run_method(config, old, progress=False).ran == []
+    changed = config.model_copy(
+        update={"train": config.train.model_copy(update={"shared_rank": 2})}
+    )
+    with pytest.raises(InputError, match="another config.*train.shared_rank"):
+        run_method(changed, old, progress=False)
+
+
+def test_keyed_settings_leave_out_only_later_settings_at_their_default(first_run):
+    config, _, _ = first_run
+    dumped = config.train.model_dump(mode="json", exclude={"progress"})
+    before = {k: v for k, v in dumped.items() if k not in ADDED_LATER["train"]}
+    assert keyed_settings("train", config.train, exclude={"progress"}) == before
+    shared = config.train.model_copy(update={"shared_rank": 8})
+    assert keyed_settings("train", shared, exclude={"progress"})["shared_rank"] == 8
+    capped = config.select_experts.model_copy(update={"max_kshot": 16})
+    assert keyed_settings("select_experts", capped)["max_kshot"] == 16
+    assert default_of("train.shared_rank") == 0
+    assert default_of("select_experts.max_kshot") is None
+    assert default_of("seeds") == [0, 1, 2] and default_of("no_such.key") is None
 
 
 def test_holdout_split_keeps_scored_items_out_of_selection_and_training(micro_testbed, tmp_path):

@@ -29,7 +29,14 @@ from taskexpert.errors import InputError
 from taskexpert.io import write_json
 from taskexpert.recipes.common_options import RAY_KEYS
 from taskexpert.recipes.report import write_run_report
-from taskexpert.recipes.run_config import RUNTIME_KEYS, TRAINED, RunConfig, settings_dict
+from taskexpert.recipes.run_config import (
+    RUNTIME_KEYS,
+    TRAINED,
+    RunConfig,
+    default_of,
+    keyed_settings,
+    settings_dict,
+)
 from taskexpert.recipes.run_dir import RunDirectory, fingerprint, stage_key
 from taskexpert.recipes.run_outcome import item_scores, representative_seed, write_final
 from taskexpert.recipes.run_split import NEEDS_DATA, Split, check_inputs
@@ -154,7 +161,7 @@ def _select_experts_stage(run: _Run, kshot: Path) -> Path:
         )
 
     parts = {
-        "settings": config.select_experts.model_dump(mode="json"),
+        "settings": keyed_settings("select_experts", config.select_experts),
         "runtime": run.runtime,
         "base": run.fingerprints["base"],
         "bank": run.fingerprints["bank"],
@@ -238,7 +245,7 @@ def _train_moe_stage(run: _Run, seed: int, experts: Path, data: Path, kshot: Pat
         )  # fmt: skip
 
     parts = {
-        "settings": config.train.model_dump(mode="json", exclude={"progress"}),
+        "settings": keyed_settings("train", config.train, exclude={"progress"}),
         "seed": seed,
         "runtime": run.runtime,
         "base": run.fingerprints["base"],
@@ -278,7 +285,7 @@ def _lora_stage(run: _Run, method: str, seed: int, experts: Path, data: Path | N
         write_json(tmp / "train_summary.json", {**summary, **lora, "records": len(records)})
 
     parts = {
-        "train": config.train.model_dump(mode="json", exclude={"progress"}),
+        "train": keyed_settings("train", config.train, exclude={"progress"}),
         "lora": config.lora.model_dump(mode="json"),
         "seed": seed,
         "runtime": run.runtime,
@@ -413,7 +420,7 @@ def run_method(
     from taskexpert.verdict import decide
 
     out = Path(out)
-    directory = RunDirectory(out, settings_dict(config), resume=resume)
+    directory = RunDirectory(out, settings_dict(config), resume=resume, default_of=default_of)
     directory.check_reusable()  # before reading big inputs: a wrong --out fails at once
     split = check_inputs(config)
     inputs = {

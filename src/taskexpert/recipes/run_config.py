@@ -279,3 +279,36 @@ def dump_run_config(config: RunConfig, title: str = "taskexpert run") -> str:
 def settings_dict(config: RunConfig) -> dict[str, Any]:
     """The config as plain JSON data (for the manifest and stage keys)."""
     return config.model_dump(mode="json")
+
+
+# Settings added after run directories existed, by section: a stage key leaves each out while
+# it keeps its default, so a run made before the setting resumes instead of redoing the stage.
+ADDED_LATER = {
+    "select_experts": frozenset({"max_kshot"}),
+    "train": frozenset({"shared_rank", "shared_alpha"}),
+}
+
+
+def keyed_settings(section: str, settings: BaseModel, exclude: set[str] | None = None) -> dict:
+    """A section's settings for a stage key (JSON data, less `exclude` and the ADDED_LATER
+    settings still at their default)."""
+    later = ADDED_LATER.get(section, frozenset())
+    fields = type(settings).model_fields
+    return {
+        key: value
+        for key, value in settings.model_dump(mode="json", exclude=exclude).items()
+        if key not in later or getattr(settings, key) != fields[key].get_default()
+    }
+
+
+def default_of(key: str) -> object:
+    """The default of a dotted config key (`train.shared_rank`), so a run directory made
+    before a setting existed is not refused as made with another config; None where none."""
+    model: type[BaseModel] | None = RunConfig
+    *parents, name = key.split(".")
+    for parent in parents:
+        model = _section_model(model, parent) if model else None
+    found = model.model_fields.get(name) if model else None
+    if found is None or found.is_required():
+        return None
+    return found.get_default(call_default_factory=True)

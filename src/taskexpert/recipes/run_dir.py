@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import platform
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -117,10 +117,18 @@ class RunDirectory:
     """One run's directory. Open it with `open()`; then `done(name, key)` tells whether a
     stage can be reused and `stage(name, key)` builds one."""
 
-    def __init__(self, path: str | Path, config: Mapping[str, Any], *, resume: bool) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        config: Mapping[str, Any],
+        *,
+        resume: bool,
+        default_of: Callable[[str], Any] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.config = dict(config)
         self.resume = resume
+        self.default_of = default_of  # a setting the stored config lacks compares with this
         self.manifest: dict[str, Any] = {}
         self._rundir = RunDir(
             self.path, kind="taskexpert run", remedy="rerun with --resume, or choose another --out"
@@ -153,7 +161,7 @@ class RunDirectory:
         stored = self._read_manifest()
         if self.resume:
             return
-        changes = identity_changes(stored.get("config", {}), self.config)
+        changes = identity_changes(stored.get("config", {}), self.config, self.default_of)
         if changes:
             first = changes[0]
             raise InputError(
