@@ -228,17 +228,21 @@ class RunDir:
         return self.path / IDENTITY_FILE
 
     @contextlib.contextmanager
-    def open(self, *, wait: bool = False) -> Iterator[RunDir]:
+    def open(
+        self, *, wait: bool = False, worth_keeping: Callable[[], bool] | None = None
+    ) -> Iterator[RunDir]:
         """Create (if needed) and lock the directory, clear a killed run's temp leftovers at
         its top level. A directory this call creates goes again if the block fails before the
-        identity is recorded (a bad --base, say): nothing in it is worth resuming yet."""
+        identity is recorded (a bad --base, say) and `worth_keeping` (if given) says nothing
+        in it is worth resuming yet."""
         fresh = not self.path.exists()
         try:
             with lock(self.path, wait=wait, what=f"{self.kind} run"):
                 clear_leftovers(self.path)
                 yield self
         except BaseException:
-            if fresh and not self.identity_path.exists():
+            keep = self.identity_path.exists() or (worth_keeping is not None and worth_keeping())
+            if fresh and not keep:
                 shutil.rmtree(self.path, ignore_errors=True)
             raise
 

@@ -253,12 +253,11 @@ def test_scores_of_a_run_killed_while_scoring_the_bank_are_kept(
         real(*args, **kwargs)  # every score stored (on_score), then the process "dies"
         raise RuntimeError("killed after scoring")
 
-    # a run that already exists (a fresh one that fails is removed whole: it wrote nothing)
-    run_method(micro_config(micro_testbed, methods=["base"]), tmp_path / "run", progress=False)
+    # a fresh run: one that fails after scoring keeps its directory (the scores are the work)
     config = micro_config(micro_testbed, methods=["base", "uniform_merge"], seeds=[0])
     monkeypatch.setattr(select_module, "score_bank", then_crash)
     with pytest.raises(RuntimeError, match="killed after scoring"):
-        run_method(config, tmp_path / "run", resume=True, progress=False)
+        run_method(config, tmp_path / "run", progress=False)
     assert any((tmp_path / "run/stages/select-experts.scores").iterdir())
 
     asked: list[list[str]] = []

@@ -155,9 +155,13 @@ def _select_experts_stage(run: _Run, kshot: Path) -> Path:
     def build(tmp: Path) -> None:
         # the stage's temp dir is new per attempt; the scores stay where a rerun finds them
         # (keyed by base, adapter, K-shot and scoring settings, so stale ones are not reused)
-        scores = run.dir.path / "stages" / "select-experts.scores"
         run_select_experts(
-            config.base, config.bank, kshot, tmp / "experts.json", settings, scores=scores
+            config.base,
+            config.bank,
+            kshot,
+            tmp / "experts.json",
+            settings,
+            scores=run.dir.scores_dir,
         )
 
     parts = {

@@ -141,6 +141,18 @@ class RunDirectory:
     def stage_dir(self, name: str) -> Path:
         return self.path / STAGES_DIR / name
 
+    @property
+    def scores_dir(self) -> Path:
+        """The bank's scores while select-experts runs: kept apart from the stage's per-attempt
+        temp dir, so a run killed while scoring resumes where it stopped."""
+        return self.path / STAGES_DIR / "select-experts.scores"
+
+    def holds_model_work(self) -> bool:
+        """Whether a failed fresh run leaves something worth resuming: a finished stage beyond
+        the split (which is cheap to redo) or bank scores. Otherwise its directory goes."""
+        finished = set(self.manifest.get("stages", {})) - {"split"}
+        return bool(finished) or (self.scores_dir.is_dir() and any(self.scores_dir.iterdir()))
+
     def check_reusable(self) -> None:
         """Before anything is written: a directory made with another config is refused without
         --resume (with the first differing key), and one that is not a run is refused."""
@@ -188,7 +200,7 @@ class RunDirectory:
         """Lock the directory for the run and (re)write the manifest's header. A killed
         attempt's stage temp dirs (each attempt builds in a new one) go with the lock held."""
         self.check_reusable()
-        with self._rundir.open():
+        with self._rundir.open(worth_keeping=self.holds_model_work):
             clear_leftovers(self.path / STAGES_DIR)
             old = self._read_manifest() if self.manifest_path.exists() else {}
             self.manifest = {
