@@ -131,16 +131,22 @@ def test_save_is_atomic_and_never_erases_other_directories(trained_moe, tmp_path
     assert list(out.iterdir()) == [foreign]
 
 
+def exported_and_fixed(moe, base, tmp_path, input_ids, gates):
+    """Logits of the exported merged LoRA, and of the mixture under the same fixed gates."""
+    export_merged_lora(moe, tmp_path / "merged", gates=gates)
+    merged = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "merged").eval()
+    with torch.no_grad():
+        with fixed_gates(moe, gates):
+            expected = moe(input_ids=input_ids).logits
+        return merged(input_ids=input_ids).logits, expected
+
+
 @pytest.mark.parametrize("gates", ["uniform", {"expert1": 0.7, "expert3": 0.3}])
 def test_export_equals_the_mixture_under_fixed_gates(
     trained_moe, tiny_llama, tmp_path, input_ids, gates
 ):
-    export_merged_lora(trained_moe, tmp_path / "merged", gates=gates)
-    merged = PeftModel.from_pretrained(copy.deepcopy(tiny_llama), tmp_path / "merged").eval()
+    got, expected = exported_and_fixed(trained_moe, tiny_llama, tmp_path, input_ids, gates)
     with torch.no_grad():
-        with fixed_gates(trained_moe, gates):
-            expected = trained_moe(input_ids=input_ids).logits
-        got = merged(input_ids=input_ids).logits
         routed = trained_moe(input_ids=input_ids).logits
     assert torch.allclose(got, expected, atol=1e-5)
     assert not torch.allclose(got, routed, atol=1e-3)  # the export is lossy: no routing
@@ -235,12 +241,8 @@ def test_export_folds_the_shared_expert_at_gate_one(
 ):
     """The shared expert is one more stacked block: rank grows by 3; with every routed expert
     at 0 the export is the shared LoRA alone, not refused (it is not the base model)."""
-    export_merged_lora(shared_moe, tmp_path / "merged", gates=gates)
-    merged = PeftModel.from_pretrained(copy.deepcopy(tiny_llama), tmp_path / "merged").eval()
+    got, expected = exported_and_fixed(shared_moe, tiny_llama, tmp_path, input_ids, gates)
     with torch.no_grad():
-        with fixed_gates(shared_moe, gates):
-            expected = shared_moe(input_ids=input_ids).logits
-        got = merged(input_ids=input_ids).logits
         bare = tiny_llama(input_ids=input_ids).logits
     # float32, the same terms summed in another order: 1e-5 as for the plain export
     assert torch.allclose(got, expected, atol=1e-5)
