@@ -110,10 +110,16 @@ def test_adapters_that_reason_worse_than_the_base_can_be_dropped():
     assert "above the base model's 2" in choice.decisions["guesser"]
     with pytest.raises(ValueError, match="base model's perplexity"):
         choose_group(em, rppl, sim, config, base_em=0.5)
-    with pytest.raises(
-        TaskexpertError, match=r"3 with perplexity above its 1\); there is nothing worth"
-    ):
-        choose_group(em, rppl, sim, config, base_em=0.5, base_perplexity=1.0)
+    # every adapter above the base's perplexity (a real bank on an unseen format): the filter
+    # is lifted with a warning, the other filters still apply
+    lifted = choose_group(em, rppl, sim, config, base_em=0.55, base_perplexity=1.0)
+    assert sorted(lifted.chosen) == ["expert", "guesser"]  # "other" is below the base's EM
+    assert "EM 0.500 is below" in lifted.decisions["other"]
+    assert any("perplexity filter was lifted" in w for w in lifted.warnings)
+    guesser_only = choose_group(em, rppl, sim, config, base_em=0.65, base_perplexity=1.0)
+    assert guesser_only.chosen == ["guesser"]  # lifted: the only one at the base's EM
+    with pytest.raises(TaskexpertError, match=r"3 with exact match below the base model's 0.750"):
+        choose_group(em, rppl, sim, config, base_em=0.75, base_perplexity=1.0)
 
 
 def test_adapters_less_grounded_in_the_question_than_the_base_can_be_dropped():

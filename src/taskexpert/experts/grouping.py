@@ -208,6 +208,14 @@ def _base_filters(config: GroupingConfig, base_em, perplexity, rationale_match) 
     return filters
 
 
+def _apply_filters(names: Sequence[str], filters: list, inputs: dict) -> dict[str, str]:
+    """Each filter in turn over the adapters no earlier one dropped; why each was dropped."""
+    decisions: dict[str, str] = {}
+    for drop in filters:
+        decisions.update(drop(names=[n for n in names if n not in decisions], **inputs))
+    return decisions
+
+
 def _nothing_left(decisions: Mapping[str, str], base_em, base_perplexity) -> TaskexpertError:
     """The error when the base-model filters dropped every adapter, counted per filter."""
 
@@ -430,25 +438,37 @@ def choose_group(
     and `base_contrast` (the contrast reasoning score) serve `config.drop_ungrounded`;
     `rationale_match` (family.rationale_match per adapter) serves `config.drop_unsupported`
     and `generations` (per adapter, on the K-shot) the behavioural half of
-    `config.one_per_family`, whose weight half uses `similarity`.
+    `config.one_per_family`, whose weight half uses `similarity`. When the filters drop every
+    adapter and lifting the perplexity filter alone leaves some, it is lifted with a warning.
     """
     config = config or GroupingConfig()
     m = config.candidates()
     names = list(em)
-    decisions: dict[str, str] = {}
-    for drop in _base_filters(config, base_em, perplexity, rationale_match):
-        found = drop(
-            names=[name for name in names if name not in decisions],
-            em=em,
-            perplexity=perplexity,
-            contrast=contrast,
-            base_em=base_em,
-            base_perplexity=base_perplexity,
-            base_contrast=base_contrast,
-            rationale_match=rationale_match,
-            config=config,
-        )
-        decisions.update(found)
+    inputs = dict(
+        em=em,
+        perplexity=perplexity,
+        contrast=contrast,
+        base_em=base_em,
+        base_perplexity=base_perplexity,
+        base_contrast=base_contrast,
+        rationale_match=rationale_match,
+        config=config,
+    )
+    filters = _base_filters(config, base_em, perplexity, rationale_match)
+    decisions = _apply_filters(names, filters, inputs)
+    warnings: list[str] = []
+    if not [n for n in names if n not in decisions] and _drop_above_base_perplexity in filters:
+        # A real bank trained on other tasks can raise every adapter's perplexity on the
+        # K-shot's rationales (SmolLM2's 16 on ARC-Challenge): the filter meant to catch the
+        # answer-only guesser then leaves nothing, so it is lifted and the user told.
+        lifted = _apply_filters(names, [f for f in filters if f != _drop_above_base_perplexity],
+                                inputs)  # fmt: skip
+        if [n for n in names if n not in lifted]:
+            warnings.append(
+                "every adapter's perplexity is above the base model's on the K-shot: the "
+                "perplexity filter was lifted (the group may not beat the base model)"
+            )
+            decisions = lifted
     survivors = [n for n in names if n not in decisions]
     if not survivors:
         raise _nothing_left(decisions, base_em, base_perplexity)
@@ -461,7 +481,6 @@ def choose_group(
         twins = _same_family(top, *family, keep=None)
         decisions.update(twins)
         top = [n for n in top if n not in twins]
-    warnings: list[str] = []
     n = config.n
     if len(top) < n:
         warnings.append(
