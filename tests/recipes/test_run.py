@@ -77,6 +77,14 @@ def test_every_method_is_scored_and_the_winner_is_written(first_run):
         assert (out / "final" / folder).is_dir()
 
 
+def test_the_verdict_carries_select_experts_warnings(first_run):
+    _, out, result = first_run
+    experts = json.loads((out / "stages/select-experts/experts.json").read_text())
+    carried = [w for w in result.verdict.warnings if w.startswith("select-experts: ")]
+    assert carried == [f"select-experts: {w}" for w in experts["warnings"]]
+    assert carried  # the micro bank's rejected adapter is warned about
+
+
 def test_manifest_records_config_versions_inputs_and_costs(first_run):
     config, out, _ = first_run
     manifest = json.loads((out / "manifest.json").read_text())

@@ -174,6 +174,15 @@ def _select_experts_stage(run: _Run, kshot: Path) -> Path:
     return run.stage("select-experts", parts, build) / "experts.json"
 
 
+def selection_warnings(experts: Path | None) -> list[str]:
+    """select-experts' warnings, prefixed, for the verdict (none without a selection)."""
+    if experts is None:
+        return []
+    from taskexpert.artifacts import read_experts_document
+
+    return [f"select-experts: {w}" for w in read_experts_document(experts).warnings or []]
+
+
 def _select_data_stage(run: _Run, kshot: Path) -> Path:
     from taskexpert.recipes.select_data import SelectDataConfig, run_select_data
 
@@ -489,12 +498,16 @@ def run_method(
                 resamples=settings.resamples,
                 min_items=settings.min_items,
             )
+            # what selection had to give up (a lifted filter, a capped K-shot) bears on the
+            # verdict: the user reads it there, not only in experts.json
+            verdict.warnings += selection_warnings(experts)
             write_json(tmp / VERDICT_FILE, verdict.model_dump(mode="json"))
 
         parts = {
             "order": list(by_simplicity),  # decides ties
             "settings": settings.model_dump(),
             "evals": {run_name(m, s): run.digest(f"eval/{run_name(m, s)}") for m, s in models},
+            "experts": run.digest("select-experts") if experts is not None else None,
         }
         verdict_dir = run.stage("verdict", parts, build)
         from taskexpert.verdict import Verdict
