@@ -110,7 +110,7 @@ class ExpertSelectionConfig(BaseModel):
         "(the format-mimic guesser).",
     )
     rationale_match_margin: float = Field(
-        0.1, ge=0, description="Slack (0..1 text similarity) of --drop-unsupported."
+        0.05, ge=0, description="Slack (0..1 text similarity) of --drop-unsupported."
     )
     one_per_family: bool = Field(
         True,
