@@ -134,10 +134,11 @@ def test_a_run_made_before_a_setting_existed_is_reused_while_it_keeps_its_defaul
     stage keys at their default: such a run reruns nothing, with or without --resume."""
     import shutil
 
-    config, out, _ = first_run
+    _, out, _ = first_run
     old = tmp_path / "old-run"
     shutil.copytree(out, old, ignore=shutil.ignore_patterns(".lock"))
     manifest = json.loads((old / "manifest.json").read_text())
+    config = RunConfig.model_validate(manifest["config"])  # as last run (other tests resume it)
     for section, names in ADDED_LATER.items():
         for name in names:
             del manifest["config"][section][name]
