@@ -66,6 +66,11 @@ class StackedWeights(NamedTuple):
     b_t: torch.Tensor  # [R, out]: s_e * B_e^T of every expert, stacked in the same order
 
 
+def lora_delta(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:
+    """s * B A x, computed as PEFT does (so one factor pair at gate 1 equals its LoRA)."""
+    return F.linear(F.linear(x, A), B) * scaling
+
+
 class SharedLora(nn.Module):
     """The always-on shared expert: lora_A [r, in], lora_B [out, r] and its scaling alpha/r."""
 
@@ -85,8 +90,7 @@ class SharedLora(nn.Module):
         return int(self.lora_A.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """s_s * B_s A_s x, computed as PEFT does."""
-        return F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
+        return lora_delta(x, self.lora_A, self.lora_B, self.scaling)
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, scaling={self.scaling}"
@@ -297,8 +301,8 @@ class MixtureOfLoraLinear(nn.Module):
     # --- the forward ------------------------------------------------------------------------
 
     def expert_delta(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        """s_e * B_e A_e x, computed as PEFT does (so one expert at gate 1 equals its LoRA)."""
-        return F.linear(F.linear(x, self.lora_A[e]), self.lora_B[e]) * self.scaling[e]
+        """s_e * B_e A_e x (lora_delta)."""
+        return lora_delta(x, self.lora_A[e], self.lora_B[e], self.scaling[e])
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
