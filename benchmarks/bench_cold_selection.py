@@ -1,17 +1,18 @@
 """Cold data selection on the real open pool, each mode side by side with the default (issue 20).
 
 Modes (comma list, `--modes`): an encoder name for a full pass (`default` = MiniLM in torch,
-fp32, 256 tokens; `onnx`; `onnx-int8`; `static`), or `two-stage-<encoder>-f<F>` (the static
-encoder shortlists F x budget, <encoder> re-ranks). Each mode starts from an empty embedding
-cache (cold: the model already exported or distilled, timed apart as `prepare_s`), then runs
-again (warm), on the GSM8K K-shot (50 train items, seeded; their questions are removed from the
-pool) and then on the ARC-Challenge CoT 50-shot. Quality against the default: per K-shot, the
-max absolute difference of source shares (points), the overlap of the selected ids, and the
-cosine agreement (mean/min) of the mode's encoder with MiniLM on `--agreement-n` pool texts.
-Every encoder runs with `--threads` threads (torch and ONNX Runtime alike); the load average is
-recorded at the start and end. `--pool-sample N` runs on a seeded sample of the pool (for a busy
-machine); `--reference-cache DIR` keeps the default's embeddings there (reused across runs, so
-its cold time is only measured when that cache starts empty).
+fp32, 256 tokens; `onnx`; `onnx-int8`; `static`; `-len<N>` appended cuts texts at N tokens), or
+`two-stage-<encoder>-f<F>` (the static encoder shortlists F x budget, <encoder> re-ranks). Each
+mode starts from an empty embedding cache (cold: the model already exported or distilled, timed
+apart as `prepare_s`), then runs again (warm), on the GSM8K K-shot (50 train items, seeded;
+their questions are removed from the pool) and then on the ARC-Challenge CoT 50-shot. Quality
+against the default: per K-shot, the max absolute difference of source shares (points), the
+overlap of the selected ids, and the cosine agreement (mean/min) of the mode's encoder with
+MiniLM on `--agreement-n` pool texts. Every encoder runs with `--threads` threads (torch and
+ONNX Runtime alike); the load average is recorded at the start and end. `--pool-sample N` runs
+on a seeded sample of the pool (for a busy machine); `--reference-cache DIR` keeps the default's
+embeddings there (reused across runs, so its cold time is only measured when that cache starts
+empty).
 
     .venv/bin/python benchmarks/bench_cold_selection.py --threads 2
     .venv/bin/python benchmarks/bench_cold_selection.py --pool-sample 3000 --budget 60
@@ -43,16 +44,22 @@ def _log(message: str) -> None:
 
 
 def _encoder(name: str, threads: int, models_dir: Path):
-    from taskexpert.embed import SentenceEncoder, StaticEncoder
+    """An encoder by bench name; a `-len<N>` suffix cuts texts at N tokens instead of 256."""
+    from taskexpert.embed import DEFAULT_MAX_SEQ_LENGTH, SentenceEncoder, StaticEncoder
     from taskexpert.onnx_embed import OnnxEncoder
 
+    match = re.fullmatch(r"(.+)-len(\d+)", name)
+    name, length = (match.group(1), int(match.group(2))) if match else (name, None)
+    length = length or DEFAULT_MAX_SEQ_LENGTH
     if name == "default":
-        return SentenceEncoder(device="cpu")
+        return SentenceEncoder(device="cpu", max_seq_length=length)
     if name == "static":
         return StaticEncoder(models_dir=models_dir)
     if name in ("onnx", "onnx-int8"):
         precision = "int8" if name == "onnx-int8" else "fp32"
-        return OnnxEncoder(precision=precision, threads=threads, models_dir=models_dir)
+        return OnnxEncoder(
+            precision=precision, max_seq_length=length, threads=threads, models_dir=models_dir
+        )
     raise SystemExit(f"unknown encoder {name!r}")
 
 
