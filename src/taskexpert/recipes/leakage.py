@@ -34,7 +34,7 @@ def check_training_data(
     out: Path,
     settings: LeakageConfig,
     *,
-    encoder: str = "default",
+    encoder: str = "auto",
     device: str = "auto",
     cache_dir: Path | None = None,
     use_cache: bool = True,

@@ -72,9 +72,10 @@ class SelectDataConfig(options.RaySettings):
         "centroid", description="centroid: cosine to the K-shot centroid; max: to any item."
     )
     encoder: str = Field(
-        "default",
-        description="default (MiniLM, torch), onnx / onnx-int8 (MiniLM through ONNX Runtime), "
-        "static (model2vec) or a model directory.",
+        "auto",
+        description="auto (onnx-int8 on a CPU, default on an accelerator), default (MiniLM, "
+        "torch), onnx / onnx-int8 (MiniLM through ONNX Runtime), static (model2vec) or a "
+        "model directory.",
     )
     two_stage: bool = Field(
         False, description="Static encoder shortlists, --encoder re-ranks the shortlist."

@@ -74,9 +74,11 @@ def embed_to_shards(
 ) -> tuple[list[Shard], int, dict]:
     """Embed `texts` into shard files under `directory`; the shards, their dimension and
     counts (`embedded`, `reused` shards). Finished shards of the same texts are kept."""
-    from taskexpert.embed import resolve_embedder
+    from taskexpert.embed import auto_encoder, resolve_embedder
     from taskexpert.progress import progress as progress_bar
 
+    if encoder == "auto":  # what the actors will run, so the index names their vectors
+        encoder = auto_encoder("cuda" if gpus_per_actor else "cpu")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     name = resolve_embedder(encoder, device="cpu").name  # names only: loads no model

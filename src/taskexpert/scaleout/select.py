@@ -63,7 +63,7 @@ def ray_select_data(
     *,
     mode: str = "centroid",
     dedup_threshold: float | None = 0.9,
-    encoder: str = "default",
+    encoder: str = "auto",
     device: str = "auto",
     cache_dir: Path | None = None,
     batch_size: int | None = None,
@@ -71,7 +71,7 @@ def ray_select_data(
 ):
     """`selection.retrieve.select_data`'s result with the pool embedded by Ray Data into
     shards (kept for reruns under the cache) and scored, ranked and deduplicated on Ray."""
-    from taskexpert.embed import embed_records, l2_normalize, resolve_embedder
+    from taskexpert.embed import auto_encoder, embed_records, l2_normalize, resolve_embedder
     from taskexpert.scaleout.cluster import check_resources, gpus_per_actor, ray_cluster
     from taskexpert.scaleout.embed import embed_to_shards
     from taskexpert.selection.retrieve import (
@@ -84,7 +84,6 @@ def ray_select_data(
 
     began = time.perf_counter()
     _check_args(kshot, budget, mode, dedup_threshold, 1)
-    embedder = resolve_embedder(encoder, device=device)
     kshot_texts = {r.text for r in kshot}
     texts, sources, excluded = [], Counter(), []
     for position, record in enumerate(pool):
@@ -99,13 +98,16 @@ def ray_select_data(
             f"budget {budget} exceeds the pool size {eligible}{detail}", field="budget"
         )
     timings: dict[str, float] = {}
-    t = time.perf_counter()
-    kshot_vectors = l2_normalize(embed_records(kshot, embedder, None, batch_size, False))
-    timings["embed_kshot_s"] = time.perf_counter() - t
-    directory = shard_dir(cache_dir, embedder.name, texts)
     with ray_cluster(settings.ray, cpus_needed=settings.ray_actors + 1) as ray:
         gpus = gpus_per_actor(ray, settings.ray_gpus_per_actor)
         check_resources(ray, settings.ray_actors, 1, gpus)
+        if encoder == "auto":  # the actors' hardware decides, and the K-shot uses the same
+            encoder = auto_encoder("cuda" if gpus else "cpu")
+        embedder = resolve_embedder(encoder, device=device)
+        t = time.perf_counter()
+        kshot_vectors = l2_normalize(embed_records(kshot, embedder, None, batch_size, False))
+        timings["embed_kshot_s"] = time.perf_counter() - t
+        directory = shard_dir(cache_dir, embedder.name, texts)
         t = time.perf_counter()
         shards, _, counts = embed_to_shards(
             ray, texts, directory, encoder, actors=settings.ray_actors, gpus_per_actor=gpus,
