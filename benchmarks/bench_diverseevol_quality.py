@@ -37,8 +37,9 @@ STRATEGIES = [
     "entropy",
     "kcenter-robust",
     "kmeans",
+    "kmeans-robust",
 ]
-ROBUST = "-robust"  # label suffix: K-center with --outlier-share of the pool left out
+ROBUST = "-robust"  # label suffix: the strategy with --outlier-share of the pool left out
 
 
 def log(message: str) -> None:

@@ -15,6 +15,7 @@ less. `--crossover` instead times one mixture layer's forward against the token 
 dense and the grouped path (moe/layer.py GROUPED_MIN_TOKENS, GROUPED_MIN_SKIPPED).
 
     .venv/bin/python benchmarks/bench_moe_cost.py [--base tiny|smollm2|DIR] [--rounds 7]
+        [--shared-rank 8]   # the mixture with an always-on shared LoRA (MoeConfig.shared_rank)
     .venv/bin/python benchmarks/bench_moe_cost.py --crossover [--hidden 576]
 
 Prints one JSON line on stdout; progress goes to stderr. (Replaces bench_moe_speed.py.)
@@ -131,7 +132,8 @@ def run_models(args) -> dict:
         for e in range(args.experts):
             random_lora(base, args.rank, seed=e, path=Path(tmp) / f"expert{e}")
             adapters.append(load_adapter(Path(tmp) / f"expert{e}"))
-    moe = attach_mixture(copy.deepcopy(base), adapters, MoeConfig(top_k=args.top_k)).eval()
+    config = MoeConfig(top_k=args.top_k, shared_rank=args.shared_rank)
+    moe = attach_mixture(copy.deepcopy(base), adapters, config).eval()
     models = {"base": base, "lora": lora, "moe": moe}
 
     vocab = base.config.vocab_size
@@ -164,6 +166,7 @@ def run_models(args) -> dict:
         "targets": TARGETS,
         "experts": args.experts,
         "top_k": args.top_k,
+        "shared_rank": args.shared_rank,
         "threads": args.threads,
         "rounds": args.rounds,
         "prefill_tokens": args.prefill_batch * args.prefill_length,
@@ -237,6 +240,9 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--experts", type=int, default=4)
     parser.add_argument("--top-k", type=int, default=2)
+    parser.add_argument(
+        "--shared-rank", type=int, default=0, help="an always-on shared LoRA of this rank"
+    )
     parser.add_argument("--prefill-batch", type=int, default=8)
     parser.add_argument("--prefill-length", type=int, default=128)
     parser.add_argument("--prompt-length", type=int, default=16)
