@@ -165,6 +165,20 @@ def test_keyed_settings_leave_out_only_later_settings_at_their_default(first_run
     assert default_of("seeds") == [0, 1, 2] and default_of("no_such.key") is None
 
 
+def test_a_changed_default_never_mistakes_an_older_run_for_a_newer_one():
+    """Keys and stored configs compare with the value runs had before a setting existed, not
+    with today's default: were the shared LoRA on by default, a run made without it (whose
+    key lacks shared_rank) must not pass for one made with it."""
+    from taskexpert.moe.train import MoeTrainConfig
+
+    class SharedByDefault(MoeTrainConfig):
+        shared_rank: int = 8
+
+    assert "shared_rank" not in keyed_settings("train", SharedByDefault(shared_rank=0))
+    assert keyed_settings("train", SharedByDefault())["shared_rank"] == 8
+    assert default_of("train.shared_rank") == ADDED_LATER["train"]["shared_rank"] == 0
+
+
 def test_holdout_split_keeps_scored_items_out_of_selection_and_training(micro_testbed, tmp_path):
     config = micro_config(micro_testbed, methods=["base", "best_adapter"], test=None)
     result = run_method(config, tmp_path / "run", progress=False)

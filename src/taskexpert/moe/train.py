@@ -338,10 +338,17 @@ def _differences(changes: Sequence[Change]) -> str:
     return "; ".join(change.describe(lambda key: key.split(".")[-1]) for change in changes)
 
 
+# Settings added after runs were made, with the value those runs used without recording it.
+# A run that lacks one reads as that value, not as today's default: the default may change.
+ADDED_LATER: dict[str, object] = {"shared_rank": 0, "shared_alpha": None}
+
+
 def _default_of(key: str) -> object:
-    """The default of a setting a run started before it existed did not record (`config.x`),
-    so that run still resumes as long as the setting keeps its default; None otherwise."""
+    """The value of a setting a run started before it existed did not record (`config.x`),
+    so that run still resumes as long as the setting keeps that value; None otherwise."""
     parent, _, name = key.rpartition(".")
+    if parent == "config" and name in ADDED_LATER:
+        return ADDED_LATER[name]
     found = MoeTrainConfig.model_fields.get(name) if parent == "config" else None
     return None if found is None or found.is_required() else found.get_default()
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from taskexpert.errors import InputError
 from taskexpert.experts.config import ExpertSelectionConfig
+from taskexpert.moe.train import ADDED_LATER as TRAIN_ADDED_LATER
 from taskexpert.moe.train import MoeTrainConfig
 from taskexpert.recipes.common_options import LoadSettings, RaySettings
 from taskexpert.recipes.evaluate import EvaluateConfig
@@ -281,31 +282,34 @@ def settings_dict(config: RunConfig) -> dict[str, Any]:
     return config.model_dump(mode="json")
 
 
-# Settings added after run directories existed, by section: a stage key leaves each out while
-# it keeps its default, so a run made before the setting resumes instead of redoing the stage.
-ADDED_LATER = {
-    "select_experts": frozenset({"max_kshot"}),
-    "train": frozenset({"shared_rank", "shared_alpha"}),
+# Settings added after run directories existed, by section, with the value every run made
+# before then used: a stage key leaves a setting out while it has that value, and a stored
+# config without it reads as that value (not as today's default, which may have changed).
+ADDED_LATER: dict[str, dict[str, object]] = {
+    "select_experts": {"max_kshot": None},
+    "train": TRAIN_ADDED_LATER,
 }
 
 
 def keyed_settings(section: str, settings: BaseModel, exclude: set[str] | None = None) -> dict:
     """A section's settings for a stage key (JSON data, less `exclude` and the ADDED_LATER
-    settings still at their default)."""
-    later = ADDED_LATER.get(section, frozenset())
-    fields = type(settings).model_fields
+    settings still at the value runs had before they existed)."""
+    later = ADDED_LATER.get(section, {})
     return {
         key: value
         for key, value in settings.model_dump(mode="json", exclude=exclude).items()
-        if key not in later or getattr(settings, key) != fields[key].get_default()
+        if key not in later or getattr(settings, key) != later[key]
     }
 
 
 def default_of(key: str) -> object:
-    """The default of a dotted config key (`train.shared_rank`), so a run directory made
-    before a setting existed is not refused as made with another config; None where none."""
+    """The value a run directory made before a dotted config key existed had for it (its
+    ADDED_LATER value, else the default), so it is not refused as made with another config;
+    None where none."""
     model: type[BaseModel] | None = RunConfig
     *parents, name = key.split(".")
+    if len(parents) == 1 and name in ADDED_LATER.get(parents[0], {}):
+        return ADDED_LATER[parents[0]][name]
     for parent in parents:
         model = _section_model(model, parent) if model else None
     found = model.model_fields.get(name) if model else None
