@@ -88,12 +88,20 @@ def test_below_base_and_outside_top_m_are_dropped_with_reasons():
     assert list(choice.decisions) == names
 
 
-def test_group_shrinks_with_a_warning_and_fails_when_nothing_beats_the_base():
+def test_group_shrinks_with_a_warning_and_lifts_or_fails_when_nothing_beats_the_base():
     em = {"a": 0.9, "b": 0.1, "c": 0.1}
     choice = choose_group(em, None, matrix(list(em), {}), paper(n=2), base_em=0.5)
     assert choice.chosen == ["a"] and "instead of N=2" in choice.warnings[0]
+    # nothing beats the base: by default the best of the rest, and the warning says why
+    lifted = choose_group(em, None, matrix(list(em), {}), paper(n=2), base_em=0.95)
+    assert len(lifted.chosen) == 2 and "a" in lifted.chosen
+    assert any(
+        "3 with exact match below the base model's 0.950" in w and "lifted" in w
+        for w in lifted.warnings
+    )
+    fail = paper(n=2, when_none_pass="fail")
     with pytest.raises(TaskexpertError, match="3 with exact match below the base model's 0.950"):
-        choose_group(em, None, matrix(list(em), {}), paper(n=2), base_em=0.95)
+        choose_group(em, None, matrix(list(em), {}), fail, base_em=0.95)
     with pytest.raises(ValueError, match="n <= m"):
         choose_group(em, None, None, paper(n=3, m=2))
 
@@ -118,8 +126,12 @@ def test_adapters_that_reason_worse_than_the_base_can_be_dropped():
     assert any("perplexity filter was lifted" in w for w in lifted.warnings)
     guesser_only = choose_group(em, rppl, sim, config, base_em=0.65, base_perplexity=1.0)
     assert guesser_only.chosen == ["guesser"]  # lifted: the only one at the base's EM
+    lifted_both = choose_group(em, rppl, sim, config, base_em=0.75, base_perplexity=1.0)
+    assert sorted(lifted_both.chosen) == ["expert", "guesser"]  # the best two of the rest
+    assert any("EM and perplexity comparisons were lifted" in w for w in lifted_both.warnings)
+    fail = paper(n=2, m=3, drop_above_base_perplexity=True, when_none_pass="fail")
     with pytest.raises(TaskexpertError, match=r"3 with exact match below the base model's 0.750"):
-        choose_group(em, rppl, sim, config, base_em=0.75, base_perplexity=1.0)
+        choose_group(em, rppl, sim, fail, base_em=0.75, base_perplexity=1.0)
 
 
 def test_adapters_less_grounded_in_the_question_than_the_base_can_be_dropped():

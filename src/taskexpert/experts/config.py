@@ -103,6 +103,12 @@ class ExpertSelectionConfig(BaseModel):
         description="Drop adapters whose (reasoning) perplexity is above the base model's "
         "(the answer-only guesser).",
     )
+    when_none_pass: Literal["lift", "fail"] = Field(
+        "lift",
+        description="When the base-model comparisons (EM below, perplexity above the base's) "
+        "drop every adapter: lift them with a warning, so the group is the best of the rest "
+        "and a run's verdict measures whether it helps (lift), or stop with an error (fail).",
+    )
     drop_unsupported: bool = Field(
         True,
         description="Drop adapters whose right K-shot answers come with rationales matching "

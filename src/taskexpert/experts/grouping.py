@@ -60,6 +60,8 @@ class GroupingConfig:
     # off by default (not in the paper): an adapter that predicts the K-shot rationales worse
     # than the base model does is no reasoner, whatever its EM (the blind guesser's signature)
     drop_above_base_perplexity: bool = _default("drop_above_base_perplexity")
+    # "lift": when those two drop every adapter, they are lifted with a warning; "fail": stop
+    when_none_pass: str = _default("when_none_pass")
     # off by default (not in the paper): an adapter whose rationale likelihood depends on the
     # question less than the base model's does (contrast score, scoring.reasoning_score, above
     # the base's by more than `grounding_tolerance`) writes the format, not the reasoning:
@@ -216,8 +218,8 @@ def _apply_filters(names: Sequence[str], filters: list, inputs: dict) -> dict[st
     return decisions
 
 
-def _nothing_left(decisions: Mapping[str, str], base_em, base_perplexity) -> TaskexpertError:
-    """The error when the base-model filters dropped every adapter, counted per filter."""
+def _dropped_by_filters(decisions: Mapping[str, str], base_em, base_perplexity) -> str:
+    """"Every adapter was dropped by the base-model filters (...)", counted per filter."""
 
     def dropped_by(prefix: str) -> int:
         return sum(why.startswith(f"dropped: {prefix} ") for why in decisions.values())
@@ -231,9 +233,14 @@ def _nothing_left(decisions: Mapping[str, str], base_em, base_perplexity) -> Tas
         parts.append(f"{above_ppl} with perplexity above its {base_perplexity:.4g}")
     if ungrounded := dropped_by("contrast"):
         parts.append(f"{ungrounded} less grounded in the question than it")
+    return f"every adapter was dropped by the base-model filters ({', '.join(parts)})"
+
+
+def _nothing_left(decisions: Mapping[str, str], base_em, base_perplexity) -> TaskexpertError:
+    """The error when the filters dropped every adapter and none may be lifted."""
     return TaskexpertError(
-        f"every adapter was dropped by the base-model filters ({', '.join(parts)}); "
-        "there is nothing worth mixing (use a larger K-shot or turn those filters off)"
+        f"{_dropped_by_filters(decisions, base_em, base_perplexity)}; there is nothing worth "
+        "mixing (use a larger K-shot or turn those filters off)"
     )
 
 
@@ -470,6 +477,19 @@ def choose_group(
             )
             decisions = lifted
     survivors = [n for n in names if n not in decisions]
+    if not survivors and config.when_none_pass == "lift":
+        # No adapter beats the base model on the K-shot: the group is the best of the rest
+        # (the wrong-reason filters still apply) and a run's verdict measures what it is worth.
+        kept = [f for f in filters if f not in (_drop_below_base_em, _drop_above_base_perplexity)]
+        lifted = _apply_filters(names, kept, inputs)
+        if [n for n in names if n not in lifted]:
+            warnings.append(
+                f"{_dropped_by_filters(decisions, base_em, base_perplexity)}; the EM and "
+                "perplexity comparisons were lifted, so the group is the best of the rest and "
+                "may not beat the base model"
+            )
+            decisions = lifted
+            survivors = [n for n in names if n not in decisions]
     if not survivors:
         raise _nothing_left(decisions, base_em, base_perplexity)
     if config.one_per_family:

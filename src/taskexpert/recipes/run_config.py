@@ -286,7 +286,8 @@ def settings_dict(config: RunConfig) -> dict[str, Any]:
 # before then used: a stage key leaves a setting out while it has that value, and a stored
 # config without it reads as that value (not as today's default, which may have changed).
 ADDED_LATER: dict[str, dict[str, object]] = {
-    "select_experts": {"max_kshot": None},
+    # when_none_pass: a finished select-experts stage had survivors, where both values agree
+    "select_experts": {"max_kshot": None, "when_none_pass": "lift"},
     "train": TRAIN_ADDED_LATER,
 }
 
