@@ -81,6 +81,10 @@ def config(world, **overrides) -> de.DiverseEvolConfig:
         embed_batch_size=16,
         eval_max_new_tokens=6,
         progress=False,
+        # the paper's K-center, which the schedule tests below check pick by pick (the
+        # default, k-means without the far 5%, is checked in test_baselines_pick_...)
+        strategy="kcenter",
+        outlier_share=0.0,
     )
     values.update(overrides)
     return de.DiverseEvolConfig(**values)
@@ -148,7 +152,9 @@ def test_baselines_pick_by_their_definition(world, tmp_path, strategy):
     from taskexpert.records import load_records
     from taskexpert.selection.uncertainty import most_uncertain, uncertainty_scores
 
-    cfg = config(world, strategy=strategy, rounds=1)
+    defaults = de.DiverseEvolConfig.model_fields
+    share = defaults["outlier_share"].default if strategy == "kmeans" else 0.0
+    cfg = config(world, strategy=strategy, rounds=1, outlier_share=share)
     de.run_diverseevol(cfg, tmp_path / "run")
     init, grown = rows_of(tmp_path / "run", 0), rows_of(tmp_path / "run", 1)
     # round 0 is the same seeded uniform draw whatever the strategy
@@ -161,10 +167,15 @@ def test_baselines_pick_by_their_definition(world, tmp_path, strategy):
     elif strategy == "kmeans":
         from taskexpert.recipes.diverseevol_rounds import round_seed
         from taskexpert.selection.kmeans import kmeans_representatives
+        from taskexpert.selection.outliers import far_outliers
 
+        assert defaults["strategy"].default == "kmeans" and share > 0  # the default path
         embeddings = round_model_embeddings(world, tmp_path / "run", 0, cfg)
+        far = far_outliers(embeddings, share, seed=cfg.seed)
+        assert len(far) > 0 and not set(added) & set(far.tolist())
         seed = round_seed(cfg, 1)
-        assert added == kmeans_representatives(embeddings, 10, exclude=init, seed=seed)
+        exclude = np.union1d(init, far)
+        assert added == kmeans_representatives(embeddings, 10, exclude=exclude, seed=seed)
     elif strategy != "random":
         base, tokenizer = load_base(str(world["base"]), device="cpu")
         model = load_round_model(base, tmp_path / "run" / "rounds" / "00", cfg, False)

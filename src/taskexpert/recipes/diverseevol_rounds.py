@@ -249,7 +249,7 @@ class RoundRunner:
         return matrix
 
     def outliers(self, embeddings: np.ndarray) -> np.ndarray:
-        """The --outlier-share of rows no diversity strategy may pick (none by default)."""
+        """The --outlier-share of rows K-center and k-means may not pick (5% by default)."""
         from taskexpert.selection.outliers import far_outliers
 
         return far_outliers(embeddings, self.config.outlier_share, seed=self.config.seed)
