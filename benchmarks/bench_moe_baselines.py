@@ -262,6 +262,7 @@ def run_target(args, testbed, target: str, base, tokenizer, work: Path) -> dict:
         micro_batch_size=args.batch_size,
         max_length=args.max_length,
         load_balancing_coef=args.lb_coef,
+        shared_rank=0,  # the paper's mixture; moe_top2_shared adds the shared LoRA
         warmup_ratio=0.05,
         checkpoint_every=0,
         progress=False,

@@ -152,7 +152,7 @@ def identity_changes(
     for key in sorted(set(old) | set(new)):
         before = old[key] if key in old else (default_of(key) if default_of else None)
         if before != new.get(key):
-            changes.append(Change(key, old.get(key), new.get(key)))
+            changes.append(Change(key, before, new.get(key)))
     return changes
 
 

@@ -163,7 +163,7 @@ def test_shared_rank_reaches_the_mixture_and_trains(
     leaves 0, and A_s moves once B_s has) and is saved with the mixture."""
     from taskexpert.moe.train import build_mixture
 
-    assert MoeTrainConfig().moe_config().shared_rank == 0
+    assert MoeTrainConfig(shared_rank=0).moe_config().shared_rank == 0
     config = MoeTrainConfig(
         shared_rank=2, shared_alpha=8, max_steps=3, batch_size=2, lr=1e-2, progress=False
     )

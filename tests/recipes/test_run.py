@@ -130,8 +130,9 @@ def test_resume_after_a_change_reruns_exactly_what_depends_on_it(first_run, micr
 def test_a_run_made_before_a_setting_existed_is_reused_while_it_keeps_its_default(
     first_run, tmp_path
 ):
-    """Settings added later (run_config.ADDED_LATER) stay out of the stored config and the
-    stage keys at their default: such a run reruns nothing, with or without --resume."""
+    """A stored config without a setting added later (run_config.ADDED_LATER) reads as the
+    value runs had before it existed: at that value such a run reruns nothing; at another
+    (today's shared LoRA, rank 8, against none before) it is refused without --resume."""
     import shutil
 
     _, out, _ = first_run
@@ -139,25 +140,33 @@ def test_a_run_made_before_a_setting_existed_is_reused_while_it_keeps_its_defaul
     shutil.copytree(out, old, ignore=shutil.ignore_patterns(".lock"))
     manifest = json.loads((old / "manifest.json").read_text())
     config = RunConfig.model_validate(manifest["config"])  # as last run (other tests resume it)
-    for section, names in ADDED_LATER.items():
-        for name in names:
-            del manifest["config"][section][name]
+    stored = manifest["config"]
+    at_old_value = [
+        (section, name)
+        for section, values in ADDED_LATER.items()
+        for name, value in values.items()
+        if stored[section][name] == value
+    ]
+    assert ("select_experts", "max_kshot") in at_old_value
+    assert ("train", "shared_rank") not in at_old_value  # 8 by default now, 0 before
+    for section, name in at_old_value:
+        del stored[section][name]
     (old / "manifest.json").write_text(json.dumps(manifest))
     assert run_method(config, old, progress=False).ran == []
-    changed = config.model_copy(
-        update={"train": config.train.model_copy(update={"shared_rank": 2})}
-    )
-    with pytest.raises(InputError, match="another config.*train.shared_rank"):
-        run_method(changed, old, progress=False)
+    del stored["train"]["shared_rank"]  # as if made before the shared LoRA existed
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match=r"another config \(train.shared_rank: 0, now 8\)"):
+        run_method(config, old, progress=False)
 
 
 def test_keyed_settings_leave_out_only_later_settings_at_their_default(first_run):
     config, _, _ = first_run
     dumped = config.train.model_dump(mode="json", exclude={"progress"})
-    before = {k: v for k, v in dumped.items() if k not in ADDED_LATER["train"]}
-    assert keyed_settings("train", config.train, exclude={"progress"}) == before
-    shared = config.train.model_copy(update={"shared_rank": 8})
-    assert keyed_settings("train", shared, exclude={"progress"})["shared_rank"] == 8
+    keyed = keyed_settings("train", config.train, exclude={"progress"})
+    assert keyed == {k: v for k, v in dumped.items() if k != "shared_alpha"}  # None, as before
+    assert keyed["shared_rank"] == 8  # the default now, and not what older runs had
+    none = config.train.model_copy(update={"shared_rank": 0})
+    assert "shared_rank" not in keyed_settings("train", none, exclude={"progress"})
     capped = config.select_experts.model_copy(update={"max_kshot": 16})
     assert keyed_settings("select_experts", capped)["max_kshot"] == 16
     assert default_of("train.shared_rank") == 0
