@@ -152,6 +152,28 @@ def run_baselines(root: Path, preset: Preset, seed: int, progress: bool) -> dict
     return {"timings": timings}
 
 
+# What the ground truth relies on (issue 19): every expert solves its family, no base model
+# does, and the two-skill targets are learnable (their ceiling LoRA solves them).
+CALIBRATION_LIMITS = {"min_expert": 0.8, "max_base": 0.3, "min_ceiling": 0.8}
+
+
+def calibration_misses(truth: dict) -> list[str]:
+    """Each calibration limit a build misses, as a phrase ("expert_shift 0.57 < 0.8"), so a
+    user of a weak build is told rather than left to trust its ground truth."""
+    limits, misses = CALIBRATION_LIMITS, []
+    for family, scores in truth["calibration"].items():
+        expert, base = scores.get("expert"), scores.get(BASE)
+        if expert is not None and expert < limits["min_expert"]:
+            misses.append(f"expert_{family} {expert:.2f} < {limits['min_expert']}")
+        if base is not None and base > limits["max_base"]:
+            misses.append(f"base on {family} {base:.2f} > {limits['max_base']}")
+    for target, methods in truth["baselines"].items():
+        ceiling = methods.get("ceiling_lora")
+        if ceiling is not None and ceiling < limits["min_ceiling"]:
+            misses.append(f"{target} ceiling {ceiling:.2f} < {limits['min_ceiling']}")
+    return misses
+
+
 def format_table(truth: dict) -> str:
     """The baseline table as fixed-width text: methods down, targets across."""
     baselines, targets = truth["baselines"], list(truth["baselines"])
@@ -174,4 +196,11 @@ def format_table(truth: dict) -> str:
             f"  {family:<12} base {base if base is not None else '-':<6} expert "
             f"{expert if expert is not None else '-'}"
         )
+    misses = calibration_misses(truth)
+    lines.append(
+        "calibration limits met"
+        if not misses
+        else "warning: calibration limits missed, this build's ground truth is weaker than "
+        f"intended: {'; '.join(misses)}"
+    )
     return "\n".join(lines)
