@@ -127,6 +127,24 @@ def test_resume_after_a_change_reruns_exactly_what_depends_on_it(first_run, micr
     assert set(result.ran) == expected | {"verdict"}
 
 
+def test_a_mixture_setting_reruns_the_mixture_and_not_the_lora_baselines(first_run, tmp_path):
+    """The LoRA baselines share the mixture's schedule, not its settings: a new shared-LoRA
+    rank retrains the mixture alone (and rescoring follows), the LoRAs are kept."""
+    import shutil
+
+    _, out, _ = first_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns(".lock"))
+    # as last run (other tests resume the first run with their changes)
+    config = RunConfig.model_validate(json.loads((copy / "manifest.json").read_text())["config"])
+    changed = config.model_copy(
+        update={"train": config.train.model_copy(update={"shared_rank": 2})}
+    )
+    result = run_method(changed, copy, resume=True, progress=False)
+    expected = {f"{stage}/moe-seed{s}" for stage in ("train", "eval") for s in (0, 1)}
+    assert set(result.ran) == expected | {"verdict"}
+
+
 def test_a_run_made_before_a_setting_existed_is_reused_while_it_keeps_its_default(
     first_run, tmp_path
 ):

@@ -339,6 +339,12 @@ def _differences(changes: Sequence[Change]) -> str:
     return "; ".join(change.describe(lambda key: key.split(".")[-1]) for change in changes)
 
 
+# Settings only the mixture reads: a LoRA baseline trained on the same schedule ignores them.
+MIXTURE_ONLY = frozenset(
+    {"top_k", "router_init", "kshot_temperature", "load_balancing_coef", "shared_rank",
+     "shared_alpha", "router_lr"}
+)  # fmt: skip
+
 # Settings added after runs were made, with the value those runs used without recording it.
 # A run that lacks one reads as that value, not as today's default: the default may change.
 ADDED_LATER: dict[str, object] = {"shared_rank": 0, "shared_alpha": None}

@@ -27,6 +27,7 @@ from typing import Any
 
 from taskexpert.errors import InputError
 from taskexpert.io import write_json
+from taskexpert.moe.train import MIXTURE_ONLY
 from taskexpert.recipes.common_options import RAY_KEYS
 from taskexpert.recipes.report import write_run_report
 from taskexpert.recipes.run_config import (
@@ -298,7 +299,8 @@ def _lora_stage(run: _Run, method: str, seed: int, experts: Path, data: Path | N
         write_json(tmp / "train_summary.json", {**summary, **lora, "records": len(records)})
 
     parts = {
-        "train": keyed_settings("train", config.train, exclude={"progress"}),
+        # the schedule the LoRA shares with the mixture, not the mixture's own settings
+        "train": keyed_settings("train", config.train, exclude={"progress", *MIXTURE_ONLY}),
         "lora": config.lora.model_dump(mode="json"),
         "seed": seed,
         "runtime": run.runtime,
