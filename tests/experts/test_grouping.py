@@ -123,15 +123,19 @@ def test_adapters_that_reason_worse_than_the_base_can_be_dropped():
     lifted = choose_group(em, rppl, sim, config, base_em=0.55, base_perplexity=1.0)
     assert sorted(lifted.chosen) == ["expert", "guesser"]  # "other" is below the base's EM
     assert "EM 0.500 is below" in lifted.decisions["other"]
-    assert any("perplexity filter was lifted" in w for w in lifted.warnings)
+    assert any("the perplexity comparison with the base model was lifted" in w
+               for w in lifted.warnings)  # fmt: skip
     guesser_only = choose_group(em, rppl, sim, config, base_em=0.65, base_perplexity=1.0)
     assert guesser_only.chosen == ["guesser"]  # lifted: the only one at the base's EM
     lifted_both = choose_group(em, rppl, sim, config, base_em=0.75, base_perplexity=1.0)
     assert sorted(lifted_both.chosen) == ["expert", "guesser"]  # the best two of the rest
-    assert any("EM and perplexity comparisons were lifted" in w for w in lifted_both.warnings)
+    assert any("perplexity and EM comparison with the base model was lifted" in w
+               for w in lifted_both.warnings)  # fmt: skip
     fail = paper(n=2, m=3, drop_above_base_perplexity=True, when_none_pass="fail")
     with pytest.raises(TaskexpertError, match=r"3 with exact match below the base model's 0.750"):
         choose_group(em, rppl, sim, fail, base_em=0.75, base_perplexity=1.0)
+    with pytest.raises(TaskexpertError, match="2 with perplexity above"):  # fail lifts nothing
+        choose_group(em, rppl, sim, fail, base_em=0.55, base_perplexity=1.0)
 
 
 def test_adapters_less_grounded_in_the_question_than_the_base_can_be_dropped():

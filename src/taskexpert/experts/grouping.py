@@ -60,7 +60,8 @@ class GroupingConfig:
     # off by default (not in the paper): an adapter that predicts the K-shot rationales worse
     # than the base model does is no reasoner, whatever its EM (the blind guesser's signature)
     drop_above_base_perplexity: bool = _default("drop_above_base_perplexity")
-    # "lift": when those two drop every adapter, they are lifted with a warning; "fail": stop
+    # "lift": when the filters drop every adapter, those two are lifted (perplexity first)
+    # with a warning; "fail": stop
     when_none_pass: str = _default("when_none_pass")
     # off by default (not in the paper): an adapter whose rationale likelihood depends on the
     # question less than the base model's does (contrast score, scoring.reasoning_score, above
@@ -194,6 +195,11 @@ def _drop_ungrounded(names, contrast, base_contrast, config, **_) -> dict[str, s
 
 def _drop_unsupported(names, rationale_match, config, **_) -> dict[str, str]:
     return unsupported_answers(names, rationale_match, config.rationale_match_margin)
+
+
+# The base-model comparisons `when_none_pass: lift` may lift, in that order, as its warning
+# names them.
+LIFTED_NAMES = {_drop_above_base_perplexity: "perplexity", _drop_below_base_em: "EM"}
 
 
 def _base_filters(config: GroupingConfig, base_em, perplexity, rationale_match) -> list:
@@ -446,7 +452,8 @@ def choose_group(
     `rationale_match` (family.rationale_match per adapter) serves `config.drop_unsupported`
     and `generations` (per adapter, on the K-shot) the behavioural half of
     `config.one_per_family`, whose weight half uses `similarity`. When the filters drop every
-    adapter and lifting the perplexity filter alone leaves some, it is lifted with a warning.
+    adapter, `config.when_none_pass` "lift" lifts the perplexity comparison with the base,
+    then also the EM one, until some adapter is left, with a warning; "fail" stops.
     """
     config = config or GroupingConfig()
     m = config.candidates()
@@ -464,32 +471,28 @@ def choose_group(
     filters = _base_filters(config, base_em, perplexity, rationale_match)
     decisions = _apply_filters(names, filters, inputs)
     warnings: list[str] = []
-    if not [n for n in names if n not in decisions] and _drop_above_base_perplexity in filters:
-        # A real bank trained on other tasks can raise every adapter's perplexity on the
-        # K-shot's rationales (SmolLM2's 16 on ARC-Challenge): the filter meant to catch the
-        # answer-only guesser then leaves nothing, so it is lifted and the user told.
-        lifted = _apply_filters(names, [f for f in filters if f != _drop_above_base_perplexity],
-                                inputs)  # fmt: skip
-        if [n for n in names if n not in lifted]:
-            warnings.append(
-                "every adapter's perplexity is above the base model's on the K-shot: the "
-                "perplexity filter was lifted (the group may not beat the base model)"
-            )
-            decisions = lifted
     survivors = [n for n in names if n not in decisions]
     if not survivors and config.when_none_pass == "lift":
-        # No adapter beats the base model on the K-shot: the group is the best of the rest
-        # (the wrong-reason filters still apply) and a run's verdict measures what it is worth.
-        kept = [f for f in filters if f not in (_drop_below_base_em, _drop_above_base_perplexity)]
-        lifted = _apply_filters(names, kept, inputs)
-        if [n for n in names if n not in lifted]:
-            warnings.append(
-                f"{_dropped_by_filters(decisions, base_em, base_perplexity)}; the EM and "
-                "perplexity comparisons were lifted, so the group is the best of the rest and "
-                "may not beat the base model"
+        # Nothing beats the base model on the K-shot (a real bank trained on other tasks:
+        # SmolLM2's 16 adapters on ARC-Challenge all had a higher perplexity). Lift the
+        # comparisons with the base, the perplexity one first, until some adapter is left:
+        # the group is the best of the rest, the wrong-reason filters still apply, and a
+        # run's verdict measures what the group is worth.
+        comparisons = [f for f in LIFTED_NAMES if f in filters]  # perplexity first
+        for count in range(1, len(comparisons) + 1):
+            lifted = _apply_filters(
+                names, [f for f in filters if f not in comparisons[:count]], inputs
             )
-            decisions = lifted
-            survivors = [n for n in names if n not in decisions]
+            if [n for n in names if n not in lifted]:
+                what = " and ".join(LIFTED_NAMES[f] for f in comparisons[:count])
+                warnings.append(
+                    f"{_dropped_by_filters(decisions, base_em, base_perplexity)}; the {what} "
+                    "comparison with the base model was lifted, so the group is the best of "
+                    "the rest and may not beat the base model"
+                )
+                decisions = lifted
+                survivors = [n for n in names if n not in decisions]
+                break
     if not survivors:
         raise _nothing_left(decisions, base_em, base_perplexity)
     if config.one_per_family:
