@@ -139,6 +139,18 @@ class Change:
         return f"{label} {what}{self.before!r}, now {self.after!r}"
 
 
+def value_before(name: str, model: Any, added_later: Mapping[str, object]) -> object:
+    """The value a run made before setting `name` existed had for it, for `default_of`: its
+    `added_later` value (what runs used before it was recorded; today's default may differ),
+    else the default of `model`'s field (a pydantic model class); None where neither."""
+    if name in added_later:
+        return added_later[name]
+    found = model.model_fields.get(name) if model is not None else None
+    if found is None or found.is_required():
+        return None
+    return found.get_default(call_default_factory=True)
+
+
 def identity_changes(
     stored: Mapping[str, Any],
     current: Mapping[str, Any],

@@ -142,6 +142,9 @@ def test_a_mixture_setting_reruns_the_mixture_and_not_the_lora_baselines(first_r
     )
     result = run_method(changed, copy, resume=True, progress=False)
     expected = {f"{stage}/moe-seed{s}" for stage in ("train", "eval") for s in (0, 1)}
+    from taskexpert.moe.train import MIXTURE_ONLY, MoeTrainConfig
+
+    assert MIXTURE_ONLY <= set(MoeTrainConfig.model_fields)  # a renamed field would slip out
     assert set(result.ran) == expected | {"verdict"}
 
 

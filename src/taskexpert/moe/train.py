@@ -31,7 +31,7 @@ from taskexpert.errors import InputError
 from taskexpert.io import atomic_dir, atomic_open, check_output, remove_tree, write_json
 from taskexpert.moe.config import CONFIG_FILE, MoeConfig
 from taskexpert.records import Record, records_digest
-from taskexpert.rundir import IDENTITY_FILE, Change, RunDir
+from taskexpert.rundir import IDENTITY_FILE, Change, RunDir, value_before
 from taskexpert.runtime import is_main_process
 
 TRAIN_LOG_FILE = "train_log.jsonl"
@@ -354,10 +354,7 @@ def _default_of(key: str) -> object:
     """The value of a setting a run started before it existed did not record (`config.x`),
     so that run still resumes as long as the setting keeps that value; None otherwise."""
     parent, _, name = key.rpartition(".")
-    if parent == "config" and name in ADDED_LATER:
-        return ADDED_LATER[name]
-    found = MoeTrainConfig.model_fields.get(name) if parent == "config" else None
-    return None if found is None or found.is_required() else found.get_default()
+    return value_before(name, MoeTrainConfig, ADDED_LATER) if parent == "config" else None
 
 
 def _rounded(value):

@@ -44,7 +44,14 @@ from taskexpert.io import check_output, write_json
 from taskexpert.recipes.common_options import RAY_KEYS, RaySettings
 from taskexpert.recipes.diverseevol_rounds import STRATEGIES, RoundRunner
 from taskexpert.records import Record, load_records
-from taskexpert.rundir import CorruptStep, RunDir, corrupt_message, file_sha256, read_json
+from taskexpert.rundir import (
+    CorruptStep,
+    RunDir,
+    corrupt_message,
+    file_sha256,
+    read_json,
+    value_before,
+)
 from taskexpert.runtime import is_main_process, pinned_threads, share_from_main, world_size
 from taskexpert.train import TrainConfig, accumulation
 
@@ -226,14 +233,9 @@ ADDED_LATER: dict[str, object] = {"outlier_share": 0.0}
 def default_of(key: str) -> object:
     """The value a run started before a setting existed had for it (its ADDED_LATER value,
     else the default), so it resumes as long as the setting keeps that value; None if none."""
-    if key in ADDED_LATER:
-        return ADDED_LATER[key]
     *parents, name = key.split(".")
     model = {(): DiverseEvolConfig, ("train",): TrainConfig}.get(tuple(parents))
-    found = model.model_fields.get(name) if model else None
-    if found is None or found.is_required():
-        return None
-    return found.get_default(call_default_factory=True)
+    return value_before(name, model, {} if parents else ADDED_LATER)
 
 
 def run_directory(path: str | Path) -> RunDir:

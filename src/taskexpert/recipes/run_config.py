@@ -22,6 +22,7 @@ from taskexpert.moe.train import MoeTrainConfig
 from taskexpert.recipes.common_options import LoadSettings, RaySettings
 from taskexpert.recipes.evaluate import EvaluateConfig
 from taskexpert.recipes.select_data import SelectDataConfig
+from taskexpert.rundir import value_before
 from taskexpert.selection.leakage import LeakageConfig
 
 # What a run can compare; `moe` is the method, the rest are the baselines a user would try.
@@ -309,11 +310,7 @@ def default_of(key: str) -> object:
     None where none."""
     model: type[BaseModel] | None = RunConfig
     *parents, name = key.split(".")
-    if len(parents) == 1 and name in ADDED_LATER.get(parents[0], {}):
-        return ADDED_LATER[parents[0]][name]
     for parent in parents:
         model = _section_model(model, parent) if model else None
-    found = model.model_fields.get(name) if model else None
-    if found is None or found.is_required():
-        return None
-    return found.get_default(call_default_factory=True)
+    later = ADDED_LATER.get(parents[0], {}) if len(parents) == 1 else {}
+    return value_before(name, model, later)
