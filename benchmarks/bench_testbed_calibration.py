@@ -22,18 +22,10 @@ from common import standard_testbed
 
 from taskexpert.evaluate import evaluate_exact_match
 from taskexpert.peft_glue import merged_lora
-from taskexpert.testbed.baselines import CALIBRATION_LIMITS
+from taskexpert.testbed.baselines import CALIBRATION_LIMITS, within_limit
 from taskexpert.testbed.families import FAMILIES, held_out_records
 from taskexpert.testbed.layout import BANK_DIR, BASE_DIR
 from taskexpert.testbed.model import load_built_base
-
-LIMITS = CALIBRATION_LIMITS  # issue 19's limits, as the build checks its own calibration
-
-
-def _within(key: str, value: float | None) -> bool:
-    if value is None:
-        return False
-    return value <= LIMITS[key] if key.startswith("max") else value >= LIMITS[key]
 
 
 def calibrate(testbed: Path, args: argparse.Namespace) -> dict:
@@ -64,7 +56,7 @@ def calibrate(testbed: Path, args: argparse.Namespace) -> dict:
         "max_base": max(f["base"] for f in families.values()),
         "min_ceiling": min(ceilings.values(), default=None),
     }
-    met = {key: _within(key, value) for key, value in found.items()}
+    met = {k: v is not None and within_limit(k, v) for k, v in found.items()}
     return {
         "testbed": str(testbed), "problems": args.problems, "families": families,
         "ceilings": ceilings, **found, "met": met, "all_met": all(met.values()),
@@ -98,7 +90,8 @@ def main() -> None:
         print(f"{name:<14} min expert {build['min_expert']:.3f}  max base {build['max_base']:.3f}  "
               f"min ceiling {build['min_ceiling']}  all limits met: {build['all_met']}",
               file=sys.stderr)  # fmt: skip
-    print(json.dumps({"benchmark": "testbed_calibration", "limits": LIMITS, "builds": builds}))
+    limits = CALIBRATION_LIMITS
+    print(json.dumps({"benchmark": "testbed_calibration", "limits": limits, "builds": builds}))
 
 
 if __name__ == "__main__":

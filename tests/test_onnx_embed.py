@@ -92,6 +92,10 @@ def test_auto_is_int8_onnx_on_a_cpu_and_torch_elsewhere(monkeypatch):
     assert auto_encoder("cuda") == auto_encoder("mps") == "default"
     encoder = resolve_embedder("auto", device="cpu")
     assert isinstance(encoder, OnnxEncoder) and encoder.precision == "int8"
+    from taskexpert.scaleout.embed import actor_encoder  # on Ray the actors' hardware decides
+
+    assert actor_encoder("auto", 0) == "onnx-int8" and actor_encoder("auto", 0.5) == "default"
+    assert actor_encoder("static", 1) == "static"
     monkeypatch.setattr(onnx_embed, "onnx_available", lambda: "No module named 'onnxruntime'")
     assert auto_encoder("cpu") == "default"
     assert isinstance(resolve_embedder("auto", device="cpu"), SentenceEncoder)  # no warning

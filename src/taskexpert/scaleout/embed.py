@@ -59,6 +59,14 @@ def plan(texts: list[str], shard_rows: int = SHARD_ROWS) -> list[dict]:
     ]
 
 
+def actor_encoder(encoder: str, gpus_per_actor: float) -> str:
+    """`encoder` with `auto` resolved for the actors' hardware (embed.auto_encoder), so the
+    shard index, and the K-shot embedded beside them, name what the actors run."""
+    from taskexpert.embed import auto_encoder
+
+    return auto_encoder("cuda" if gpus_per_actor else "cpu") if encoder == "auto" else encoder
+
+
 def embed_to_shards(
     ray,
     texts: list[str],
@@ -74,11 +82,10 @@ def embed_to_shards(
 ) -> tuple[list[Shard], int, dict]:
     """Embed `texts` into shard files under `directory`; the shards, their dimension and
     counts (`embedded`, `reused` shards). Finished shards of the same texts are kept."""
-    from taskexpert.embed import auto_encoder, resolve_embedder
+    from taskexpert.embed import resolve_embedder
     from taskexpert.progress import progress as progress_bar
 
-    if encoder == "auto":  # what the actors will run, so the index names their vectors
-        encoder = auto_encoder("cuda" if gpus_per_actor else "cpu")
+    encoder = actor_encoder(encoder, gpus_per_actor)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     name = resolve_embedder(encoder, device="cpu").name  # names only: loads no model

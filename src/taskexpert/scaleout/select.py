@@ -71,9 +71,9 @@ def ray_select_data(
 ):
     """`selection.retrieve.select_data`'s result with the pool embedded by Ray Data into
     shards (kept for reruns under the cache) and scored, ranked and deduplicated on Ray."""
-    from taskexpert.embed import auto_encoder, embed_records, l2_normalize, resolve_embedder
+    from taskexpert.embed import embed_records, l2_normalize, resolve_embedder
     from taskexpert.scaleout.cluster import check_resources, gpus_per_actor, ray_cluster
-    from taskexpert.scaleout.embed import embed_to_shards
+    from taskexpert.scaleout.embed import actor_encoder, embed_to_shards
     from taskexpert.selection.retrieve import (
         SelectionResult,
         _check_args,
@@ -101,8 +101,7 @@ def ray_select_data(
     with ray_cluster(settings.ray, cpus_needed=settings.ray_actors + 1) as ray:
         gpus = gpus_per_actor(ray, settings.ray_gpus_per_actor)
         check_resources(ray, settings.ray_actors, 1, gpus)
-        if encoder == "auto":  # the actors' hardware decides, and the K-shot uses the same
-            encoder = auto_encoder("cuda" if gpus else "cpu")
+        encoder = actor_encoder(encoder, gpus)  # the K-shot uses what the actors run
         embedder = resolve_embedder(encoder, device=device)
         t = time.perf_counter()
         kshot_vectors = l2_normalize(embed_records(kshot, embedder, None, batch_size, False))

@@ -157,21 +157,26 @@ def run_baselines(root: Path, preset: Preset, seed: int, progress: bool) -> dict
 CALIBRATION_LIMITS = {"min_expert": 0.8, "max_base": 0.3, "min_ceiling": 0.8}
 
 
+def within_limit(key: str, value: float) -> bool:
+    """Whether `value` meets CALIBRATION_LIMITS[key] (a `max_` limit from above)."""
+    limit = CALIBRATION_LIMITS[key]
+    return value <= limit if key.startswith("max") else value >= limit
+
+
 def calibration_misses(truth: dict) -> list[str]:
     """Each calibration limit a build misses, as a phrase ("expert_shift 0.57 < 0.8"), so a
     user of a weak build is told rather than left to trust its ground truth."""
-    limits, misses = CALIBRATION_LIMITS, []
+    checks = []
     for family, scores in truth["calibration"].items():
-        expert, base = scores.get("expert"), scores.get(BASE)
-        if expert is not None and expert < limits["min_expert"]:
-            misses.append(f"expert_{family} {expert:.2f} < {limits['min_expert']}")
-        if base is not None and base > limits["max_base"]:
-            misses.append(f"base on {family} {base:.2f} > {limits['max_base']}")
+        checks.append(("min_expert", f"expert_{family}", scores.get("expert")))
+        checks.append(("max_base", f"base on {family}", scores.get(BASE)))
     for target, methods in truth["baselines"].items():
-        ceiling = methods.get("ceiling_lora")
-        if ceiling is not None and ceiling < limits["min_ceiling"]:
-            misses.append(f"{target} ceiling {ceiling:.2f} < {limits['min_ceiling']}")
-    return misses
+        checks.append(("min_ceiling", f"{target} ceiling", methods.get("ceiling_lora")))
+    return [
+        f"{what} {value:.2f} {'>' if key.startswith('max') else '<'} {CALIBRATION_LIMITS[key]}"
+        for key, what, value in checks
+        if value is not None and not within_limit(key, value)
+    ]
 
 
 def format_table(truth: dict) -> str:
