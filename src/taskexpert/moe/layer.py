@@ -3,9 +3,9 @@
 y = W0 x + sum over the k chosen experts of p_e * s_e * B_e A_e x, where p = softmax(W_g x)
 restricted to the top k and renormalised, and s_e is each expert's own alpha/r (the reference
 code forgot it). With a shared expert (MoeConfig.shared_rank > 0, MixLoRA / DeepSeekMoE) the
-layer also adds s_s * B_s A_s x at gate 1 for every token, routed or under fixed gates: one
-small matmul pair outside the stacked weights (so the cache and the routed paths below are
-untouched), B_s zero at attach time so the mixture starts exactly as without it.
+layer also adds s_s * B_s A_s x at gate 1 for every token, routed or under fixed gates, B_s
+zero at attach time so the mixture starts exactly as without it. Its factors are stacked after
+the experts' (below), so it adds rank columns to the two matmuls, not a matmul pair of its own.
 
 How it is computed (issue 20: the mixture near one LoRA's cost). The router rows and every
 expert's A are stacked into one [N + sum r_e, in] matrix, so one matmul per token gives the
@@ -62,8 +62,10 @@ class RoutingStats(NamedTuple):
 class StackedWeights(NamedTuple):
     """The layer's trainable weights laid out for one matmul in and one out."""
 
-    weight: torch.Tensor  # [N + R, in]: the router's rows, then every expert's A (R = sum r_e)
-    b_t: torch.Tensor  # [R, out]: s_e * B_e^T of every expert, stacked in the same order
+    # [N + R, in]: the router's rows, then every expert's A, then the shared expert's
+    # (R = sum r_e + r_s)
+    weight: torch.Tensor
+    b_t: torch.Tensor  # [R, out]: s_e * B_e^T of every expert (and s_s * B_s^T), in that order
 
 
 def lora_delta(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -151,13 +153,6 @@ class MixtureOfLoraLinear(nn.Module):
         self._columns = [(sum(ranks[:e]), r) for e, r in enumerate(ranks)]
         skipped = sum(ranks) * (len(ranks) - top_k) / len(ranks)
         self._groups = top_k < len(ranks) and skipped >= GROUPED_MIN_SKIPPED
-        self.register_buffer(
-            "column_expert",
-            torch.repeat_interleave(torch.arange(len(ranks)), torch.tensor(ranks)).to(
-                weight.device
-            ),
-            persistent=False,
-        )
         self.router = nn.Linear(base_layer.in_features, len(experts), bias=False, **factory)
         nn.init.zeros_(self.router.weight)
         # Registered only when there is one, so a mixture without keeps its state_dict layout.
@@ -173,6 +168,15 @@ class MixtureOfLoraLinear(nn.Module):
             self.shared = SharedLora(
                 A.detach().to(**factory).clone(), B.detach().to(**factory).clone(), scaling
             )
+            ranks.append(self.shared.rank)  # its columns follow the experts', at gate 1
+        # the expert of every stacked rank column; N (one past the experts) is the shared one
+        self.register_buffer(
+            "column_expert",
+            torch.repeat_interleave(torch.arange(len(ranks)), torch.tensor(ranks)).to(
+                weight.device
+            ),
+            persistent=False,
+        )
         self.top_k = top_k
         self.load_balancing_coef = load_balancing_coef
         self.expert_names = list(expert_names or [str(i) for i in range(len(experts))])
@@ -206,7 +210,8 @@ class MixtureOfLoraLinear(nn.Module):
         (after the parameters were replaced, e.g. load_state_dict(assign=True) or .to())."""
         self._cache = None
         self._cache_versions = ()
-        self._watched = (self.router.weight, *self.lora_A, *self.lora_B)
+        shared = () if self.shared is None else (self.shared.lora_A, self.shared.lora_B)
+        self._watched = (self.router.weight, *self.lora_A, *self.lora_B, *shared)
 
     def train(self, mode: bool = True) -> MixtureOfLoraLinear:
         self.reset_cache()
@@ -218,9 +223,16 @@ class MixtureOfLoraLinear(nn.Module):
         return result
 
     def _stack(self) -> StackedWeights:
-        """The stacked weights from the parameters (differentiable in them)."""
-        weight = torch.cat([self.router.weight, *self.lora_A])
-        b_t = torch.cat([B * s for B, s in zip(self.lora_B, self.scaling)], dim=1).t()
+        """The stacked weights from the parameters (differentiable in them). The shared
+        expert's factors come last, so it costs no matmul of its own (at the testbed's size a
+        separate pair of small matmuls per layer is most of its cost)."""
+        A, B, scaling = list(self.lora_A), list(self.lora_B), list(self.scaling)
+        if self.shared is not None:
+            A.append(self.shared.lora_A)
+            B.append(self.shared.lora_B)
+            scaling.append(self.shared.scaling)
+        weight = torch.cat([self.router.weight, *A])
+        b_t = torch.cat([b * s for b, s in zip(B, scaling)], dim=1).t()
         return StackedWeights(weight, b_t)
 
     def stacked_weights(self) -> StackedWeights:
@@ -325,8 +337,6 @@ class MixtureOfLoraLinear(nn.Module):
             self._grouped_mix(h, gates, chosen, b_t, out)
         else:
             self._dense_mix(h, gates, chosen, b_t, out)
-        if self.shared is not None:
-            out.add_(self.shared(flat).to(out.dtype))
         return result
 
     def _route(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -364,7 +374,11 @@ class MixtureOfLoraLinear(nn.Module):
     ) -> None:
         """Every expert's B in one matmul over the gated rank columns (0 where not chosen),
         added into the base output `out` [T, out] in place: few ops, for decoding."""
-        dense = gates.new_zeros(gates.shape[0], self.num_experts).scatter_(1, chosen, gates)
+        # one more gate column at 1 for the shared expert's columns (column_expert == N)
+        columns = self.num_experts + (self.shared is not None)
+        dense = gates.new_zeros(gates.shape[0], columns).scatter_(1, chosen, gates)
+        if self.shared is not None:
+            dense[:, -1] = 1.0
         gated = h * dense.index_select(1, self.column_expert)
         if out.dtype == gated.dtype:
             out.addmm_(gated, b_t)
@@ -397,6 +411,9 @@ class MixtureOfLoraLinear(nn.Module):
             if size:
                 h_e = h[:, offset : offset + rank].index_select(0, rows_e) * w_e
                 out.index_add_(0, rows_e, (h_e @ b_t[offset : offset + rank]).to(out.dtype))
+        if self.shared is not None:  # every token, gate 1: the columns after the experts'
+            start = self._columns[-1][0] + self._columns[-1][1]
+            out.add_((h[:, start:] @ b_t[start:]).to(out.dtype))
 
     def _fixed_mix(self, flat: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         """The same gates for every token; experts with gate 0 are skipped entirely."""
