@@ -3,9 +3,10 @@ import pytest
 import torch
 from expert_helpers import memory_adapter
 
-from taskexpert.bank import LoraModule
+from taskexpert.bank import LoraAdapter, LoraModule
 from taskexpert.experts.diversity import (
-    _module_delta_cosines,
+    MIN_CENTERED,
+    _module_delta_gram,
     delta_cosine,
     similarity_matrix,
 )
@@ -52,7 +53,7 @@ def test_chunked_gram_equals_one_block(adapters):
     modules = [
         memory_adapter(str(s), {"q": (s % 3 + 1, 9, 7)}, seed=s).modules["q"] for s in range(7)
     ]
-    assert np.allclose(_module_delta_cosines(modules, chunk=2), _module_delta_cosines(modules))
+    assert np.allclose(_module_delta_gram(modules, chunk=2), _module_delta_gram(modules))
 
 
 def test_delta_similarity_is_invariant_to_refactoring_but_the_paper_variant_is_not():
@@ -106,3 +107,42 @@ def test_to_json_and_unknown_method(adapters):
     assert payload["names"] == ["a", "b", "c", "d"] and len(payload["matrix"]) == 4
     with pytest.raises(ValueError, match="unknown similarity method"):
         similarity_matrix(adapters, method="cka")
+
+
+def _update_module(delta: torch.Tensor) -> LoraModule:
+    """A LoRA factorisation (full rank, scaling 1) of a given update."""
+    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+    return LoraModule((torch.diag(s) @ vh).float(), u.float(), float(len(s)), 1.0)
+
+
+def test_centered_similarity_sees_twins_that_the_common_part_hides():
+    """Every update = a large common part + a task part: plain cosine scores all pairs alike,
+    the centered one puts the two adapters of one task far above unrelated pairs."""
+    generator = torch.Generator().manual_seed(0)
+    common = torch.randn(10, 12, generator=generator)
+    task = torch.randn(10, 12, generator=generator)
+    deltas = {"twin_a": 3 * common + task, "twin_b": 3 * common + task}
+    for i in range(5):
+        deltas[f"other{i}"] = 3 * common + torch.randn(10, 12, generator=generator)
+    deltas["twin_a"] += 0.5 * torch.randn(10, 12, generator=generator)  # trained separately
+    adapters = []
+    for name, delta in deltas.items():
+        adapter = LoraAdapter(name, path=None, config={})
+        adapter.modules["q"] = _update_module(delta)
+        adapters.append(adapter)
+    result = similarity_matrix(adapters)
+    plain_twins, plain_other = result("twin_a", "twin_b"), result("twin_a", "other0")
+    assert plain_other > 0.8 and plain_twins - plain_other < 0.15  # the common part dominates
+    twins = result.centered_similarity("twin_a", "twin_b")
+    unrelated = [result.centered_similarity("twin_a", f"other{i}") for i in range(5)]
+    assert twins > 0.6 and max(unrelated) < 0.2
+    assert result.subset(["twin_b", "twin_a"]).centered_similarity("twin_a", "twin_b") == twins
+
+
+def test_centered_similarity_needs_a_bank_of_min_centered_adapters():
+    """With fewer adapters of a layer the mean update is no common part (two centered updates
+    are each other's negative): no centered similarity, not a misleading one."""
+    small = [memory_adapter(str(s), {"q": (2, 6, 5)}, seed=s) for s in range(MIN_CENTERED - 1)]
+    assert similarity_matrix(small).centered_similarity("0", "1") is None
+    large = [memory_adapter(str(s), {"q": (2, 6, 5)}, seed=s) for s in range(MIN_CENTERED)]
+    assert similarity_matrix(large).centered_similarity("0", "1") is not None

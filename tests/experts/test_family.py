@@ -53,13 +53,22 @@ def test_the_format_mimic_is_right_for_the_wrong_reasons():
     assert unsupported_answers(["lucky"], match, margin=0.0) == {}
 
 
-def sim(names, pairs):
-    matrix = np.full((len(names), len(names)), 0.1)
-    np.fill_diagonal(matrix, 1.0)
-    for (a, b), value in pairs.items():
-        i, j = names.index(a), names.index(b)
-        matrix[i, j] = matrix[j, i] = value
-    return SimilarityMatrix(list(names), matrix, "delta", np.ones_like(matrix, dtype=int))
+def sim(names, pairs, centered_pairs=None):
+    """A similarity matrix at 0.1 off the diagonal but for `pairs`; with `centered_pairs`, a
+    centered matrix at 0 but for those."""
+    def fill(base, given):
+        matrix = np.full((len(names), len(names)), base)
+        np.fill_diagonal(matrix, 1.0)
+        for (a, b), value in given.items():
+            i, j = names.index(a), names.index(b)
+            matrix[i, j] = matrix[j, i] = value
+        return matrix
+
+    matrix = fill(0.1, pairs)
+    centered = None if centered_pairs is None else fill(0.0, centered_pairs)
+    return SimilarityMatrix(
+        list(names), matrix, "delta", np.ones_like(matrix, dtype=int), centered
+    )
 
 
 def test_one_per_family_keeps_the_better_scored_member():
@@ -82,6 +91,21 @@ def test_one_per_family_keeps_the_better_scored_member():
     late = ["expert", "other", "twin"]
     assert one_per_family(late, similarity, generations, 0.9, 0.9, keep=2) == {}
     assert set(one_per_family(late, similarity, generations, 0.9, 0.9, keep=3)) == {"twin"}
+
+
+def test_one_per_family_joins_twins_by_centered_weights_where_behaviour_cannot():
+    """Two experts that do not solve the target write unlike text for it; their updates net
+    of the bank's common part still share their task's direction (family.py)."""
+    names = ["expert", "twin", "other"]
+    generations = {"expert": GOLD, "twin": ["x", "y"], "other": ["a", "b"]}
+    similarity = sim(names, {}, {("expert", "twin"): 0.1, ("expert", "other"): 0.03})
+    dropped = one_per_family(names, similarity, generations, 0.9, 0.9, centered_threshold=0.05)
+    assert set(dropped) == {"twin"}
+    assert "centered weight similarity 0.100" in dropped["twin"]
+    # off (None), or a bank too small to center (NaN): behaviour and copies only
+    assert one_per_family(names, similarity, generations, 0.9, 0.9) == {}
+    small = sim(names, {}, {("expert", "twin"): float("nan")})
+    assert one_per_family(names, small, generations, 0.9, 0.9, centered_threshold=0.05) == {}
 
 
 def scored_bank():

@@ -121,11 +121,19 @@ class ExpertSelectionConfig(BaseModel):
     one_per_family: bool = Field(
         True,
         description="At most one adapter per family (the better-scored stays): same family "
-        "when their generations on the K-shot are --family-generation-similarity alike or "
-        "their weight similarity reaches --max-pair-similarity (a copy or rescaled copy).",
+        "when their generations on the K-shot are --family-generation-similarity alike, "
+        "their centered weight similarity reaches --family-weight-similarity (trained on one "
+        "task) or their weight similarity reaches --max-pair-similarity (a copy or rescaled "
+        "copy).",
     )
     family_generation_similarity: float = Field(
         0.9, ge=0, le=1, description="Generation similarity (0..1) that makes one family."
+    )
+    family_weight_similarity: float | None = Field(
+        0.05,
+        description="Centered weight similarity (cosine of the updates net of the bank's mean "
+        "update; needs 5 adapters) that makes one family; 1 turns the test off. Standard "
+        "testbed: separately trained twins 0.063-0.225, unrelated adapters at most 0.038.",
     )
     drop_ungrounded: bool = Field(
         False,
@@ -174,7 +182,7 @@ class ExpertSelectionConfig(BaseModel):
             data = {**RULES[data["rule"]], **data}
         return data
 
-    @field_validator("max_pair_similarity")
+    @field_validator("max_pair_similarity", "family_weight_similarity")
     @classmethod
     def _one_turns_off(cls, value: float | None) -> float | None:
         """A threshold of 1 or more can never be passed: the rule is off (None)."""

@@ -1,12 +1,20 @@
 """One adapter per family, and no guessers: behavioural tests on what scoring already has.
 
-Weight cosine (diversity.py) catches exact and rescaled copies (cosine 1: the deltas are
-normalised), not a member of the same family trained separately (another seed or rank), whose
-weights are as far from the expert's as an unrelated adapter's (standard testbed, seed 0:
-0.16-0.23 against up to 0.14 for unrelated pairs). Behaviour tells them apart where it
-matters, on the target's K-shot: two adapters that write the same text for the K-shot
-prompts do the same thing there (generation similarity 0.96-0.98 for an expert and its twin
-where they solve the target, at most 0.85 for any other pair that is not two answer guessers).
+Three tests, any of which joins two adapters:
+- weight cosine (diversity.py) at the near-duplicate threshold: exact and rescaled copies
+  (cosine 1: the deltas are normalised);
+- the centered weight similarity (diversity.py: the updates net of the bank's mean update):
+  a member of the same family trained separately (another seed or rank). Plain cosine cannot
+  see it, since every adapter of one base shares a common part (standard testbed: twins
+  0.16-0.24, unrelated pairs up to 0.17); net of that part, twins measured 0.063-0.225 and
+  unrelated pairs at most 0.038 on three builds (0.048 for an expert and a mixture adapter
+  trained on its family among others). It holds whether or not the twins solve the target,
+  where the K-shot behaviour below says nothing (two reverse experts on reverse_and_add,
+  neither solving it: generations 0.74 alike, as alike as unrelated pairs);
+- behaviour on the target's K-shot: two adapters that write the same text for the K-shot
+  prompts do the same thing there (generation similarity 0.96-0.98 for an expert and its
+  twin where they solve the target, at most 0.85 for any other pair that is not two answer
+  guessers).
 
 A guesser answers without the reasoning. The answer-only kind predicts the worked rationales
 worse than the base model (grouping's drop_above_base_perplexity); the format-mimic predicts
@@ -96,14 +104,23 @@ def same_family(
     generations: Mapping[str, Sequence[str]] | None,
     weight_threshold: float | None,
     behaviour_threshold: float | None,
+    centered_threshold: float | None = None,
 ) -> str | None:
     """Why `a` and `b` are one family (a phrase), or None: weight cosine at or above
-    `weight_threshold` (a copy or rescaled copy), or generations at least
-    `behaviour_threshold` alike on the K-shot."""
+    `weight_threshold` (a copy or rescaled copy), centered weight similarity at or above
+    `centered_threshold` (trained on one task; `weight_similarity` a SimilarityMatrix), or
+    generations at least `behaviour_threshold` alike on the K-shot."""
     if weight_similarity is not None and weight_threshold is not None:
         cosine = weight_similarity(a, b)
         if cosine >= weight_threshold:
             return f"weight similarity {cosine:.3f}: a copy or rescaled copy"
+    if centered_threshold is not None and hasattr(weight_similarity, "centered_similarity"):
+        centered = weight_similarity.centered_similarity(a, b)
+        if centered is not None and centered >= centered_threshold:
+            return (
+                f"centered weight similarity {centered:.3f}: their updates share a direction "
+                "the rest of the bank does not"
+            )
     if generations is not None and behaviour_threshold is not None:
         alike = generation_similarity(generations[a], generations[b])
         if alike >= behaviour_threshold:
@@ -118,6 +135,7 @@ def one_per_family(
     weight_threshold: float | None,
     behaviour_threshold: float | None,
     keep: int | None = None,
+    centered_threshold: float | None = None,
 ) -> dict[str, str]:
     """Walk `ordered` (best first) and drop each adapter of the same family as one kept
     before it: the verdicts of the dropped ones. With `keep`, the walk stops once that many
@@ -130,7 +148,13 @@ def one_per_family(
             break
         for other in kept:
             why = same_family(
-                name, other, weight_similarity, generations, weight_threshold, behaviour_threshold
+                name,
+                other,
+                weight_similarity,
+                generations,
+                weight_threshold,
+                behaviour_threshold,
+                centered_threshold,
             )
             if why is not None:
                 dropped[name] = f"dropped: same family as {other} ({why}), which scored better"

@@ -75,6 +75,7 @@ class GroupingConfig:
     rationale_match_margin: float = _default("rationale_match_margin")
     one_per_family: bool = _default("one_per_family")
     family_generation_similarity: float = _default("family_generation_similarity")
+    family_weight_similarity: float | None = _default("family_weight_similarity")
     # near-duplicates never share a group if avoidable
     max_pair_similarity: float | None = _default("max_pair_similarity")
     # largest C(M, N) enumerated; greedy beyond
@@ -381,6 +382,7 @@ def _same_family(survivors, em, perplexity, similarity, generations, config, kee
         config.max_pair_similarity,
         config.family_generation_similarity,
         keep,
+        config.family_weight_similarity,
     )
 
 

@@ -287,8 +287,13 @@ def settings_dict(config: RunConfig) -> dict[str, Any]:
 # before then used: a stage key leaves a setting out while it has that value, and a stored
 # config without it reads as that value (not as today's default, which may have changed).
 ADDED_LATER: dict[str, dict[str, object]] = {
-    # when_none_pass: a finished select-experts stage had survivors, where both values agree
-    "select_experts": {"max_kshot": None, "when_none_pass": "lift"},
+    # when_none_pass: a finished select-experts stage had survivors, where both values agree;
+    # family_weight_similarity: runs before it had no centered-weight family test
+    "select_experts": {
+        "max_kshot": None,
+        "when_none_pass": "lift",
+        "family_weight_similarity": None,
+    },
     "train": TRAIN_ADDED_LATER,
 }
 
