@@ -6,9 +6,9 @@ Three tests, any of which joins two adapters:
 - the centered weight similarity (diversity.py: the updates net of the bank's mean update):
   a member of the same family trained separately (another seed or rank). Plain cosine cannot
   see it, since every adapter of one base shares a common part (standard testbed: twins
-  0.16-0.24, unrelated pairs up to 0.17); net of that part, twins measured 0.063-0.225 and
-  unrelated pairs at most 0.038 on three builds (0.048 for an expert and a mixture adapter
-  trained on its family among others). It holds whether or not the twins solve the target,
+  0.16-0.24, unrelated pairs up to 0.17); net of that part, twins measured 0.063-0.26 and
+  unrelated pairs at most 0.051 on six banks (docs/design.md, Stage 1, 1b): a thin gap,
+  which the default threshold (0.055) splits. It holds whether or not the twins solve the target,
   where the K-shot behaviour below says nothing (two reverse experts on reverse_and_add,
   neither solving it: generations 0.74 alike, as alike as unrelated pairs);
 - behaviour on the target's K-shot: two adapters that write the same text for the K-shot
