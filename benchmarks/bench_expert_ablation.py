@@ -76,7 +76,7 @@ NAMED = {
     # mc_add_quiz's group on standard seed 2 (its rationales matched the worked ones nearly as
     # well as the expert's), at 0.05 it was dropped on all three builds
     **{f"rule:family margin {m}": {"rationale_match_margin": m} for m in (0.07, 0.1)},
-    # the centered weight test's threshold (default 0.05) around it, and without it (1: off)
+    # the centered weight test's threshold around its default (rule:family), and off (1)
     **{
         f"rule:family centered {t}": {"family_weight_similarity": t}
         for t in (0.03, 0.04, 0.06, 0.08, 1.0)

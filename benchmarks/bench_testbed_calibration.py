@@ -90,8 +90,11 @@ def main() -> None:
         print(f"{name:<14} min expert {build['min_expert']:.3f}  max base {build['max_base']:.3f}  "
               f"min ceiling {build['min_ceiling']}  all limits met: {build['all_met']}",
               file=sys.stderr)  # fmt: skip
-    limits = CALIBRATION_LIMITS
-    print(json.dumps({"benchmark": "testbed_calibration", "limits": limits, "builds": builds}))
+    print(
+        json.dumps(
+            {"benchmark": "testbed_calibration", "limits": CALIBRATION_LIMITS, "builds": builds}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -42,28 +42,7 @@ def changed(model: BaseModel, path: list[str], value) -> BaseModel:
     return model.model_copy(update={name: value})
 
 
-def requested(argv: list[str]) -> tuple[str, dict[str, object]]:
-    """The preset name and the --set changes in `argv` (read at import, see the docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", default="standard")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
-    args, _ = parser.parse_known_args(argv)
-    sets = {}
-    for item in args.set:
-        key, _, text = item.partition("=")
-        sets[key] = _value(text)
-    return args.preset, sets
-
-
-PRESET, SETS = requested(sys.argv[1:])
-if PRESET in presets.PRESETS:
-    for key, value in SETS.items():
-        presets.PRESETS[PRESET] = changed(presets.PRESETS[PRESET], key.split("."), value)
-
-
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="the build directory")
     parser.add_argument("--seed", type=int, default=0)
@@ -72,16 +51,37 @@ def main() -> None:
         "--set", action="append", default=[], metavar="FIELD=VALUE",
         help="a preset field, dotted into nested ones (pretrain.max_steps=6000, model.hidden=192)",
     )  # fmt: skip
-    args = parser.parse_args()
+    return parser
+
+
+def changes(args: argparse.Namespace) -> dict[str, object]:
+    """The --set changes, values parsed as JSON where they are (numbers, true/false)."""
+    sets = {}
+    for item in args.set:
+        key, _, text = item.partition("=")
+        sets[key] = _value(text)
+    return sets
+
+
+# applied at import (module docstring): here and in every bank worker
+_ARGS, _ = parser().parse_known_args(sys.argv[1:])
+if _ARGS.preset in presets.PRESETS:
+    for key, value in changes(_ARGS).items():
+        presets.PRESETS[_ARGS.preset] = changed(
+            presets.PRESETS[_ARGS.preset], key.split("."), value
+        )
+
+
+def main() -> None:
+    args = parser().parse_args()
     from taskexpert.testbed.baselines import calibration_misses
     from taskexpert.testbed.build import build_testbed
 
     build = build_testbed(args.out, args.preset, seed=args.seed, progress=False)
-    truth = json.loads((build.root / "testbed.json").read_text())
     print(json.dumps({
         "benchmark": "testbed_recipe", "preset": args.preset, "seed": args.seed,
-        "changes": SETS, "out": str(args.out), "calibration": truth["calibration"],
-        "misses": calibration_misses(truth),
+        "changes": changes(args), "out": str(args.out),
+        "calibration": build.truth["calibration"], "misses": calibration_misses(build.truth),
     }))  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -48,19 +49,22 @@ class SimilarityMatrix:
     # (module docstring); NaN for a pair that shares no such layer; None when not computed
     centered: np.ndarray | None = None
 
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.names)}
+
     def __call__(self, a: str, b: str) -> float:
-        index = {name: i for i, name in enumerate(self.names)}
-        return float(self.matrix[index[a], index[b]])
+        return float(self.matrix[self._index[a], self._index[b]])
 
     def centered_similarity(self, a: str, b: str) -> float | None:
         """The centered similarity of `a` and `b`, None where the bank gives none."""
         if self.centered is None:
             return None
-        value = float(self.centered[self.names.index(a), self.names.index(b)])
+        value = float(self.centered[self._index[a], self._index[b]])
         return None if np.isnan(value) else value
 
     def subset(self, names: Sequence[str]) -> SimilarityMatrix:
-        index = [self.names.index(n) for n in names]
+        index = [self._index[n] for n in names]
         grid = np.ix_(index, index)
         centered = None if self.centered is None else self.centered[grid]
         return SimilarityMatrix(

@@ -7,10 +7,10 @@ Three tests, any of which joins two adapters:
   a member of the same family trained separately (another seed or rank). Plain cosine cannot
   see it, since every adapter of one base shares a common part (standard testbed: twins
   0.16-0.24, unrelated pairs up to 0.17); net of that part, twins measured 0.063-0.26 and
-  unrelated pairs at most 0.051 on six banks (docs/design.md, Stage 1, 1b): a thin gap,
-  which the default threshold (0.055) splits. It holds whether or not the twins solve the target,
-  where the K-shot behaviour below says nothing (two reverse experts on reverse_and_add,
-  neither solving it: generations 0.74 alike, as alike as unrelated pairs);
+  unrelated pairs at most 0.051 on six banks (docs/design.md, Stage 1, 1b), a thin gap that
+  the default threshold splits. It holds whether or not the twins solve the target, where
+  the K-shot behaviour below says nothing (two reverse experts on reverse_and_add, neither
+  solving it: generations 0.74 alike, as alike as unrelated pairs);
 - behaviour on the target's K-shot: two adapters that write the same text for the K-shot
   prompts do the same thing there (generation similarity 0.96-0.98 for an expert and its
   twin where they solve the target, at most 0.85 for any other pair that is not two answer
@@ -27,8 +27,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from difflib import SequenceMatcher
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from taskexpert.experts.diversity import SimilarityMatrix
 
 MIN_SUPPORTED = 2  # right answers an adapter needs to serve as the rationale-match reference
 
@@ -100,7 +104,7 @@ def unsupported_answers(
 def same_family(
     a: str,
     b: str,
-    weight_similarity,
+    weight_similarity: SimilarityMatrix | None,
     generations: Mapping[str, Sequence[str]] | None,
     weight_threshold: float | None,
     behaviour_threshold: float | None,
@@ -108,13 +112,13 @@ def same_family(
 ) -> str | None:
     """Why `a` and `b` are one family (a phrase), or None: weight cosine at or above
     `weight_threshold` (a copy or rescaled copy), centered weight similarity at or above
-    `centered_threshold` (trained on one task; `weight_similarity` a SimilarityMatrix), or
-    generations at least `behaviour_threshold` alike on the K-shot."""
+    `centered_threshold` (trained on one task), or generations at least `behaviour_threshold`
+    alike on the K-shot."""
     if weight_similarity is not None and weight_threshold is not None:
         cosine = weight_similarity(a, b)
         if cosine >= weight_threshold:
             return f"weight similarity {cosine:.3f}: a copy or rescaled copy"
-    if centered_threshold is not None and hasattr(weight_similarity, "centered_similarity"):
+    if weight_similarity is not None and centered_threshold is not None:
         centered = weight_similarity.centered_similarity(a, b)
         if centered is not None and centered >= centered_threshold:
             return (
@@ -130,7 +134,7 @@ def same_family(
 
 def one_per_family(
     ordered: Sequence[str],
-    weight_similarity,
+    weight_similarity: SimilarityMatrix | None,
     generations: Mapping[str, Sequence[str]] | None,
     weight_threshold: float | None,
     behaviour_threshold: float | None,

@@ -151,6 +151,7 @@ class MixtureOfLoraLinear(nn.Module):
         # every column (not saved: the ranks are the parameters' shapes).
         ranks = [int(A.shape[0]) for A in self.lora_A]
         self._columns = [(sum(ranks[:e]), r) for e, r in enumerate(ranks)]
+        self._expert_columns = sum(ranks)  # the shared expert's columns, if any, start here
         skipped = sum(ranks) * (len(ranks) - top_k) / len(ranks)
         self._groups = top_k < len(ranks) and skipped >= GROUPED_MIN_SKIPPED
         self.router = nn.Linear(base_layer.in_features, len(experts), bias=False, **factory)
@@ -412,7 +413,7 @@ class MixtureOfLoraLinear(nn.Module):
                 h_e = h[:, offset : offset + rank].index_select(0, rows_e) * w_e
                 out.index_add_(0, rows_e, (h_e @ b_t[offset : offset + rank]).to(out.dtype))
         if self.shared is not None:  # every token, gate 1: the columns after the experts'
-            start = self._columns[-1][0] + self._columns[-1][1]
+            start = self._expert_columns
             out.add_((h[:, start:] @ b_t[start:]).to(out.dtype))
 
     def _fixed_mix(self, flat: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
