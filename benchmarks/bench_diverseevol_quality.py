@@ -38,8 +38,10 @@ STRATEGIES = [
     "kcenter-robust",
     "kmeans",
     "kmeans-robust",
+    "kmeans-filtered",
 ]
 ROBUST = "-robust"  # label suffix: the strategy with --outlier-share of the pool left out
+FILTERED = "-filtered"  # ... and the base model's high-loss tail (--loss-outlier-z) too
 
 
 def log(message: str) -> None:
@@ -108,15 +110,17 @@ def make_config(args, setup: dict, strategy: str, seed: int):
     from taskexpert.recipes.diverseevol import DiverseEvolConfig
     from taskexpert.train import TrainConfig
 
-    robust = strategy.endswith(ROBUST)
+    filtered = strategy.endswith(FILTERED)
+    robust = filtered or strategy.endswith(ROBUST)
     return DiverseEvolConfig(
         base=str(Path(args.testbed) / "base"),
         pool=Path(setup["pool"]),
         init=args.init,
         per_round=args.per_round,
         rounds=args.rounds,
-        strategy=strategy.removesuffix(ROBUST),
+        strategy=strategy.removesuffix(ROBUST).removesuffix(FILTERED),
         outlier_share=args.outlier_share if robust else 0.0,
+        loss_outlier_z=args.loss_outlier_z if filtered else 0.0,
         lora_r=args.lora_r,
         lora_alpha=2 * args.lora_r,
         train=TrainConfig(
@@ -336,6 +340,10 @@ def main() -> None:
     parser.add_argument(
         "--outlier-share", type=float, default=0.05, help="left out by the '-robust' strategies"
     )
+    parser.add_argument(
+        "--loss-outlier-z", type=float, default=5.0,
+        help="the '-filtered' strategies also leave out the base model's loss tail above this",
+    )  # fmt: skip
     parser.add_argument("--epochs", type=float, default=10.0)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -399,6 +407,8 @@ def main() -> None:
                 "lora_r",
                 "eval_per_family",
                 "max_new_tokens",
+                "outlier_share",
+                "loss_outlier_z",
                 "threads",
                 "jobs",
             )

@@ -85,6 +85,7 @@ def config(world, **overrides) -> de.DiverseEvolConfig:
         # default, k-means without the far 5%, is checked in test_baselines_pick_...)
         strategy="kcenter",
         outlier_share=0.0,
+        loss_outlier_z=0.0,
     )
     values.update(overrides)
     return de.DiverseEvolConfig(**values)
@@ -154,7 +155,8 @@ def test_baselines_pick_by_their_definition(world, tmp_path, strategy):
 
     defaults = de.DiverseEvolConfig.model_fields
     share = defaults["outlier_share"].default if strategy == "kmeans" else 0.0
-    cfg = config(world, strategy=strategy, rounds=1, outlier_share=share)
+    z = defaults["loss_outlier_z"].default if strategy == "kmeans" else 0.0
+    cfg = config(world, strategy=strategy, rounds=1, outlier_share=share, loss_outlier_z=z)
     de.run_diverseevol(cfg, tmp_path / "run")
     init, grown = rows_of(tmp_path / "run", 0), rows_of(tmp_path / "run", 1)
     # round 0 is the same seeded uniform draw whatever the strategy
@@ -167,14 +169,15 @@ def test_baselines_pick_by_their_definition(world, tmp_path, strategy):
     elif strategy == "kmeans":
         from taskexpert.recipes.diverseevol_rounds import round_seed
         from taskexpert.selection.kmeans import kmeans_representatives
-        from taskexpert.selection.outliers import far_outliers
+        from taskexpert.selection.outliers import far_outliers, high_loss_rows
 
-        assert defaults["strategy"].default == "kmeans" and share > 0  # the default path
+        assert defaults["strategy"].default == "kmeans" and share > 0 and z > 0  # the default
         embeddings = round_model_embeddings(world, tmp_path / "run", 0, cfg)
         far = far_outliers(embeddings, share, seed=cfg.seed)
         assert len(far) > 0 and not set(added) & set(far.tolist())
+        tail = high_loss_rows(np.load(tmp_path / "run" / "base_losses.npy"), z)
         seed = round_seed(cfg, 1)
-        exclude = np.union1d(init, far)
+        exclude = np.union1d(np.union1d(init, far), tail)
         assert added == kmeans_representatives(embeddings, 10, exclude=exclude, seed=seed)
     elif strategy != "random":
         base, tokenizer = load_base(str(world["base"]), device="cpu")
@@ -381,6 +384,30 @@ def test_on_the_micro_testbed(micro_testbed, tmp_path):
     assert set(result.rounds[1]["exact_match_by_source"]) == {"add"}
     rows = rows_of(tmp_path / "run", 1)
     assert len(set(rows)) == 40 and max(rows) < micro_testbed.truth["pool"]["size"]
+
+
+def test_the_loss_filter_keeps_the_base_models_high_loss_tail_out_and_resumes(world, tmp_path):
+    from taskexpert.lm import mean_nll
+    from taskexpert.models import load_base
+    from taskexpert.prompts import format_prompt
+    from taskexpert.records import load_records
+    from taskexpert.selection.outliers import high_loss_rows
+
+    # a low cut, so the 60-record pool has a tail to leave out
+    cfg = config(world, strategy="kmeans", rounds=1, outlier_share=0.0, loss_outlier_z=0.5)
+    de.run_diverseevol(cfg, tmp_path / "run")
+    stored = np.load(tmp_path / "run" / "base_losses.npy")
+    base, tokenizer = load_base(str(world["base"]), device="cpu")
+    pool = load_records(world["pool"])
+    expected = mean_nll(base, tokenizer, [format_prompt(r, tokenizer) for r in pool],
+                        [r.output for r in pool], max_length=64)  # fmt: skip
+    np.testing.assert_allclose(stored, expected, rtol=1e-4, atol=1e-5)  # float32 storage
+    tail = set(high_loss_rows(stored, 0.5).tolist())
+    added = rows_of(tmp_path / "run", 1)[10:]
+    assert tail and len(added) == 10 and not tail & set(added)
+    # the same run resumes; a run made before the setting existed had it off
+    assert de.run_diverseevol(cfg.model_copy(update={"rounds": 1}), tmp_path / "run")
+    assert de.default_of("loss_outlier_z") == 0.0
 
 
 def test_a_run_started_before_a_setting_existed_resumes_while_it_keeps_its_default(tmp_path):

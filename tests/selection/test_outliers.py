@@ -3,7 +3,7 @@ import pytest
 
 from taskexpert.errors import InputError
 from taskexpert.selection.kcenter import kcenter_greedy
-from taskexpert.selection.outliers import far_outliers, sample_distance
+from taskexpert.selection.outliers import far_outliers, high_loss_rows, sample_distance
 
 
 def _cloud_with_outliers(n=400, dim=8, planted=(5, 77, 301), seed=0):
@@ -55,3 +55,26 @@ def test_a_bad_exclude_list_is_named_as_such():
     with pytest.raises(InputError, match="out of range") as info:
         kcenter_greedy(matrix, 2, exclude=[12], progress=False)
     assert info.value.field == "exclude"
+
+
+def test_high_loss_rows_finds_a_dense_noise_tail_and_nothing_in_a_clean_pool():
+    rng = np.random.default_rng(0)
+    clean = rng.normal(1.5, 0.4, size=2000)  # mean response NLLs of ordinary records
+    assert high_loss_rows(clean, 5.0).size == 0  # no tail: nothing is lost
+    noisy = clean.copy()
+    noisy[[3, 500, 1999]] = [9.0, 9.2, 8.8]  # alike noise, all far above the rest
+    assert high_loss_rows(noisy, 5.0).tolist() == [3, 500, 1999]
+    # the cut is on the robust scale: 0.6745 (x - median) / MAD
+    median = np.median(noisy)
+    mad = np.median(np.abs(noisy - median))
+    edge = median + 5.0 * mad / 0.6745
+    assert set(high_loss_rows(noisy, 5.0).tolist()) == set(np.flatnonzero(noisy > edge).tolist())
+
+
+def test_high_loss_rows_off_flat_and_bad_input():
+    assert high_loss_rows(np.array([1.0, 2.0, 30.0]), 0.0).size == 0  # 0: off
+    assert high_loss_rows(np.ones(10), 3.5).size == 0  # no spread, no tail
+    with pytest.raises(InputError, match="loss outlier z"):
+        high_loss_rows(np.ones(3), -1.0)
+    with pytest.raises(InputError, match="NaN"):
+        high_loss_rows(np.array([1.0, np.nan, 2.0]), 3.5)

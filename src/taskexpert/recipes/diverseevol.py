@@ -79,9 +79,10 @@ class _Common(RaySettings):
     defaults are the paper's (100 random, +100 x 10 rounds, restart from the base, last layer,
     Euclidean); training defaults to a LoRA (the paper fine-tunes every weight: `lora=False`),
     which is what fits on one CPU or GPU. The selection defaults are the measured best, not the
-    paper's K-center (`--strategy kcenter --outlier-share 0`): k-means representatives with the
-    farthest 5% of the pool left out, which beat K-center on three testbed builds and tied
-    random (docs/design.md, DiverseEvol). With `ray`, K-center runs on Ray actors (the
+    paper's K-center (`--strategy kcenter --outlier-share 0 --loss-outlier-z 0`): k-means
+    representatives with the farthest 5% of the pool and the base model's high-loss tail left
+    out, which beat K-center on three testbed builds, tied random and kept noise below the
+    pool's share (docs/design.md, DiverseEvol). With `ray`, K-center runs on Ray actors (the
     embedding stays on this process)."""
 
     init: int = Field(100, gt=0, description="Random items trained in round 0.")
@@ -100,6 +101,13 @@ class _Common(RaySettings):
         lt=1.0,
         description="K-center and k-means never pick this share of the pool: the rows farthest "
         "from a random sample of it (outliers.far_outliers; 0: the paper's K-center).",
+    )
+    loss_outlier_z: float = Field(
+        5.0,
+        ge=0.0,
+        description="K-center and k-means also never pick the pool records whose loss under "
+        "the base model is this many robust deviations above the median (outliers."
+        "high_loss_rows; one extra pass over the pool per run; 0: off).",
     )
     restart_from_base: Annotated[
         bool,
@@ -227,7 +235,7 @@ def identity(config: DiverseEvolConfig, pool_sha: str, eval_sha: str | None) -> 
 
 # Settings added after runs were made, with the value those runs used without recording it
 # (not today's default, which may have changed since).
-ADDED_LATER: dict[str, object] = {"outlier_share": 0.0}
+ADDED_LATER: dict[str, object] = {"outlier_share": 0.0, "loss_outlier_z": 0.0}
 
 
 def default_of(key: str) -> object:

@@ -22,6 +22,7 @@ import numpy as np
 from taskexpert.io import remove_tree, write_json
 from taskexpert.lm_embed import train_format_ids
 from taskexpert.peft_glue import fresh_lora, load_lora, lora_config
+from taskexpert.progress import progress as progress_bar
 from taskexpert.records import Record, write_records
 from taskexpert.rundir import MARKER, RunDir, file_sha256
 from taskexpert.runtime import share_from_main, world_size
@@ -32,6 +33,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BASE_EMBEDDINGS = "base_embeddings.npy"
+BASE_LOSSES = "base_losses.npy"
+LOSS_CHUNK = 4096  # records tokenized and scored at a time for base_losses
+
+
+def _cached_rows(path: Path, expected: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """The array at `path` when its marker (path.json) says it was made for `expected` and
+    its length agrees; else `compute()` (which writes `path`) and a new marker."""
+    marker = path.with_suffix(".json")
+    if marker.is_file() and path.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            matrix = np.load(path, mmap_mode="r")
+            dim = expected.get("dim")
+            shape = (expected["rows"],) if dim is None else (expected["rows"], dim)
+            if json.loads(marker.read_text()) == expected and matrix.shape == shape:
+                return matrix
+        log.warning("recomputing %s: it does not match its marker", path)
+    marker.unlink(missing_ok=True)
+    matrix = compute()
+    write_json(marker, expected)
+    return matrix
 
 
 def round_name(index: int) -> str:
@@ -160,6 +181,7 @@ class RoundRunner:
         self.eval_records = eval_records
         self.base = self.tokenizer = None
         self.base_embeddings: np.ndarray | None = None
+        self._loss_outliers: np.ndarray | None = None
 
     # -- shared pieces
     def load_base(self) -> None:
@@ -208,22 +230,42 @@ class RoundRunner:
         from taskexpert.lm_embed import hidden_size
 
         path = self.run_dir / BASE_EMBEDDINGS
-        marker = path.with_suffix(".json")
         expected = {"rows": len(self.pool), "dim": hidden_size(self.base), "layer": self.layer}
-        if marker.is_file() and path.is_file():
-            try:
-                stored = json.loads(marker.read_text())
-                matrix = np.load(path, mmap_mode="r")
-                if stored == expected and matrix.shape == (expected["rows"], expected["dim"]):
-                    self.base_embeddings = matrix
-                    return matrix
-            except (OSError, ValueError):
-                pass
-            log.warning("recomputing %s: it does not match its marker", path)
-        marker.unlink(missing_ok=True)
-        self.base_embeddings = self.embed_pool(self.base, path, "base embeddings")
-        write_json(marker, expected)
+        self.base_embeddings = _cached_rows(
+            path, expected, lambda: self.embed_pool(self.base, path, "base embeddings")
+        )
         return self.base_embeddings
+
+    def base_losses(self) -> np.ndarray:
+        """Each pool record's mean response-token NLL under the base model, once per run:
+        what --loss-outlier-z reads. Streamed in chunks of records, so memory stays bounded
+        by the chunk whatever the pool's size."""
+        from taskexpert.lm import mean_nll
+        from taskexpert.prompts import format_prompt
+
+        path = self.run_dir / BASE_LOSSES
+        max_length = self.config.train.max_length
+        expected = {"rows": len(self.pool), "max_length": max_length}
+
+        def compute() -> np.ndarray:
+            losses = np.empty(len(self.pool), np.float32)
+            bar = progress_bar(total=len(self.pool), desc="base losses", unit="text",
+                               enabled=self.config.progress)  # fmt: skip
+            with bar:
+                for lo in range(0, len(self.pool), LOSS_CHUNK):
+                    chunk = self.pool[lo : lo + LOSS_CHUNK]
+                    prompts = [format_prompt(r, self.tokenizer) for r in chunk]
+                    losses[lo : lo + len(chunk)] = mean_nll(
+                        self.base, self.tokenizer, prompts, [r.output for r in chunk],
+                        batch_size=self.config.embed_batch_size, max_length=max_length,
+                    )  # fmt: skip
+                    bar.update(len(chunk))
+            tmp = path.with_name(f".{path.name}.tmp.npy")
+            np.save(tmp, losses)
+            tmp.replace(path)
+            return np.load(path)
+
+        return _cached_rows(path, expected, compute)
 
     def round_embeddings(self, model, round_index: int, previous_dir: Path) -> np.ndarray:
         """The pool under the previous round's model; reused if this round was interrupted
@@ -249,10 +291,18 @@ class RoundRunner:
         return matrix
 
     def outliers(self, embeddings: np.ndarray) -> np.ndarray:
-        """The --outlier-share of rows K-center and k-means may not pick (5% by default)."""
-        from taskexpert.selection.outliers import far_outliers
+        """Rows K-center and k-means may not pick: the --outlier-share farthest from the pool
+        in this embedding, and the base model's high-loss tail (--loss-outlier-z)."""
+        from taskexpert.selection.outliers import far_outliers, high_loss_rows
 
-        return far_outliers(embeddings, self.config.outlier_share, seed=self.config.seed)
+        far = far_outliers(embeddings, self.config.outlier_share, seed=self.config.seed)
+        if not self.config.loss_outlier_z:
+            return far
+        if self._loss_outliers is None:
+            self._loss_outliers = high_loss_rows(self.base_losses(), self.config.loss_outlier_z)
+            log.info("%d pool records above the loss cut (z > %g) left out",
+                     len(self._loss_outliers), self.config.loss_outlier_z)  # fmt: skip
+        return np.union1d(far, self._loss_outliers).astype(np.int64)
 
     def kcenter(self, embeddings: np.ndarray, k: int, chosen: list[int]) -> list[int]:
         from taskexpert.selection.kcenter import kcenter_greedy
