@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 BASE_EMBEDDINGS = "base_embeddings.npy"
 BASE_LOSSES = "base_losses.npy"
 LOSS_CHUNK = 4096  # records tokenized and scored at a time for base_losses
+LOSS_LOGIT_BUDGET = 1 << 27  # logits per base_losses batch (rows x length x vocab): 512 MiB
 
 
 def _cached_rows(path: Path, expected: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
@@ -246,6 +247,8 @@ class RoundRunner:
         path = self.run_dir / BASE_LOSSES
         max_length = self.config.train.max_length
         expected = {"rows": len(self.pool), "max_length": max_length}
+        vocab = int(self.base.get_output_embeddings().weight.shape[0])
+        rows = max(1, min(self.config.embed_batch_size, LOSS_LOGIT_BUDGET // (max_length * vocab)))
 
         def compute() -> np.ndarray:
             losses = np.empty(len(self.pool), np.float32)
@@ -257,7 +260,7 @@ class RoundRunner:
                     prompts = [format_prompt(r, self.tokenizer) for r in chunk]
                     losses[lo : lo + len(chunk)] = mean_nll(
                         self.base, self.tokenizer, prompts, [r.output for r in chunk],
-                        batch_size=self.config.embed_batch_size, max_length=max_length,
+                        batch_size=rows, max_length=max_length,
                     )  # fmt: skip
                     bar.update(len(chunk))
             tmp = path.with_name(f".{path.name}.tmp.npy")
