@@ -40,7 +40,7 @@ LOSS_LOGIT_BUDGET = 1 << 27  # logits per base_losses batch (rows x length x voc
 
 def _cached_rows(path: Path, expected: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
     """The array at `path` when its marker (path.json) says it was made for `expected` and
-    its length agrees; else `compute()` (which writes `path`) and a new marker."""
+    its shape agrees; else `compute()` (which writes `path`) and a new marker."""
     marker = path.with_suffix(".json")
     if marker.is_file() and path.is_file():
         with contextlib.suppress(OSError, ValueError):
