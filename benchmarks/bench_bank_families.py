@@ -23,6 +23,7 @@ import numpy as np
 from taskexpert.bank import load_bank
 from taskexpert.experts.config import ExpertSelectionConfig
 from taskexpert.experts.diversity import similarity_matrix
+from taskexpert.experts.family import same_family
 
 
 def main() -> None:
@@ -42,10 +43,10 @@ def main() -> None:
         for a, b in itertools.combinations(sim.names, 2)
     ]  # fmt: skip
     pairs.sort(key=lambda p: -(p["centered"] if p["centered"] is not None else -np.inf))
+    # the rule's own test (weights only: no generations, so no behaviour threshold)
     joined = [
         p for p in pairs
-        if (copy_at is not None and p["plain"] >= copy_at)
-        or (family_at is not None and p["centered"] is not None and p["centered"] >= family_at)
+        if same_family(p["a"], p["b"], sim, None, copy_at, None, family_at) is not None
     ]  # fmt: skip
     for p in pairs[: args.top]:
         mark = "joined" if p in joined else ""

@@ -405,9 +405,13 @@ def test_the_loss_filter_keeps_the_base_models_high_loss_tail_out_and_resumes(wo
     tail = set(high_loss_rows(stored, 0.5).tolist())
     added = rows_of(tmp_path / "run", 1)[10:]
     assert tail and len(added) == 10 and not tail & set(added)
-    # the same run resumes; a run made before the setting existed had it off
-    assert de.run_diverseevol(cfg.model_copy(update={"rounds": 1}), tmp_path / "run")
-    assert de.default_of("loss_outlier_z") == 0.0
+    # a rerun resumes: the stored losses are reused, not recomputed, and the rows stay
+    stamp = (tmp_path / "run" / "base_losses.npy").stat().st_mtime_ns
+    de.run_diverseevol(cfg.model_copy(update={"rounds": 2}), tmp_path / "run")
+    assert (tmp_path / "run" / "base_losses.npy").stat().st_mtime_ns == stamp
+    assert rows_of(tmp_path / "run", 1)[10:] == added
+    assert not tail & set(rows_of(tmp_path / "run", 2)[20:])
+    assert de.default_of("loss_outlier_z") == 0.0  # runs made before the setting had it off
 
 
 def test_a_run_started_before_a_setting_existed_resumes_while_it_keeps_its_default(tmp_path):
