@@ -111,3 +111,77 @@ def test_no_choices_is_an_error_for_the_mc_scorer(char_tokenizer, tiny_llama):
         evaluate_multiple_choice(
             tiny_llama, char_tokenizer, [Record(id="x", instruction="q", output="o")]
         )
+
+
+def _separate_passes(model, tokenizer, records, **kwargs):
+    """evaluate_model as it was: generation and option scoring as separate passes."""
+    from taskexpert.evaluate import evaluate_exact_match
+
+    max_length = kwargs.pop("max_length", 1024)
+    em = evaluate_exact_match(model, tokenizer, records, **kwargs)
+    mc = evaluate_multiple_choice(
+        model, tokenizer, records, batch_size=kwargs["batch_size"], max_length=max_length
+    )
+    return em, {p["id"]: p for p in mc["predictions"]}
+
+
+def assert_same_as_separate_passes(result, em, mc_by_id):
+    """Same generations (exactly) and option log-probs (1e-4, float32 cache vs full pass)."""
+    assert [p["generated"] for p in result["predictions"]] == [
+        p["generated"] for p in em["predictions"]
+    ]
+    assert result["exact_match"] == em["exact_match"]
+    scored = [p for p in result["predictions"] if "option_logprobs" in p]
+    assert {p["id"] for p in scored} == set(mc_by_id)
+    for p in scored:
+        expected = mc_by_id[p["id"]]
+        assert p["option_logprobs"] == pytest.approx(expected["option_logprobs"], abs=1e-4)
+        assert p["mc_prediction"] == expected["mc_prediction"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 8])
+def test_one_prompt_pass_gives_the_separate_passes_results(
+    char_tokenizer, tiny_llama, batch_size, monkeypatch
+):
+    """Generation and every option's score from one prompt pass per batch: records with three
+    options, two options and none, in batches that mix them; the same texts and scores as
+    generating and scoring each option in separate passes."""
+    plain = Record(id="p", instruction="2+2?", output="The answer is 4.", answer="4")
+    records = [lettered("a"), named("b"), plain, lettered("c", "C"), named("d", "No")]
+    with monkeypatch.context() as patched:  # every record fits: no separate pass is made
+        for name in ("choice_logprobs", "generate_greedy"):
+            patched.setattr(f"taskexpert.evaluate.{name}", None)
+        result = evaluate_model(
+            tiny_llama, char_tokenizer, records, max_new_tokens=5, batch_size=batch_size
+        )
+    em, mc = _separate_passes(
+        tiny_llama, char_tokenizer, records, max_new_tokens=5, batch_size=batch_size
+    )
+    assert_same_as_separate_passes(result, em, mc)
+    assert [len(mc[i]["option_logprobs"]) for i in "abcd"] == [3, 2, 3, 2]
+
+
+def test_a_prompt_too_long_for_its_options_is_cut_as_before(char_tokenizer, tiny_llama):
+    """A record whose prompt and longest option overflow max_length is scored by the separate
+    passes (which cut the prompt from the left); the others share their prompt pass."""
+    long = Record(
+        id="long",
+        instruction="Which is true? " * 6,
+        output="The answer is yes.",
+        answer="yes",
+        choices=["no", "yes"],
+    )
+    records = [named("b"), long, lettered("a")]
+    prompt = len(char_tokenizer(format_prompt(long, char_tokenizer))["input_ids"])
+    max_length = prompt + 5  # "The answer is yes." (18 characters) no longer fits
+    result = evaluate_model(
+        tiny_llama, char_tokenizer, records, max_new_tokens=4, batch_size=4, max_length=max_length
+    )
+    em, mc = _separate_passes(
+        tiny_llama, char_tokenizer, records, max_new_tokens=4, batch_size=4, max_length=max_length
+    )
+    assert_same_as_separate_passes(result, em, mc)
+    uncut = evaluate_model(tiny_llama, char_tokenizer, [long], max_new_tokens=4)
+    assert uncut["predictions"][0]["option_logprobs"] != pytest.approx(
+        result["predictions"][1]["option_logprobs"], abs=1e-4
+    )  # the cut did change what was scored

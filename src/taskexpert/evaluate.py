@@ -16,10 +16,12 @@ import torch
 from taskexpert.errors import InputError
 from taskexpert.lm import (
     IGNORE_INDEX,
+    MAX_PROMPT_LENGTH,
     EncodedPair,
     batches_by_length,
     collate,
     ensure_pad_token,
+    generate_and_score,
     generate_greedy,
     token_nll,
 )
@@ -68,19 +70,34 @@ def evaluate_exact_match(
     model.eval()
     generated: list[str] = []
     # Blocks of several batches keep the progress bar moving without hurting length grouping.
-    block = batch_size * 4
-    for start in progress_bar(
-        range(0, len(prompts), block), desc="evaluate", unit="block", enabled=progress
-    ):
+    for start in _blocks(len(prompts), batch_size, progress):
         generated += generate_greedy(
             model,
             tokenizer,
-            prompts[start : start + block],
+            prompts[start : start + batch_size * _BLOCK],
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
         )
+    return _exact_match_result(records, kinds, golds, generated)
+
+
+_BLOCK = 4  # batches per progress step
+
+
+def _blocks(n: int, batch_size: int, progress: bool):
+    """Start of each block of _BLOCK batches, behind the progress bar."""
+    starts = range(0, n, batch_size * _BLOCK)
+    return progress_bar(starts, desc="evaluate", unit="block", enabled=progress)
+
+
+def _exact_match_result(
+    records: Sequence[Record],
+    kinds: Sequence[AnswerKind],
+    golds: Sequence[str],
+    generated: Sequence[str],
+) -> dict:
     predictions = []
-    for record, k, gold, text in zip(records, kinds, golds, generated):
+    for record, k, gold, text in zip(records, kinds, golds, generated, strict=True):
         predicted = extract_answer(text, k)
         predictions.append(
             {
@@ -230,8 +247,17 @@ def evaluate_multiple_choice(
         max_length=max_length,
         progress=progress,
     )
+    return _choice_result(mc, golds, scores, style)
+
+
+def _choice_result(
+    mc: Sequence[Record],
+    golds: Sequence[int],
+    scores: Sequence[Sequence[tuple[float, int]]],
+    style: McStyle,
+) -> dict:
     predictions = []
-    for record, gold, options in zip(mc, golds, scores):
+    for record, gold, options in zip(mc, golds, scores, strict=True):
         sums = [s for s, _ in options]
         means = [s / max(n, 1) for s, n in options]
         labels = choice_labels(record)
@@ -258,6 +284,44 @@ def evaluate_multiple_choice(
     }
 
 
+def _generate_and_score_options(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    options: Sequence[Sequence[str]],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    progress: bool,
+) -> tuple[list[str], list[list[tuple[float, int]]]]:
+    """Each prompt's greedy generation and its options' (summed log-prob, token count) from one
+    prompt pass per batch (lm.generate_and_score): the prompt, most of an example's tokens, is
+    computed once instead of once per option plus once to generate. Option j of every record
+    is target set j; records with fewer options score an empty target there, which is free."""
+    width = max(len(o) for o in options)
+    target_sets = [[o[j] if j < len(o) else "" for o in options] for j in range(width)]
+    texts: list[str] = []
+    nlls: list[list[list[float]]] = [[] for _ in range(width)]
+    for start in _blocks(len(prompts), batch_size, progress):
+        end = start + batch_size * _BLOCK
+        got_texts, got_sets = generate_and_score(
+            model,
+            tokenizer,
+            prompts[start:end],
+            [targets[start:end] for targets in target_sets],
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            append_eos=False,
+        )
+        texts += got_texts
+        for j, got in enumerate(got_sets):
+            nlls[j] += got
+    scores = [
+        [(-sum(nlls[j][i]), len(nlls[j][i])) for j in range(len(o))] for i, o in enumerate(options)
+    ]
+    return texts, scores
+
+
 def evaluate_model(
     model,
     tokenizer,
@@ -272,35 +336,90 @@ def evaluate_model(
     progress: bool = False,
 ) -> dict:
     """eval.json content: exact match on every record, plus option log-likelihood scoring on
-    the records with `choices` (merged into the same per-record predictions)."""
-    result = evaluate_exact_match(
-        model,
-        tokenizer,
-        records,
-        kind=kind,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        progress=progress,
-    )
-    if multiple_choice and any(r.choices for r in records):
-        mc = evaluate_multiple_choice(
+    the records with `choices` (merged into the same per-record predictions).
+
+    With choices, generation and option scoring share each batch's prompt pass (the same
+    texts as generate_greedy, the same scores as choice_logprobs within float noise); records
+    whose prompt would be cut (over `max_length` with an option, over MAX_PROMPT_LENGTH
+    tokens) take the separate passes, which cut them as before.
+    """
+    if not (multiple_choice and any(r.choices for r in records)):
+        return evaluate_exact_match(
             model,
             tokenizer,
             records,
+            kind=kind,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            progress=progress,
+        )
+    kinds = [kind or infer_answer_kind(r) for r in records]
+    golds = [gold_answer(r, k) for r, k in zip(records, kinds)]
+    mc_golds = {r.id: gold_choice(r) for r in records if r.choices}
+    prompts = [format_prompt(r, tokenizer) for r in records]
+    options = [option_continuations(r, mc_style) if r.choices else [] for r in records]
+    model.eval()
+    shared = [
+        i for i, (p, o) in enumerate(zip(prompts, options)) if _fits(tokenizer, p, o, max_length)
+    ]
+    generated: list[str] = [""] * len(records)
+    scores: list[list[tuple[float, int]]] = [[] for _ in records]
+    if shared:
+        texts, got = _generate_and_score_options(
+            model,
+            tokenizer,
+            [prompts[i] for i in shared],
+            [options[i] for i in shared],
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            progress=progress,
+        )
+        for i, text, score in zip(shared, texts, got, strict=True):
+            generated[i], scores[i] = text, score
+    cut = sorted(set(range(len(records))) - set(shared))
+    if cut:
+        texts = generate_greedy(
+            model, tokenizer, [prompts[i] for i in cut], max_new_tokens, batch_size
+        )
+        cut_mc = [i for i in cut if records[i].choices]
+        got = choice_logprobs(
+            model,
+            tokenizer,
+            [records[i] for i in cut_mc],
             style=mc_style,
             batch_size=batch_size,
             max_length=max_length,
-            progress=progress,
         )
-        by_id = {p["id"]: p for p in mc.pop("predictions")}
-        for prediction in result["predictions"]:
-            extra = by_id.get(prediction["id"])
-            if extra is not None:
-                prediction.update({k: v for k, v in extra.items() if k != "id"})
-        predictions = result.pop("predictions")
-        result.update(mc)
-        result["predictions"] = predictions
+        for i, text in zip(cut, texts, strict=True):
+            generated[i] = text
+        for i, score in zip(cut_mc, got, strict=True):
+            scores[i] = score
+    result = _exact_match_result(records, kinds, golds, generated)
+    mc_index = [i for i, r in enumerate(records) if r.choices]
+    mc = _choice_result(
+        [records[i] for i in mc_index],
+        [mc_golds[records[i].id] for i in mc_index],
+        [scores[i] for i in mc_index],
+        mc_style,
+    )
+    by_id = {p["id"]: p for p in mc.pop("predictions")}
+    for prediction in result["predictions"]:
+        extra = by_id.get(prediction["id"])
+        if extra is not None:
+            prediction.update({k: v for k, v in extra.items() if k != "id"})
+    predictions = result.pop("predictions")
+    result.update(mc)
+    result["predictions"] = predictions
     return result
+
+
+def _fits(tokenizer, prompt: str, options: Sequence[str], max_length: int) -> bool:
+    """Whether the separate passes would keep the whole prompt (see evaluate_model)."""
+    length = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    longest = max(
+        (len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in options), default=0
+    )
+    return length <= MAX_PROMPT_LENGTH and length + longest <= max_length
 
 
 def default_max_new_tokens(tokenizer, records: Sequence[Record], cap: int = 512) -> int:

@@ -163,6 +163,9 @@ def per_example_means(per_token: Sequence[Sequence[float]]) -> list[float]:
     return [sum(x) / max(len(x), 1) for x in per_token]
 
 
+MAX_PROMPT_LENGTH = 1024  # prompt tokens kept (the last ones) when decoding
+
+
 @torch.no_grad()
 def generate_greedy(
     model,
@@ -170,7 +173,7 @@ def generate_greedy(
     prompts: Sequence[str],
     max_new_tokens: int = 128,
     batch_size: int = 16,
-    max_prompt_length: int = 1024,
+    max_prompt_length: int = MAX_PROMPT_LENGTH,
     copies: int = 1,
 ) -> list[str]:
     """Batched greedy decoding with left padding; returns only the new text per prompt.
@@ -262,6 +265,7 @@ def generate_and_score(
     batch_size: int = 16,
     copies: int = 1,
     select_rows: Callable[[torch.Tensor | None], None] | None = None,
+    append_eos: bool = True,
 ) -> tuple[list[str], list[list[list[float]]]]:
     """generate_greedy and target_token_nlls (one result per target set) from one prompt
     pass per batch: the prompts' KV cache feeds every target set's continuation (cropped back
@@ -271,11 +275,13 @@ def generate_and_score(
     No truncation here: the caller checks that prompt + target fits (see scoring). Layout and
     `copies` as in target_token_nlls. Decoding drops the rows that finished (see
     greedy_from_cache); with copies > 1 only when `select_rows` tells the model (multi_lora's
-    switcher) which block each remaining row belongs to.
+    switcher) which block each remaining row belongs to. Targets end with EOS, as an SFT
+    output does, unless `append_eos` is False (an option scored as it is); an empty target
+    without EOS scores no token.
     """
     pad_id = ensure_pad_token(tokenizer)
     device = model_device(model)
-    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    eos = [] if tokenizer.eos_token_id is None or not append_eos else [tokenizer.eos_token_id]
     encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
     targets = [
         [tokenizer(t, add_special_tokens=False)["input_ids"] + eos for t in target_set]
@@ -301,6 +307,8 @@ def generate_and_score(
         for set_index, target_set in enumerate(targets):
             rows = [[input_ids[r, -1].item()] + target_set[i % n] for r, i in enumerate(idx)]
             cont = max(len(r) for r in rows)
+            if cont == 1:  # every target of this batch is empty: nothing to score or crop
+                continue
             cont_ids = torch.full((len(idx), cont), pad_id, dtype=torch.long, device=device)
             cont_mask = torch.zeros((len(idx), cont), dtype=torch.long, device=device)
             for r, ids in enumerate(rows):

@@ -206,3 +206,35 @@ def test_a_fresh_shared_expert_starts_as_peft_does_and_changes_nothing(
     )
     for name, layer in mixture_layers(again).items():
         assert torch.equal(layer.shared.lora_A, mixture_layers(shared)[name].shared.lora_A)
+
+
+def test_a_mixture_evaluates_from_the_prompt_cache_as_in_separate_passes(
+    make_experts, tiny_llama, char_tokenizer, monkeypatch
+):
+    """evaluate_model's one prompt pass (KV cache, explicit positions, rows leaving the batch)
+    through routed layers with a shared expert: the texts and option scores of generate() and
+    of one full forward pass per option."""
+    from taskexpert.evaluate import evaluate_exact_match, evaluate_model, evaluate_multiple_choice
+    from taskexpert.records import Record
+
+    moe = attach_mixture(
+        tiny_llama, make_experts([2, 4, 3]), MoeConfig(top_k=2, router_seed=1, shared_rank=2)
+    ).eval()
+    torch.manual_seed(2)
+    with torch.no_grad():  # routers that route, and a shared expert that is not zero
+        for name, param in moe.named_parameters():
+            if "router" in name or "shared.lora_B" in name:
+                torch.nn.init.normal_(param, std=0.5)
+    records = [
+        Record(id="a", instruction="Pick.\nA) 3\nB) 4", output="x", answer="B", choices=["3", "4"]),
+        Record(id="b", instruction="Is it?", output="x", answer="yes", choices=["no", "yes", "z"]),
+        Record(id="c", instruction="Sum 2 and 2.", output="The answer is 4.", answer="4"),
+    ]
+    settings = {"max_new_tokens": 6, "batch_size": 2}
+    em = evaluate_exact_match(moe, char_tokenizer, records, **settings)
+    mc = evaluate_multiple_choice(moe, char_tokenizer, records, batch_size=2)["predictions"]
+    monkeypatch.setattr("taskexpert.evaluate.generate_greedy", None)  # the shared pass only
+    result = evaluate_model(moe, char_tokenizer, records, **settings)["predictions"]
+    assert [p["generated"] for p in result] == [p["generated"] for p in em["predictions"]]
+    for got, expected in zip(result, mc):
+        assert got["option_logprobs"] == pytest.approx(expected["option_logprobs"], abs=1e-4)
