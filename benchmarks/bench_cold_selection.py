@@ -10,12 +10,15 @@ against the default: per K-shot, the max absolute difference of source shares (p
 overlap of the selected ids, and the cosine agreement (mean/min) of the mode's encoder with
 MiniLM on `--agreement-n` pool texts. Every encoder runs with `--threads` threads (torch and
 ONNX Runtime alike); the load average is recorded at the start and end. `--pool-sample N` runs
-on a seeded sample of the pool (for a busy machine); `--reference-cache DIR` keeps the default's
-embeddings there (reused across runs, so its cold time is only measured when that cache starts
-empty).
+on a seeded sample of the pool (for a busy machine); `--reference MODE` compares with another
+mode than the torch default (onnx-int8: what `auto` takes on a CPU); `--reference-cache DIR`
+keeps the reference's embeddings there (reused across runs, so its cold time is only measured
+when that cache starts empty).
 
     .venv/bin/python benchmarks/bench_cold_selection.py --threads 2
     .venv/bin/python benchmarks/bench_cold_selection.py --pool-sample 3000 --budget 60
+    .venv/bin/python benchmarks/bench_cold_selection.py --reference onnx-int8 \
+        --reference-cache ~/.cache/taskexpert/embeddings --modes two-stage-onnx-int8-f10
 
 Prints one JSON line on stdout; progress goes to stderr.
 """
@@ -97,6 +100,11 @@ def main() -> None:
     parser.add_argument("--agreement-n", type=int, default=200)
     parser.add_argument("--work-dir", type=Path, default=None, help="caches go here (tmp)")
     parser.add_argument("--models-dir", type=Path, default=None, help="exported/distilled models")
+    parser.add_argument(
+        "--reference",
+        default="default",
+        help="the mode the others are compared with (`auto` takes onnx-int8 on a CPU)",
+    )
     parser.add_argument("--reference-cache", type=Path, default=None)
     args = parser.parse_args()
     load_start = os.getloadavg()
@@ -143,8 +151,9 @@ def main() -> None:
     reference: dict[str, object] = {}
     vectors_default = None
     with pinned_threads(args.threads):
-        for mode in ["default", *[m for m in args.modes.split(",") if m != "default"]]:
-            if mode == "default" and args.reference_cache:
+        ref = args.reference
+        for mode in [ref, *[m for m in args.modes.split(",") if m != ref]]:
+            if mode == ref and args.reference_cache:
                 cache_dir = args.reference_cache
             else:
                 cache_dir = work / f"cache-{mode}"
@@ -170,7 +179,7 @@ def main() -> None:
             t = time.perf_counter()
             vectors = embed_texts(sample, embedder, EmbeddingCache(cache_dir), progress=False)
             row["agreement_embed_s"] = round(time.perf_counter() - t, 2)
-            if mode == "default":
+            if mode == ref:
                 reference, vectors_default = outcomes, vectors
             cosine = (vectors * vectors_default).sum(axis=1)
             row["cosine_vs_default"] = {
