@@ -9,7 +9,7 @@ from taskexpert.cli import app
 from taskexpert.recipes.testbed_build import TestbedBuildConfig
 from taskexpert.testbed import PRESETS, get_preset
 from taskexpert.testbed.families import FAMILIES, held_out_records
-from taskexpert.testbed.presets import Preset, recipe_id
+from taskexpert.testbed.presets import Preset, adapter_config, recipe_id
 from taskexpert.testbed.tasks import TARGETS
 
 
@@ -19,6 +19,20 @@ def test_every_preset_validates_and_has_its_own_recipe_id():
         assert preset.name == name
         assert Preset.model_validate(preset.model_dump()) == preset
     assert len({recipe_id(p) for p in PRESETS.values()}) == len(PRESETS)
+
+
+def test_family_steps_apply_to_that_familys_experts_and_duplicates_only():
+    standard = get_preset("standard")
+    steps = standard.adapter_family_steps["reverse"]
+    assert steps != standard.adapter.max_steps
+    assert adapter_config(standard, "expert", ("reverse",)).max_steps == steps
+    assert adapter_config(standard, "duplicate", ("reverse",)).max_steps == steps
+    default = standard.adapter.max_steps
+    assert adapter_config(standard, "expert", ("shift",)).max_steps == default
+    assert adapter_config(standard, "mixture", ("reverse", "count")).max_steps == default
+    assert adapter_config(standard, "guesser", ("reverse",)).max_steps == default
+    demo = get_preset("demo")  # no family steps: every adapter on the preset's recipe
+    assert adapter_config(demo, "expert", ("reverse",)).max_steps == demo.adapter.max_steps
 
 
 def test_demo_is_a_scaled_down_standard_that_still_measures_two_skill_targets():

@@ -46,7 +46,14 @@ from taskexpert.testbed.model import (
     parameter_count,
 )
 from taskexpert.testbed.pool import build_pool
-from taskexpert.testbed.presets import RECIPE_VERSION, Preset, get_preset, recipe_id, runnable
+from taskexpert.testbed.presets import (
+    RECIPE_VERSION,
+    Preset,
+    adapter_config,
+    get_preset,
+    recipe_id,
+    runnable,
+)
 from taskexpert.testbed.pretraining import pretraining_records
 from taskexpert.testbed.tasks import TARGETS
 from taskexpert.testbed.tokenizer import build_tokenizer, corpus_words
@@ -184,7 +191,9 @@ def _train_one_adapter(root: Path, preset_name: str, seed: int, name: str) -> di
             tokenizer,
             root / BANK_DIR / spec.name,
             n_records=preset.adapter_records,
-            config=runnable(preset.adapter).model_copy(update={"progress": False}),
+            config=adapter_config(preset, spec.kind, spec.families).model_copy(
+                update={"progress": False}
+            ),
             pair_share=preset.adapter_pair_share,
         )
     return {"seconds": round(time.perf_counter() - began, 2), **result.to_dict()}
