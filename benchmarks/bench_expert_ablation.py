@@ -79,7 +79,7 @@ NAMED = {
     # the centered weight test's threshold around its default (rule:family), and off (1)
     **{
         f"rule:family centered {t}": {"family_weight_similarity": t}
-        for t in (0.03, 0.04, 0.06, 0.08, 1.0)
+        for t in (0.03, 0.04, 0.045, 0.05, 0.06, 0.08, 1.0)
     },
     "rule:tuned": {
         "rule": "paper",
