@@ -1,6 +1,8 @@
 """The presets are valid without building them: `demo` (`make demo`) is a scaled-down
 `standard`, and the build verb takes it from an option or a config file."""
 
+import hashlib
+import json
 import random
 
 from typer.testing import CliRunner
@@ -9,7 +11,7 @@ from taskexpert.cli import app
 from taskexpert.recipes.testbed_build import TestbedBuildConfig
 from taskexpert.testbed import PRESETS, get_preset
 from taskexpert.testbed.families import FAMILIES, held_out_records
-from taskexpert.testbed.presets import Preset, adapter_config, recipe_id
+from taskexpert.testbed.presets import RECIPE_VERSION, Preset, adapter_config, recipe_id
 from taskexpert.testbed.tasks import TARGETS
 
 
@@ -33,6 +35,18 @@ def test_family_steps_apply_to_that_familys_experts_and_duplicates_only():
     assert adapter_config(standard, "guesser", ("reverse",)).max_steps == default
     demo = get_preset("demo")  # no family steps: every adapter on the preset's recipe
     assert adapter_config(demo, "expert", ("reverse",)).max_steps == demo.adapter.max_steps
+
+
+def test_presets_without_family_steps_keep_the_recipe_id_of_builds_made_before_them():
+    """adapter_family_steps came after builds of every preset; where it is empty it is left
+    out of the hash, so those builds are not refused as built by an older recipe."""
+    demo = get_preset("demo")
+    older = demo.model_dump(mode="json")
+    del older["adapter_family_steps"]
+    text = json.dumps({"recipe": RECIPE_VERSION, "preset": older})
+    assert recipe_id(demo) == hashlib.sha256(text.encode()).hexdigest()[:16]
+    stepped = demo.model_copy(update={"adapter_family_steps": {"reverse": 100}})
+    assert recipe_id(stepped) != recipe_id(demo)
 
 
 def test_demo_is_a_scaled_down_standard_that_still_measures_two_skill_targets():

@@ -215,5 +215,8 @@ RECIPE_VERSION = 4
 
 def recipe_id(preset: Preset) -> str:
     """What the build's content depends on besides the seed: the preset and the recipe."""
-    text = json.dumps({"recipe": RECIPE_VERSION, "preset": preset.model_dump(mode="json")})
+    fields = preset.model_dump(mode="json")
+    if not fields["adapter_family_steps"]:  # added later: builds of presets without it stay
+        del fields["adapter_family_steps"]
+    text = json.dumps({"recipe": RECIPE_VERSION, "preset": fields})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
