@@ -55,3 +55,28 @@ def test_run_with_a_bad_config_is_one_error_line(tmp_path):
     result = invoke("run", path, "--out", tmp_path / "out")
     assert result.exit_code != 0 and "budgett" in str(result.exception)
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_rebuilds_a_testbed_of_an_older_recipe(micro_testbed, tmp_path, monkeypatch):
+    """The demo's testbed is a cache: after an update changed the recipe, the demo rebuilds it
+    (a plain `testbed build` refuses and names --force)."""
+    import shutil
+
+    from taskexpert.errors import InputError
+    from taskexpert.recipes.demo import run_demo
+    from taskexpert.testbed import build_testbed
+    from taskexpert.testbed.build_state import built_by_older_recipe, is_complete
+
+    old = tmp_path / "tb"
+    shutil.copytree(micro_testbed.root, old)
+    stored = json.loads((old / "run.json").read_text())
+    stored["identity"]["recipe"] = "0" * 16
+    (old / "run.json").write_text(json.dumps(stored))
+    assert built_by_older_recipe(old, "micro", 0)
+    assert not built_by_older_recipe(old, "micro", 1)  # another seed: not this build
+    with pytest.raises(InputError, match="older testbed recipe"):
+        build_testbed(old, "micro", 0, progress=False)
+    monkeypatch.setattr("taskexpert.recipes.demo.run_method", lambda *a, **k: "ran")
+    result, _ = run_demo(tmp_path / "demo", old, preset="micro", target="mc_add_quiz")
+    assert result == "ran"
+    assert is_complete(old, "micro", 0) and not built_by_older_recipe(old, "micro", 0)

@@ -8,6 +8,7 @@ with `taskexpert run`.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from taskexpert.io import atomic_open
@@ -20,6 +21,8 @@ DEMO_PRESET = "demo"
 # every method 0.00, testbed README), so the demo runs the target whose expert works there.
 DEMO_TARGET = "count_chat"
 DEMO_SEEDS = [0, 1, 2]
+
+log = logging.getLogger(__name__)
 
 
 def run_demo(
@@ -36,8 +39,14 @@ def run_demo(
 
     Returns the run's result and the config file written."""
     from taskexpert.testbed import build_testbed
+    from taskexpert.testbed.build_state import built_by_older_recipe
 
-    bed = build_testbed(testbed, preset, 0, progress=progress)
+    # the demo's testbed is a cache of this checkout's recipe: after an update that changed
+    # the recipe, rebuild it rather than stop a newcomer with `--force`
+    stale = built_by_older_recipe(testbed, preset, 0)
+    if stale:
+        log.warning("%s was built by an older testbed recipe: rebuilding it", testbed)
+    bed = build_testbed(testbed, preset, 0, force=stale, progress=progress)
     config = example_for_testbed(bed.root, target, budget)
     if seeds is not None:
         config = config.model_copy(update={"seeds": list(seeds)})

@@ -220,6 +220,18 @@ def is_complete(root: str | Path, preset: str | None = None, seed: int | None = 
         return False
 
 
+def built_by_older_recipe(root: str | Path, preset: str, seed: int) -> bool:
+    """True if `root` holds a build (finished or not) of this preset and seed made by another
+    version of its recipe: what `build_testbed` refuses without force."""
+    try:
+        stored = run_directory(root).stored_identity()
+    except InputError:
+        return False  # not a build of this format: left to the build's own refusal
+    if stored is None or (stored.get("preset"), stored.get("seed")) != (preset, seed):
+        return False
+    return stored.get("recipe") != recipe_id(get_preset(preset))
+
+
 def drop_bank(rundir: RunDir) -> None:
     """The bank's adapters and their markers go (they were trained on an older base)."""
     rundir.forget(BANK_DIR)
