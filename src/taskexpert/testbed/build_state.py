@@ -139,12 +139,16 @@ def refuse_foreign(root: Path) -> None:
         )
 
 
+def _same_build(stored: dict, current: dict) -> bool:
+    """The same preset and seed (whatever recipe made them)."""
+    return (stored.get("preset"), stored.get("seed")) == (current["preset"], current["seed"])
+
+
 def refusal(root: Path, stored: dict, current: dict) -> InputError:
     """Why a directory holding another build is not reused."""
-    same = (stored.get("preset"), stored.get("seed")) == (current["preset"], current["seed"])
     what = (
         "was built by an older testbed recipe"
-        if same
+        if _same_build(stored, current)
         else f"holds a testbed built with preset {stored.get('preset')!r} seed {stored.get('seed')}"
     )
     return InputError(f"{what} ({REMEDY})", root / RUN_FILE)
@@ -221,15 +225,14 @@ def is_complete(root: str | Path, preset: str | None = None, seed: int | None = 
 
 
 def built_by_older_recipe(root: str | Path, preset: str, seed: int) -> bool:
-    """True if `root` holds a build (finished or not) of this preset and seed made by another
-    version of its recipe: what `build_testbed` refuses without force."""
+    """True if `root` holds a build (finished or not) of this preset and seed whose identity
+    is not this checkout's: what `build_testbed` refuses without force."""
     try:
         stored = run_directory(root).stored_identity()
     except InputError:
         return False  # not a build of this format: left to the build's own refusal
-    if stored is None or (stored.get("preset"), stored.get("seed")) != (preset, seed):
-        return False
-    return stored.get("recipe") != recipe_id(get_preset(preset))
+    current = identity(get_preset(preset), seed)
+    return stored is not None and _same_build(stored, current) and stored != current
 
 
 def drop_bank(rundir: RunDir) -> None:
