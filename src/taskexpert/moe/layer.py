@@ -8,16 +8,19 @@ zero at attach time so the mixture starts exactly as without it. Its factors are
 the experts' (below), so it adds rank columns to the two matmuls, not a matmul pair of its own.
 
 How it is computed (issue 20: the mixture near one LoRA's cost). The router rows and every
-expert's A are stacked into one [N + sum r_e, in] matrix, so one matmul per token gives the
+expert's A are stacked into one [N + sum r_e, in] matrix, so one matmul per token gives z: the
 router logits and every expert's rank-space projection h_e = A_e x. The gates are the softmax of
 the top-k logits (equal to the renormalised top-k of the softmax). Then B, with each expert's
-scaling folded in ([sum r_e, out], stacked):
+scaling folded in and N zero rows first, the router's place ([N + sum r_e, out], stacked), so
+z needs no split:
 - grouped (`_grouped_mix`, large batches where the unchosen experts hold many rank columns,
   see GROUPED_MIN_TOKENS): (token, slot) pairs
   sorted by expert; each expert's B runs only on the rows routed to it and index_add_ puts
   them into the base output in place, so B's cost grows with k, not with N;
 - dense (`_dense_mix`, otherwise: decoding, small rank totals, or k = N): the gates, zero for
-  the experts not chosen, scale h's columns and one addmm_ applies every B. There the loop over
+  the experts not chosen and the router's columns, scale z's columns and one addmm_ applies
+  every B. Per decoded token it is ten small ops; at hidden 256 their dispatch, not the
+  arithmetic, is the mixture's cost, so each op saved counts. There the loop over
   experts, the sort and the scatter cost more than the B columns of the unchosen experts (rank
   r_e each, against the base layer's `in` columns); the A step is dense over experts anyway.
 The stacked weights are rebuilt from the parameters on every forward where a gradient can reach
@@ -65,7 +68,9 @@ class StackedWeights(NamedTuple):
     # [N + R, in]: the router's rows, then every expert's A, then the shared expert's
     # (R = sum r_e + r_s)
     weight: torch.Tensor
-    b_t: torch.Tensor  # [R, out]: s_e * B_e^T of every expert (and s_s * B_s^T), in that order
+    # [N + R, out]: N zero rows (the router's columns of z), then s_e * B_e^T of every expert
+    # (and s_s * B_s^T), in that order
+    b_t: torch.Tensor
 
 
 def lora_delta(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -96,6 +101,21 @@ class SharedLora(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, scaling={self.scaling}"
+
+
+class LastForward:
+    """What the layer's last forward leaves for statistics and the loss: the input's leading
+    shape, the router logits [T, N] and chosen experts [T, k] (detached, so statistics cost
+    nothing until asked for; None under fixed gates) and the load-balancing loss (with grad).
+    A plain object: nn.Module.__setattr__ costs microseconds a decoded token pays per layer."""
+
+    __slots__ = ("shape", "logits", "chosen", "aux_loss")
+
+    def __init__(self) -> None:
+        self.shape: tuple[int, ...] = ()
+        self.logits: torch.Tensor | None = None
+        self.chosen: torch.Tensor | None = None
+        self.aux_loss: torch.Tensor | None = None
 
 
 class ForwardMask:
@@ -147,11 +167,12 @@ class MixtureOfLoraLinear(nn.Module):
             self.lora_A.append(nn.Parameter(A.detach().to(**factory).clone()))
             self.lora_B.append(nn.Parameter(B.detach().to(**factory).clone()))
             self.scaling.append(float(scaling))
-        # Each expert's columns in the stacked rank space: (offset, rank), and the expert of
-        # every column (not saved: the ranks are the parameters' shapes).
+        # Each expert's columns of z (start, end): after the router's N, in expert order (not
+        # saved: the ranks are the parameters' shapes).
         ranks = [int(A.shape[0]) for A in self.lora_A]
-        self._columns = [(sum(ranks[:e]), r) for e, r in enumerate(ranks)]
-        self._expert_columns = sum(ranks)  # the shared expert's columns, if any, start here
+        starts = [len(experts) + sum(ranks[:e]) for e in range(len(ranks) + 1)]
+        self._columns = list(zip(starts, starts[1:]))
+        self._shared_start = starts[-1]  # the shared expert's columns, if any, start here
         skipped = sum(ranks) * (len(ranks) - top_k) / len(ranks)
         self._groups = top_k < len(ranks) and skipped >= GROUPED_MIN_SKIPPED
         self.router = nn.Linear(base_layer.in_features, len(experts), bias=False, **factory)
@@ -170,26 +191,22 @@ class MixtureOfLoraLinear(nn.Module):
                 A.detach().to(**factory).clone(), B.detach().to(**factory).clone(), scaling
             )
             ranks.append(self.shared.rank)  # its columns follow the experts', at gate 1
-        # the expert of every stacked rank column; N (one past the experts) is the shared one
-        self.register_buffer(
-            "column_expert",
-            torch.repeat_interleave(torch.arange(len(ranks)), torch.tensor(ranks)).to(
-                weight.device
-            ),
-            persistent=False,
-        )
+        # The gate of every column of z = [router logits | h] is a column of a [T, N + 2]
+        # gate table: the experts' N, then the shared expert's (1) and the router's (0); the
+        # table starts as `gate_template` and the chosen experts' gates are scattered in.
+        n = len(experts)
+        owners = [torch.full((n,), n + 1)]  # the router's columns: gate 0
+        owners += [torch.full((r,), e) for e, r in enumerate(ranks)]  # shared: e == n, gate 1
+        self.register_buffer("column_gate", torch.cat(owners).to(weight.device), persistent=False)
+        template = torch.zeros(1, n + 2, **factory)
+        template[0, n] = 1.0
+        self.register_buffer("gate_template", template, persistent=False)
         self.top_k = top_k
         self.load_balancing_coef = load_balancing_coef
         self.expert_names = list(expert_names or [str(i) for i in range(len(experts))])
         # Fixed gates (shape [N]) replace the router: forced routing, or the merge's reference.
         self.fixed_gates: torch.Tensor | None = None
-        # The last routed forward: router logits [T, N], chosen experts [T, k] and the input's
-        # leading shape (detached, so statistics cost nothing until asked for), and the
-        # load-balancing loss (with grad).
-        self._last_logits: torch.Tensor | None = None
-        self._last_chosen: torch.Tensor | None = None
-        self._last_shape: tuple[int, ...] = ()
-        self.last_aux_loss: torch.Tensor | None = None
+        self.last = LastForward()
         # The [batch, length] attention mask of the model's current forward, shared by every
         # mixture layer of a model and set once per forward by its pre-hook (moe/model.py):
         # the load-balancing loss leaves padding out with it.
@@ -233,7 +250,8 @@ class MixtureOfLoraLinear(nn.Module):
             B.append(self.shared.lora_B)
             scaling.append(self.shared.scaling)
         weight = torch.cat([self.router.weight, *A])
-        b_t = torch.cat([b * s for b, s in zip(B, scaling)], dim=1).t()
+        router_rows = B[0].new_zeros(B[0].shape[0], self.num_experts)
+        b_t = torch.cat([router_rows, *(b * s for b, s in zip(B, scaling))], dim=1).t()
         return StackedWeights(weight, b_t)
 
     def stacked_weights(self) -> StackedWeights:
@@ -253,6 +271,11 @@ class MixtureOfLoraLinear(nn.Module):
     # --- routing statistics ---------------------------------------------------------------
 
     @property
+    def last_aux_loss(self) -> torch.Tensor | None:
+        """The last routed forward's load-balancing loss (with grad); None without one."""
+        return self.last.aux_loss
+
+    @property
     def last_load(self) -> torch.Tensor | None:
         """Share of the last forward's (token, slot) dispatches per expert; uniform is 1/N."""
         stats = self.routing_stats()
@@ -268,7 +291,7 @@ class MixtureOfLoraLinear(nn.Module):
         """The [batch, length] attention mask as one bool per token of the last forward, or
         None when it does not fit; when decoding with a cache it also covers past tokens,
         so its last columns are the ones routed."""
-        lead = self._last_shape
+        lead = tuple(self.last.shape)
         mask = attention_mask
         if mask.dim() == len(lead) == 2 and mask.shape[0] == lead[0] and mask.shape[1] > lead[1]:
             mask = mask[:, mask.shape[1] - lead[1] :]
@@ -281,9 +304,9 @@ class MixtureOfLoraLinear(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Router probabilities [T, N] and chosen experts [T, k] of the last routed forward
         over the kept tokens (the probabilities are computed only when asked for)."""
-        if self._last_logits is None or self._last_chosen is None:
+        logits, chosen = self.last.logits, self.last.chosen
+        if logits is None or chosen is None:
             return None
-        logits, chosen = self._last_logits, self._last_chosen
         if token_mask is not None:
             logits, chosen = logits[token_mask], chosen[token_mask]
         return logits.float().softmax(dim=-1), chosen
@@ -319,25 +342,26 @@ class MixtureOfLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
+        last = self.last
+        last.shape = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1])
-        dtype = self.router.weight.dtype
-        if flat.dtype != dtype:
-            flat = flat.to(dtype)
-        self._last_shape = tuple(x.shape[:-1])
         if self.fixed_gates is not None:
-            self._last_logits = self._last_chosen = self.last_aux_loss = None
+            last.logits = last.chosen = last.aux_loss = None
+            flat = flat.to(self.router.weight.dtype)
             delta = self._fixed_mix(flat, self.fixed_gates)
             if self.shared is not None:
                 delta = delta + self.shared(flat)
             return result + delta.reshape(result.shape).to(result.dtype)
-        weight, b_t = self.stacked_weights()
-        logits, h = F.linear(flat, weight).split([self.num_experts, b_t.shape[0]], dim=1)
-        gates, chosen = self._route(logits)
+        weight, b_t = self.stacked_weights()  # in the router's dtype
+        if flat.dtype != weight.dtype:
+            flat = flat.to(weight.dtype)
+        z = F.linear(flat, weight)  # [T, N + R]: router logits, then every h_e = A_e x
+        gates, chosen = self._route(z[:, : self.num_experts])
         out = result.view(-1, result.shape[-1])
         if self._groups and flat.shape[0] > GROUPED_MIN_TOKENS:
-            self._grouped_mix(h, gates, chosen, b_t, out)
+            self._grouped_mix(z, gates, chosen, b_t, out)
         else:
-            self._dense_mix(h, gates, chosen, b_t, out)
+            self._dense_mix(z, gates, chosen, b_t, out)
         return result
 
     def _route(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -345,11 +369,12 @@ class MixtureOfLoraLinear(nn.Module):
         scores = logits if logits.dtype == torch.float32 else logits.float()
         top, chosen = scores.topk(self.top_k, dim=-1)
         gates = top.softmax(dim=-1)
-        self._last_logits = scores.detach() if scores.requires_grad else scores
-        self._last_chosen = chosen
-        self.last_aux_loss = None
+        last = self.last
+        last.logits = scores.detach() if scores.requires_grad else scores
+        last.chosen = chosen
+        last.aux_loss = None
         if self.load_balancing_coef > 0:
-            self.last_aux_loss = self._balancing_loss(scores.softmax(dim=-1), chosen)
+            last.aux_loss = self._balancing_loss(scores.softmax(dim=-1), chosen)
         return gates.to(logits.dtype), chosen
 
     def _balancing_loss(self, probs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor | None:
@@ -367,20 +392,18 @@ class MixtureOfLoraLinear(nn.Module):
 
     def _dense_mix(
         self,
-        h: torch.Tensor,
+        z: torch.Tensor,
         gates: torch.Tensor,
         chosen: torch.Tensor,
         b_t: torch.Tensor,
         out: torch.Tensor,
     ) -> None:
-        """Every expert's B in one matmul over the gated rank columns (0 where not chosen),
-        added into the base output `out` [T, out] in place: few ops, for decoding."""
-        # one more gate column at 1 for the shared expert's columns (column_expert == N)
-        columns = self.num_experts + (self.shared is not None)
-        dense = gates.new_zeros(gates.shape[0], columns).scatter_(1, chosen, gates)
-        if self.shared is not None:
-            dense[:, -1] = 1.0
-        gated = h * dense.index_select(1, self.column_expert)
+        """Every expert's B in one matmul over z's gated columns (0 where not chosen and for
+        the router's), added into the base output `out` [T, out] in place: few ops, for
+        decoding."""
+        # scatter on the expanded template clones it first: one op for the whole gate table
+        table = self.gate_template.expand(gates.shape[0], -1).scatter(1, chosen, gates)
+        gated = z * table.index_select(1, self.column_gate)
         if out.dtype == gated.dtype:
             out.addmm_(gated, b_t)
         else:
@@ -388,7 +411,7 @@ class MixtureOfLoraLinear(nn.Module):
 
     def _grouped_mix(
         self,
-        h: torch.Tensor,
+        z: torch.Tensor,
         gates: torch.Tensor,
         chosen: torch.Tensor,
         b_t: torch.Tensor,
@@ -396,25 +419,25 @@ class MixtureOfLoraLinear(nn.Module):
     ) -> None:
         """Each expert's B only on its own tokens, added into the base output in place.
 
-        (token, slot) pairs are sorted by expert; each expert takes its rows of h (its own
-        columns), gated in rank space, and index_add_ scatters B's output into `out`. The base
-        output is not needed by its own backward, so the in-place add is safe for autograd
-        and saves two full-size copies.
+        (token, slot) pairs are sorted by expert; each expert takes its rows of z (its own
+        columns, after the router's N), gated in rank space, and index_add_ scatters B's
+        output into `out`. The base output is not needed by its own backward, so the in-place
+        add is safe for autograd and saves two full-size copies.
         """
         flat_chosen = chosen.reshape(-1)
         order = flat_chosen.argsort(stable=True)
         rows = order // self.top_k
         weights = gates.reshape(-1, 1)[order]
         sizes = torch.bincount(flat_chosen, minlength=self.num_experts).tolist()
-        for (offset, rank), rows_e, w_e, size in zip(
+        for (start, end), rows_e, w_e, size in zip(
             self._columns, rows.split(sizes), weights.split(sizes), sizes
         ):
             if size:
-                h_e = h[:, offset : offset + rank].index_select(0, rows_e) * w_e
-                out.index_add_(0, rows_e, (h_e @ b_t[offset : offset + rank]).to(out.dtype))
+                h_e = z[:, start:end].index_select(0, rows_e) * w_e
+                out.index_add_(0, rows_e, (h_e @ b_t[start:end]).to(out.dtype))
         if self.shared is not None:  # every token, gate 1: the columns after the experts'
-            start = self._expert_columns
-            out.add_((h[:, start:] @ b_t[start:]).to(out.dtype))
+            start = self._shared_start
+            out.add_((z[:, start:] @ b_t[start:]).to(out.dtype))
 
     def _fixed_mix(self, flat: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         """The same gates for every token; experts with gate 0 are skipped entirely."""
