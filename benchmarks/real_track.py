@@ -123,6 +123,15 @@ def run_target(name: str, args: argparse.Namespace) -> dict:
             }
             for m in verdict.methods
         },  # fmt: skip
+        "references": {
+            r.method: {
+                "detail": r.detail,
+                "mean": round(r.mean, 4),
+                "low": round(r.low, 4),
+                "high": round(r.high, 4),
+            }
+            for r in verdict.references
+        },  # fmt: skip
         "warnings": verdict.warnings,
         "seconds": round(seconds, 1),
         "stage_seconds": stages,
@@ -141,6 +150,9 @@ def table(results: list[dict]) -> str:
                 f"{result['target']:<14} {method:<15} {score['mean']:>6.3f}  "
                 f"{score['low']:.3f} to {score['high']:.3f}  {seeds:<16}"
             )
+        for ref in result.get("references", {}).values():
+            lines.append(f"{result['target']:<14} {'reference':<15} {ref['mean']:>6.3f}  "
+                         f"{ref['low']:.3f} to {ref['high']:.3f}  {ref['detail']}")  # fmt: skip
         lines.append(f"{'':<14} {result['items']} items, {result['seconds']:.0f}s: "
                      f"{result['sentence']}")  # fmt: skip
     return "\n".join(lines)

@@ -119,3 +119,52 @@ def test_json_round_trip_and_table():
     assert any(line.startswith("odd") for line in lines)  # unknown names shown as is
     assert verdict.sentence in lines
     assert "warning: one seed only for odd" in text
+
+
+def test_a_reference_is_shown_never_wins_and_flags_a_winner_it_matches():
+    """A floor (the K-shot's commonest answer) that beats every method is still no winner;
+    the sentence says the winner does not clear it, and the table shows it apart."""
+    always_yes = [1.0] * 62 + [0.0] * 38
+    verdict = decide(
+        {"moe": _runs(0.6, 100, 2, 1), "plain_lora": _runs(0.55, 100, 2, 2)},
+        references={"majority": (always_yes, 'always "yes" (31 of 50 K-shot answers)')},
+    )
+    assert verdict.winner in ("moe", "plain_lora")
+    assert [r.method for r in verdict.references] == ["majority"]
+    assert abs(verdict.references[0].mean - 0.62) < TOL
+    assert verdict.floor is not None and verdict.floor.baseline == "majority"
+    assert verdict.floor.low <= 0.0
+    assert verdict.sentence.endswith(
+        "; no method clears the K-shot's commonest answer "
+        '(always "yes" (31 of 50 K-shot answers), 0.620) beyond noise'
+    )
+    assert not any("one seed only" in w for w in verdict.warnings)
+    rendered = table(verdict)
+    assert 'reference: always "yes" (31 of 50 K-shot answers)  0.620' in rendered
+    assert Verdict.model_validate_json(verdict.model_dump_json()) == verdict
+
+
+def test_a_winner_clear_of_the_reference_leaves_the_sentence_alone():
+    plain = decide({"moe": _runs(0.9, 100, 3, 1), "plain_lora": _runs(0.3, 100, 3, 2)})
+    floored = decide(
+        {"moe": _runs(0.9, 100, 3, 1), "plain_lora": _runs(0.3, 100, 3, 2)},
+        references={"majority": ([1.0] * 30 + [0.0] * 70, "always A")},
+    )
+    assert floored.sentence == plain.sentence
+    assert floored.floor is not None and floored.floor.low > 0.0
+    # the methods' intervals come from the same replicates with or without the reference
+    assert [m.mean for m in floored.methods] == [m.mean for m in plain.methods]
+
+
+def test_a_reference_must_cover_the_same_items_and_not_shadow_a_method():
+    runs = {"moe": _runs(0.5, 50, 2, 0)}
+    with pytest.raises(ValueError, match="scored 49 test items"):
+        decide(runs, references={"majority": ([1.0] * 49, "x")})
+    with pytest.raises(ValueError, match="both a method and a reference"):
+        decide(runs, references={"moe": ([1.0] * 50, "x")})
+
+
+def test_an_old_verdict_without_references_still_loads():
+    old = decide({"moe": _runs(0.5, 40, 2, 0)}).model_dump(mode="json")
+    del old["references"], old["floor"]
+    assert Verdict.model_validate(old).references == []

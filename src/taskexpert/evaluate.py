@@ -120,7 +120,7 @@ def _exact_match_result(
 
 # --- multiple choice by log-likelihood of the options ------------------------------------------
 
-_LETTERS = "ABCDEFGHIJ"
+OPTION_LETTERS = "ABCDEFGHIJ"
 McStyle = Literal["answer", "text"]
 
 
@@ -129,13 +129,13 @@ def _is_lettered(record: Record) -> bool:
     choices = record.choices or []
     if record.answer is None or len(record.answer.strip(" ().:")) != 1 or len(choices) > 10:
         return False
-    return normalize_answer(record.answer, "letter") in _LETTERS[: len(choices)]
+    return normalize_answer(record.answer, "letter") in OPTION_LETTERS[: len(choices)]
 
 
 def choice_labels(record: Record) -> list[str]:
     """What names each option: its letter for lettered questions, else the option text."""
     choices = record.choices or []
-    return list(_LETTERS[: len(choices)]) if _is_lettered(record) else list(choices)
+    return list(OPTION_LETTERS[: len(choices)]) if _is_lettered(record) else list(choices)
 
 
 def gold_choice(record: Record) -> int:
@@ -148,7 +148,7 @@ def gold_choice(record: Record) -> int:
     if record.answer is None or not record.answer.strip():
         raise InputError(f"record {record.id!r} has choices but no answer", field="answer")
     if _is_lettered(record):
-        return _LETTERS.index(normalize_answer(record.answer, "letter"))
+        return OPTION_LETTERS.index(normalize_answer(record.answer, "letter"))
     wanted = normalize_answer(record.answer, "text")
     matches = [i for i, c in enumerate(record.choices) if normalize_answer(c, "text") == wanted]
     if not matches:

@@ -26,6 +26,7 @@ LABELS: dict[str, str] = {
     "uniform_merge": "the uniform merge",
     "kshot_lora": "the K-shot LoRA",
     "matched_lora": "the parameter-matched LoRA",
+    "majority": "the K-shot's commonest answer",
 }
 
 
@@ -43,6 +44,7 @@ class MethodScore(BaseModel):
     high: float
     per_seed: list[float]
     n_items: int
+    detail: str = ""  # what a reference row stands for, e.g. 'always "yes" (31 of 50 ...)'
 
 
 class Comparison(BaseModel):
@@ -68,6 +70,10 @@ class Verdict(BaseModel):
     confidence: float
     resamples: int
     warnings: list[str]
+    # Model-free floors scored on the same items (e.g. `majority`): shown, never the winner;
+    # `floor` compares the winner with the best of them.
+    references: list[MethodScore] = []
+    floor: Comparison | None = None
 
 
 def _arrays(scores: Mapping[str, Sequence[Sequence[float]]]) -> dict[str, np.ndarray]:
@@ -170,36 +176,45 @@ def decide(
     resamples: int = 2000,
     seed: int = 0,
     min_items: int = 30,
+    references: Mapping[str, tuple[Sequence[float], str]] | None = None,
 ) -> Verdict:
     """Score every method and say whether `method` beat `baseline` beyond noise.
 
     `scores[name]`: one list per seed of per-item scores, all over the same items in the same
     order (ValueError otherwise). The winner is the highest mean; the sentence says when it is
-    within noise of what it is compared with. Deterministic for a given `seed`.
+    within noise of what it is compared with. `references[name]`: (per-item scores, detail)
+    of a floor that is no method (the K-shot's commonest answer); the sentence adds when the
+    winner does not clear it beyond noise. Deterministic for a given `seed`.
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be between 0 and 1, not {confidence}")
     if resamples < 1:
         raise ValueError(f"resamples must be at least 1, not {resamples}")
-    arrays = _arrays(scores)
+    references = dict(references or {})
+    clash = sorted(set(references) & set(scores))
+    if clash:
+        raise ValueError(f"{clash[0]!r} is both a method and a reference")
+    arrays = _arrays({**scores, **{name: [s] for name, (s, _) in references.items()}})
     n_items = next(iter(arrays.values())).shape[1]
     boot = _replicates(arrays, resamples, seed)
 
-    rows = []
-    for name, array in arrays.items():
+    def score(name: str) -> MethodScore:
         low, high = _interval(boot[name], confidence)
-        per_seed = array.mean(axis=1)
-        rows.append(
-            MethodScore(
-                method=name,
-                mean=float(per_seed.mean()),
-                low=low,
-                high=high,
-                per_seed=[float(v) for v in per_seed],
-                n_items=n_items,
-            )
+        per_seed = arrays[name].mean(axis=1)
+        detail = references[name][1] if name in references else ""
+        return MethodScore(
+            method=name,
+            mean=float(per_seed.mean()),
+            low=low,
+            high=high,
+            per_seed=[float(v) for v in per_seed],
+            n_items=n_items,
+            detail=detail,
         )
+
+    rows = [score(name) for name in scores]
     rows.sort(key=lambda row: -row.mean)  # stable: ties keep the caller's order
+    floors = sorted((score(name) for name in references), key=lambda row: -row.mean)
     winner = rows[0]
 
     def paired(a: str, b: str) -> Comparison:
@@ -223,6 +238,14 @@ def decide(
             sentence += f": {versus.sentence}"
     else:
         sentence = f"{label(winner.method)} is the only method ({winner.mean:.3f})"
+    floor = None
+    if floors:
+        floor = paired(winner.method, floors[0].method)
+        if floor.low <= 0.0:  # not above the floor beyond noise
+            sentence += (
+                f"; no method clears {label(floor.baseline)} ({floors[0].detail}, "
+                f"{floors[0].mean:.3f}) beyond noise"
+            )
 
     warnings = []
     if n_items < min_items:
@@ -230,8 +253,7 @@ def decide(
             f"{n_items} test items are too few to separate methods reliably (at least "
             f"{min_items} recommended); treat the intervals as rough"
         )
-    single = [name for name, array in arrays.items() if array.shape[0] == 1]
-    single = [name for name in single if name not in DETERMINISTIC]
+    single = [name for name in scores if len(scores[name]) == 1 and name not in DETERMINISTIC]
     if single:
         names = ", ".join(label(name) for name in single)
         warnings.append(
@@ -247,6 +269,8 @@ def decide(
         confidence=confidence,
         resamples=resamples,
         warnings=warnings,
+        references=floors,
+        floor=floor,
     )
 
 
@@ -256,12 +280,12 @@ def table(verdict: Verdict) -> str:
     header = ("method", "mean", f"{pct} interval", "seeds")
     cells = [
         (
-            label(row.method),
+            label(row.method) if not row.detail else f"reference: {row.detail}",
             f"{row.mean:.3f}",
             f"{row.low:.3f} to {row.high:.3f}",
-            str(len(row.per_seed)),
+            str(len(row.per_seed)) if not row.detail else "-",
         )
-        for row in verdict.methods
+        for row in [*verdict.methods, *verdict.references]
     ]
     widths = [max(len(r[i]) for r in [header, *cells]) for i in range(4)]
     lines = []

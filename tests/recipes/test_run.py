@@ -11,6 +11,7 @@ import yaml
 
 from taskexpert.errors import InputError
 from taskexpert.experts.config import RULES
+from taskexpert.majority import majority_answer
 from taskexpert.recipes.run import SIMPLER_FIRST, run_method
 from taskexpert.recipes.run_config import (
     ADDED_LATER,
@@ -75,6 +76,21 @@ def test_every_method_is_scored_and_the_winner_is_written(first_run):
     folder = loadable[winner["kind"]]
     if folder:
         assert (out / "final" / folder).is_dir()
+
+
+def test_the_verdict_shows_the_kshots_commonest_answer_as_a_floor(first_run):
+    """mc_add_quiz is multiple choice: the constant pick of the K-shot's commonest option is
+    scored on the run's own test items and shown beside the methods, never as the winner."""
+    config, out, result = first_run
+    split = out / "stages" / "split"
+    kshot = load_records(split / "kshot.jsonl")
+    floor = majority_answer(kshot, load_records(split / "test.jsonl"), "auto")
+    assert floor is not None and floor.counted == len(kshot) and floor.support >= 2
+    (row,) = result.verdict.references
+    assert row.method == "majority" and row.detail == floor.detail
+    assert abs(row.mean - sum(floor.scores) / len(floor.scores)) < 1e-12
+    assert result.verdict.winner != "majority"
+    assert result.verdict.floor is not None and result.verdict.floor.baseline == "majority"
 
 
 def test_the_verdict_carries_select_experts_warnings(first_run):

@@ -27,6 +27,7 @@ from typing import Any
 
 from taskexpert.errors import InputError
 from taskexpert.io import write_json
+from taskexpert.majority import majority_answer
 from taskexpert.moe.train import MIXTURE_ONLY
 from taskexpert.recipes.common_options import RAY_KEYS
 from taskexpert.recipes.report import write_run_report
@@ -494,11 +495,17 @@ def run_method(
         by_simplicity = {m: scores[m] for m in SIMPLER_FIRST if m in scores}
 
         def build(tmp: Path) -> None:
+            floor = None
+            if settings.majority_floor:
+                floor = majority_answer(
+                    load_records(kshot), load_records(test), config.evaluate.metric
+                )
             verdict = decide(
                 by_simplicity,
                 confidence=settings.confidence,
                 resamples=settings.resamples,
                 min_items=settings.min_items,
+                references={"majority": (floor.scores, floor.detail)} if floor else None,
             )
             # what selection had to give up (a lifted filter, a capped K-shot) bears on the
             # verdict: the user reads it there, not only in experts.json
@@ -508,6 +515,7 @@ def run_method(
         parts = {
             "order": list(by_simplicity),  # decides ties
             "settings": settings.model_dump(),
+            "split": run.digest("split"),  # the floor reads the K-shot and test items
             "evals": {run_name(m, s): run.digest(f"eval/{run_name(m, s)}") for m, s in models},
             "experts": run.digest("select-experts") if experts is not None else None,
         }

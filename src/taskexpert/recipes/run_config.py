@@ -80,6 +80,11 @@ class VerdictSettings(BaseModel):
     min_items: int = Field(
         30, ge=1, description="Warn when the evaluation has fewer items than this."
     )
+    majority_floor: bool = Field(
+        True,
+        description="Show the K-shot's commonest answer given to every test item as a "
+        "reference row, and say when the winner does not clear it.",
+    )
 
 
 RUNTIME_KEYS = set(RuntimeSettings.model_fields)

@@ -42,6 +42,7 @@ class MethodRow:
     high: float
     per_seed: list[float]
     n_items: int
+    detail: str = ""  # a reference row's meaning (verdict.MethodScore.detail)
 
 
 @dataclass
@@ -53,6 +54,7 @@ class VerdictData:
     n_items: int
     confidence: float
     warnings: list[str]
+    references: list[MethodRow] = field(default_factory=list)  # model-free floors
 
 
 @dataclass
@@ -231,28 +233,32 @@ def read_verdict(run_dir: Path) -> VerdictData | None:
     data = _read_json(path)
     if data is None:
         return None
-    methods = []
-    for k, row in enumerate(_need(data, "methods", list, path)):
-        where = f"methods[{k}]"
-        methods.append(
-            MethodRow(
-                method=_need(row, "method", str, path, where),
-                mean=float(_need(row, "mean", (int, float), path, where)),
-                low=float(_need(row, "low", (int, float), path, where)),
-                high=float(_need(row, "high", (int, float), path, where)),
-                per_seed=[float(v) for v in row.get("per_seed", [])],
-                n_items=int(row.get("n_items", data.get("n_items", 0))),
+    rows: dict[str, list[MethodRow]] = {"methods": [], "references": []}
+    for key, found in rows.items():
+        listed = _need(data, key, list, path) if key == "methods" else data.get(key, [])
+        for k, row in enumerate(listed):
+            where = f"{key}[{k}]"
+            found.append(
+                MethodRow(
+                    method=_need(row, "method", str, path, where),
+                    mean=float(_need(row, "mean", (int, float), path, where)),
+                    low=float(_need(row, "low", (int, float), path, where)),
+                    high=float(_need(row, "high", (int, float), path, where)),
+                    per_seed=[float(v) for v in row.get("per_seed", [])],
+                    n_items=int(row.get("n_items", data.get("n_items", 0))),
+                    detail=str(row.get("detail", "")),
+                )
             )
-        )
     comparison = data.get("comparison")
     return VerdictData(
-        methods=methods,
+        methods=rows["methods"],
         winner=_need(data, "winner", str, path),
         sentence=str(data.get("sentence", "")),
         comparison=comparison.get("sentence") if isinstance(comparison, dict) else None,
         n_items=int(data.get("n_items", 0)),
         confidence=float(data.get("confidence", 0.95)),
         warnings=[str(w) for w in data.get("warnings", [])],
+        references=rows["references"],
     )
 
 

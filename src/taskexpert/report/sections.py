@@ -71,6 +71,9 @@ def verdict_section(data: ReportData) -> Section:
                            str(row.n_items)])  # fmt: skip
         if row.method == verdict.winner:
             table.bold.add(k)
+    for row in verdict.references:  # model-free floors: shown for scale, never the winner
+        table.rows.append([f"reference: {row.detail}", fmt(row.mean), fmt(row.low),
+                           fmt(row.high), "", str(row.n_items)])  # fmt: skip
     section.tables.append(table)
     methods = verdict.methods
     section.images.append(
