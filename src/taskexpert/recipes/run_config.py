@@ -300,6 +300,7 @@ ADDED_LATER: dict[str, dict[str, object]] = {
         "family_weight_similarity": None,
     },
     "train": TRAIN_ADDED_LATER,
+    "verdict": {"majority_floor": False},  # verdicts before it showed no floor
 }
 
 
