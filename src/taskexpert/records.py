@@ -79,7 +79,7 @@ def parse_record(obj: Any, path: str | Path | None = None, line: int | None = No
         raise InputError(reason, path, line, field) from None
 
 
-def _loads(text: str, path: Path, line: int) -> Any:
+def parse_json_line(text: str, path: Path, line: int) -> Any:
     """One JSONL line decoded; every way it can be bad is an InputError naming the line."""
     try:
         obj = json.loads(text)
@@ -98,7 +98,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     with open_text(path) as handle:
         for number, raw in enumerate(handle, start=1):
             if raw.strip():
-                yield number, _loads(raw, path, number)
+                yield number, parse_json_line(raw, path, number)
 
 
 def _iter_json_list(path: Path) -> Iterator[tuple[int, Any]]:

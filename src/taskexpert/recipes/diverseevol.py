@@ -43,6 +43,7 @@ from taskexpert.errors import InputError
 from taskexpert.io import check_output, write_json
 from taskexpert.recipes.common_options import RAY_KEYS, RaySettings
 from taskexpert.recipes.diverseevol_rounds import STRATEGIES, RoundRunner
+from taskexpert.record_file import open_records, take
 from taskexpert.records import Record, load_records
 from taskexpert.rundir import (
     CorruptStep,
@@ -280,7 +281,7 @@ def finished_rounds(rundir: RunDir, pool: Sequence[Record], config: DiverseEvolC
                 directory / "selection.json",
             )
         ids = [r.id for r in load_records(directory / "subset.jsonl")]
-        if ids != [pool[i].id for i in rows]:
+        if ids != [r.id for r in take(pool, rows)]:
             raise CorruptStep(
                 _corrupt("subset.jsonl does not match the pool rows"), directory / "subset.jsonl"
             )
@@ -362,7 +363,7 @@ def run_diverseevol(config: DiverseEvolConfig, run_dir: str | Path) -> DiverseEv
     run_dir = Path(run_dir)
     check_output(run_dir, directory=True)
     check_strategy(config.strategy)
-    pool = load_records(config.pool)
+    pool = open_records(config.pool)  # JSONL: line offsets in memory, records on disk
     check_sizes(config, len(pool), config.pool)
     _check_pool(pool, config.pool)
     eval_records = _load_eval(config.eval) if config.eval else None
@@ -377,7 +378,8 @@ def run_diverseevol(config: DiverseEvolConfig, run_dir: str | Path) -> DiverseEv
             share_from_main(None)  # no more rounds: the other processes return
 
 
-def _follow(config: DiverseEvolConfig, run_dir: Path, pool: list[Record]) -> DiverseEvolResult:
+def _follow(config: DiverseEvolConfig, run_dir: Path, pool: Sequence[Record]
+            ) -> DiverseEvolResult:  # fmt: skip
     runner = RoundRunner(config, run_dir, pool, None)
     runner.load_base()
     with pinned_threads(config.threads, blas=False):
@@ -385,7 +387,7 @@ def _follow(config: DiverseEvolConfig, run_dir: Path, pool: list[Record]) -> Div
     return DiverseEvolResult(run_dir, [], 0)
 
 
-def _lead(config: DiverseEvolConfig, run_dir: Path, pool: list[Record],
+def _lead(config: DiverseEvolConfig, run_dir: Path, pool: Sequence[Record],
           eval_records: list[Record] | None, current: dict) -> DiverseEvolResult:  # fmt: skip
     """The run itself (rank 0 of several processes, or the only one)."""
     rundir = run_directory(run_dir)

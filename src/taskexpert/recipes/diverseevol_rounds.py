@@ -23,6 +23,7 @@ from taskexpert.io import remove_tree, write_json
 from taskexpert.lm_embed import train_format_ids
 from taskexpert.peft_glue import fresh_lora, load_lora, lora_config
 from taskexpert.progress import progress as progress_bar
+from taskexpert.record_file import take
 from taskexpert.records import Record, write_records
 from taskexpert.rundir import MARKER, RunDir, file_sha256
 from taskexpert.runtime import share_from_main, world_size
@@ -175,7 +176,7 @@ class RoundRunner:
         self,
         config: DiverseEvolConfig,
         run_dir: Path,
-        pool: list[Record],
+        pool: Sequence[Record],
         eval_records: list[Record] | None,
     ) -> None:
         self.config, self.run_dir, self.pool = config, Path(run_dir), pool
@@ -201,7 +202,7 @@ class RoundRunner:
         self.layer = resolve_layer(self.base, self.config.embed_layer)
 
     def sequences(self, rows: Sequence[int] | None = None) -> Iterator[list[int]]:
-        records = self.pool if rows is None else [self.pool[i] for i in rows]
+        records = self.pool if rows is None else take(self.pool, rows)
         return train_format_ids(self.tokenizer, records, self.config.train.max_length)
 
     def embed_pool(self, model, path: Path, desc: str) -> np.ndarray:
@@ -378,7 +379,7 @@ class RoundRunner:
                 "resume": bool(config.checkpoint_every),
             }
         )
-        result = train(model, self.tokenizer, [self.pool[i] for i in rows], train_config)
+        result = train(model, self.tokenizer, take(self.pool, rows), train_config)
         return model, result
 
     def follow(self) -> None:
@@ -424,7 +425,7 @@ class RoundRunner:
         added = [int(i) for i in info.pop("added")]
         rows = chosen + added
         with rundir.step(f"rounds/{round_name(round_index)}", {"round": round_index}) as tmp:
-            write_records(tmp / "subset.jsonl", [self.pool[i] for i in rows])
+            write_records(tmp / "subset.jsonl", take(self.pool, rows))
             write_json(tmp / "selection.json", {"rows": rows, "added": added, **info})
             if world_size() > 1:  # the other processes train these rows with us (`follow`)
                 share_from_main((round_index, rows, str(previous_dir) if previous_dir else None))
