@@ -23,6 +23,14 @@ def test_verdict_bars_are_the_column_width_and_grow_with_the_methods():
     assert _size(many)[1] > _size(few)[1]
 
 
+def test_verdict_bars_draw_the_reference_floor():
+    args = (["a", "b"], [0.2, 0.5], [0.1, 0.3], [0.3, 0.7], "b", 0.95)
+    plain = plots.verdict_bars(*args)
+    floored = plots.verdict_bars(*args, floor=("always yes", 0.62))
+    assert _size(plain) == _size(floored)
+    assert plain != floored  # the dashed line and its legend
+
+
 @pytest.mark.parametrize(
     "draw",
     [

@@ -102,3 +102,20 @@ def test_a_diverseevol_run_shows_only_its_rounds(tmp_path):
     assert sections[0].tables[0].headers == ["round", "size", "vendi"]
     assert sections[0].tables[0].rows == [["0", "20", "4.100"], ["1", "30", "5.300"]]
     assert len(sections[0].images) == 1
+
+
+def test_the_reference_floor_is_a_table_row_after_the_methods(run_copy):
+    path = run_copy / "verdict.json"
+    verdict = json.loads(path.read_text())
+    verdict["references"] = [{"method": "majority", "mean": 0.617, "low": 0.56, "high": 0.67,
+                              "detail": 'always "yes" (31 of 50 K-shot answers)'}]  # fmt: skip
+    path.write_text(json.dumps(verdict))
+    data = collect(run_copy)
+    assert [row.detail for row in data.verdict.references] == [
+        'always "yes" (31 of 50 K-shot answers)'
+    ]
+    lines = to_markdown(build_sections(data), "r", "p").splitlines()
+    head = lines.index("| method | mean | 95% low | 95% high | per seed | items |")
+    row = lines[head + 2 + len(data.verdict.methods)]
+    assert row.startswith('| reference: always "yes" (31 of 50 K-shot answers) | 0.617 | ')
+    assert data.verdict.winner != "majority"

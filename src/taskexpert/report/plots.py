@@ -63,8 +63,11 @@ def _integer_steps(ax) -> None:
 def verdict_bars(
     methods: Sequence[str], means: Sequence[float], lows: Sequence[float],
     highs: Sequence[float], winner: str, confidence: float,
+    floor: tuple[str, float] | None = None,
 ) -> bytes:  # fmt: skip
-    """Each method's mean score with its bootstrap interval; the winner highlighted."""
+    """Each method's mean score with its bootstrap interval; the winner highlighted. `floor`
+    (label, score) draws a model-free reference as a dashed line, so a bar that only reaches
+    "always answer yes" reads as such."""
     with _figure(0.45 * len(methods) + 1.2) as (fig, (ax,)):
         y = list(range(len(methods)))[::-1]
         colors = [HIGHLIGHT if m == winner else PLAIN for m in methods]
@@ -72,6 +75,10 @@ def verdict_bars(
         ax.barh(y, means, color=colors, xerr=errors, capsize=4, ecolor="#333")
         ax.set_yticks(y, [_short(m) for m in methods])
         ax.set_xlim(0, max(1.0, *highs) if highs else 1.0)
+        if floor is not None:
+            label, score = floor
+            ax.axvline(score, color="#888", linestyle="--", linewidth=1, label=label)
+            ax.legend(loc="lower right", fontsize=8, frameon=False)
         ax.set_xlabel(f"score on the test items (bars: {confidence:.0%} bootstrap interval)")
         ax.grid(axis="x", alpha=0.3)
         return _png(fig)

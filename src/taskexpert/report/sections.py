@@ -76,6 +76,7 @@ def verdict_section(data: ReportData) -> Section:
                            fmt(row.high), "", str(row.n_items)])  # fmt: skip
     section.tables.append(table)
     methods = verdict.methods
+    floor = verdict.references[0] if verdict.references else None  # the commonest answer
     section.images.append(
         Image(
             "Bar chart of each method's mean score with its bootstrap interval",
@@ -83,6 +84,7 @@ def verdict_section(data: ReportData) -> Section:
                 [m.method for m in methods], [m.mean for m in methods],
                 [m.low for m in methods], [m.high for m in methods], verdict.winner,
                 verdict.confidence,
+                (f"reference: {floor.detail}", floor.mean) if floor else None,
             ),  # fmt: skip
         )
     )
