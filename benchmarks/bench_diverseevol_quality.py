@@ -4,6 +4,21 @@ K-center, random, one-shot K-center and the uncertainty baselines, against full-
     .venv/bin/python benchmarks/bench_diverseevol_quality.py --testbed DIR --out-dir /tmp/dq
     .venv/bin/python benchmarks/bench_diverseevol_quality.py --quick     # micro testbed, minutes
 
+--real (issue 17, item 4): the same on SmolLM2-135M-Instruct over a seeded sample of the real
+open pool (runs/real/pool.jsonl, `benchmarks/real_track.py` makes it), evaluated on
+`--eval-per-family` test items of each real target (ARC-Challenge, ARC-Easy, BoolQ, GSM8K;
+exact match of the generated answer, averaged over the four). The issue's setup, sized for a
+GPU (about 80 minutes per embedding pass of 10,000 records on one CPU thread here):
+
+    .venv/bin/python benchmarks/bench_diverseevol_quality.py --real --pool-size 10000 \
+        --init 200 --per-round 200 --rounds 3 --seeds 0,1 --eval-per-family 100 \
+        --strategies kcenter,random,kmeans-filtered --out-dir runs/real/diverseevol
+    .venv/bin/python benchmarks/bench_diverseevol_quality.py --real --quick --seeds 0 \
+        --strategies kcenter,random --jobs 1          # CPU smoke: 11 min on 1 busy thread
+
+The smoke (60 records, 2 rounds of 8, 8 eval items) shows the path works end to end; its
+numbers say nothing about the methods.
+
 The pool is a fixed random sample of the testbed pool (`--pool-size`, the same for every run),
 so "full pool" is that sample. Every (strategy, seed) is one `run_diverseevol` run directory;
 the full-pool reference trains the same LoRA recipe (same epochs) on the whole sample once per
@@ -26,7 +41,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import standard_testbed
+from common import REPO_ROOT, standard_testbed
 
 STRATEGIES = [
     "kcenter",
@@ -66,10 +81,64 @@ def read_truth(testbed: Path) -> dict:
     }
 
 
+def prepare_real(args) -> dict:
+    """The real track's pool sample and `--eval-per-family` seeded test items per target, into
+    --out-dir (once; reused when present). The pool stays on disk while sampling."""
+    from taskexpert.importers.target_sets import TARGETS, TEST_FILE
+    from taskexpert.record_file import open_records, take
+    from taskexpert.records import load_records, write_records
+
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.real_work)
+    needed = [work / "pool.jsonl", *(work / "targets" / t / TEST_FILE for t in TARGETS)]
+    missing = [path for path in needed if not path.is_file()]
+    if missing:
+        raise SystemExit(f"{missing[0]} is missing: run benchmarks/real_track.py once first")
+    whole = open_records(work / "pool.jsonl")
+    pool_path, eval_path = out / "pool.jsonl", out / "eval.jsonl"
+    if not pool_path.exists():
+        size = min(args.pool_size, len(whole)) if args.pool_size else len(whole)
+        rows = sorted(random.Random(12345).sample(range(len(whole)), size))
+        write_records(pool_path, take(whole, rows))
+    if not eval_path.exists():
+        rng, items = random.Random(54321), []
+        for target in TARGETS:
+            records = load_records(work / "targets" / target / TEST_FILE)
+            for record in rng.sample(records, min(args.eval_per_family, len(records))):
+                record.source = target  # exact match is averaged over the targets
+                items.append(record)
+        write_records(eval_path, items)
+    return _setup(args, pool_path, eval_path, "real: SmolLM2-135M-Instruct", len(whole),
+                  list(TARGETS))  # fmt: skip
+
+
+def _setup(args, pool_path: Path, eval_path: Path, preset: str, whole: int, families: list
+           ) -> dict:  # fmt: skip
+    from taskexpert.records import load_records
+
+    sources: dict[str, int] = {}
+    for record in load_records(pool_path):
+        sources[record.source or ""] = sources.get(record.source or "", 0) + 1
+    return {
+        "testbed": args.testbed,
+        "preset": preset,
+        "pool": str(pool_path),
+        "pool_size": sum(sources.values()),
+        "testbed_pool_size": whole,
+        "pool_sources": dict(sorted(sources.items(), key=lambda kv: -kv[1])),
+        "eval": str(eval_path),
+        "eval_size": len(load_records(eval_path)),
+        "families": families,
+    }
+
+
 def prepare(args) -> dict:
     """Sample the pool and the evaluation set into --out-dir (once; reused when present)."""
     from taskexpert.records import load_records, write_records
 
+    if args.real:
+        return prepare_real(args)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     testbed = Path(args.testbed)
@@ -89,21 +158,8 @@ def prepare(args) -> dict:
                 record.source = family  # exact match is averaged over these
                 items.append(record)
         write_records(eval_path, items)
-    pool = load_records(pool_path)
-    sources: dict[str, int] = {}
-    for record in pool:
-        sources[record.source or ""] = sources.get(record.source or "", 0) + 1
-    return {
-        "testbed": str(testbed),
-        "preset": truth["build"]["preset"],
-        "pool": str(pool_path),
-        "pool_size": len(pool),
-        "testbed_pool_size": truth["pool"]["size"],
-        "pool_sources": dict(sorted(sources.items(), key=lambda kv: -kv[1])),
-        "eval": str(eval_path),
-        "eval_size": len(load_records(eval_path)),
-        "families": list(truth["families"]),
-    }
+    return _setup(args, pool_path, eval_path, truth["build"]["preset"], truth["pool"]["size"],
+                  list(truth["families"]))  # fmt: skip
 
 
 def make_config(args, setup: dict, strategy: str, seed: int):
@@ -113,7 +169,7 @@ def make_config(args, setup: dict, strategy: str, seed: int):
     filtered = strategy.endswith(FILTERED)
     robust = filtered or strategy.endswith(ROBUST)
     return DiverseEvolConfig(
-        base=str(Path(args.testbed) / "base"),
+        base="smollm2" if args.real else str(Path(args.testbed) / "base"),
         pool=Path(setup["pool"]),
         init=args.init,
         per_round=args.per_round,
@@ -344,8 +400,8 @@ def main() -> None:
         "--loss-outlier-z", type=float, default=5.0,
         help="the '-filtered' strategies also leave out the base model's loss tail above this",
     )  # fmt: skip
-    parser.add_argument("--epochs", type=float, default=10.0)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--epochs", type=float, help="default 10 (testbed), 1 (--real)")
+    parser.add_argument("--lr", type=float, help="default 3e-3 (testbed), 1e-3 (--real)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--eval-per-family", type=int, default=10)
@@ -353,14 +409,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel processes")
     parser.add_argument("--quick", action="store_true", help="micro testbed, tiny sizes")
+    parser.add_argument("--real", action="store_true", help="SmolLM2 and the real pool")
+    parser.add_argument(
+        "--real-work", default=str(REPO_ROOT / "runs" / "real"),
+        help="where real_track.py put pool.jsonl and targets/",
+    )  # fmt: skip
     args = parser.parse_args()
+    # the real track's recipe (examples/real: one pass at 1e-3 moves a 135M model); the
+    # testbed's tiny model takes 10 epochs at 3e-3
+    args.epochs = args.epochs or (1.0 if args.real else 10.0)
+    args.lr = args.lr or (1e-3 if args.real else 3e-3)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.strategies = args.strategies.split(",")
     notes = []
     if args.quick:
         args.pool_size, args.init, args.per_round, args.rounds = 200, 10, 10, 2
         args.epochs, args.eval_per_family, args.max_new_tokens = 2.0, 3, 16
-    if args.testbed is None:
+    if args.real and args.quick:  # SmolLM2 embeds about 2 records/s on a CPU thread
+        args.pool_size, args.init, args.per_round, args.eval_per_family = 60, 8, 8, 2
+        args.epochs, args.max_new_tokens = 1.0, 24  # room for "The answer is ..." and a number
+    if args.testbed is None and not args.real:
         found = None if args.quick else standard_testbed()
         if found is None:
             from taskexpert.testbed import build_testbed
