@@ -43,6 +43,18 @@ from pathlib import Path
 import numpy as np
 from common import REPO_ROOT, standard_testbed
 
+# The recipe each model moves with: the testbed's tiny model takes 10 epochs at 3e-3; SmolLM2
+# one pass at 1e-3, as the real track trains it (examples/real).
+RECIPE = {"testbed": {"epochs": 10.0, "lr": 3e-3}, "real": {"epochs": 1.0, "lr": 1e-3}}
+# --quick sizes: minutes on a CPU. SmolLM2 embeds about 2 records/s on one thread, so its pool
+# is smaller; 24 new tokens leave room for "The answer is ..." and a number.
+QUICK = {
+    "testbed": {"pool_size": 200, "init": 10, "per_round": 10, "rounds": 2, "epochs": 2.0,
+                "eval_per_family": 3, "max_new_tokens": 16},
+    "real": {"pool_size": 60, "init": 8, "per_round": 8, "rounds": 2, "epochs": 1.0,
+             "eval_per_family": 2, "max_new_tokens": 24},
+}  # fmt: skip
+
 STRATEGIES = [
     "kcenter",
     "random",
@@ -81,12 +93,26 @@ def read_truth(testbed: Path) -> dict:
     }
 
 
+def write_eval_sample(path: Path, files: dict[str, Path], per_family: int) -> None:
+    """A seeded `per_family` items of each family's file, each tagged with its family (exact
+    match is averaged over the families)."""
+    from taskexpert.records import load_records, write_records
+
+    rng, items = random.Random(54321), []
+    for family, file in files.items():
+        records = load_records(file)
+        for record in rng.sample(records, min(per_family, len(records))):
+            record.source = family
+            items.append(record)
+    write_records(path, items)
+
+
 def prepare_real(args) -> dict:
     """The real track's pool sample and `--eval-per-family` seeded test items per target, into
     --out-dir (once; reused when present). The pool stays on disk while sampling."""
     from taskexpert.importers.target_sets import TARGETS, TEST_FILE
     from taskexpert.record_file import open_records, take
-    from taskexpert.records import load_records, write_records
+    from taskexpert.records import write_records
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,13 +128,8 @@ def prepare_real(args) -> dict:
         rows = sorted(random.Random(12345).sample(range(len(whole)), size))
         write_records(pool_path, take(whole, rows))
     if not eval_path.exists():
-        rng, items = random.Random(54321), []
-        for target in TARGETS:
-            records = load_records(work / "targets" / target / TEST_FILE)
-            for record in rng.sample(records, min(args.eval_per_family, len(records))):
-                record.source = target  # exact match is averaged over the targets
-                items.append(record)
-        write_records(eval_path, items)
+        files = {target: work / "targets" / target / TEST_FILE for target in TARGETS}
+        write_eval_sample(eval_path, files, args.eval_per_family)
     return _setup(args, pool_path, eval_path, "real: SmolLM2-135M-Instruct", len(whole),
                   list(TARGETS))  # fmt: skip
 
@@ -150,14 +171,9 @@ def prepare(args) -> dict:
         size = min(args.pool_size, len(pool)) if args.pool_size else len(pool)
         write_records(pool_path, sorted(rng.sample(pool, size), key=lambda r: r.id))
     if not eval_path.exists():
-        rng = random.Random(54321)
-        items = []
-        for family, info in truth["families"].items():
-            records = load_records(testbed / info["calibration"])
-            for record in rng.sample(records, min(args.eval_per_family, len(records))):
-                record.source = family  # exact match is averaged over these
-                items.append(record)
-        write_records(eval_path, items)
+        families = truth["families"].items()
+        files = {family: testbed / info["calibration"] for family, info in families}
+        write_eval_sample(eval_path, files, args.eval_per_family)
     return _setup(args, pool_path, eval_path, truth["build"]["preset"], truth["pool"]["size"],
                   list(truth["families"]))  # fmt: skip
 
@@ -408,26 +424,22 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel processes")
-    parser.add_argument("--quick", action="store_true", help="micro testbed, tiny sizes")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (QUICK), minutes")
     parser.add_argument("--real", action="store_true", help="SmolLM2 and the real pool")
     parser.add_argument(
         "--real-work", default=str(REPO_ROOT / "runs" / "real"),
         help="where real_track.py put pool.jsonl and targets/",
     )  # fmt: skip
     args = parser.parse_args()
-    # the real track's recipe (examples/real: one pass at 1e-3 moves a 135M model); the
-    # testbed's tiny model takes 10 epochs at 3e-3
-    args.epochs = args.epochs or (1.0 if args.real else 10.0)
-    args.lr = args.lr or (1e-3 if args.real else 3e-3)
+    kind = "real" if args.real else "testbed"
+    for name, value in RECIPE[kind].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.quick:
+        vars(args).update(QUICK[kind])
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.strategies = args.strategies.split(",")
     notes = []
-    if args.quick:
-        args.pool_size, args.init, args.per_round, args.rounds = 200, 10, 10, 2
-        args.epochs, args.eval_per_family, args.max_new_tokens = 2.0, 3, 16
-    if args.real and args.quick:  # SmolLM2 embeds about 2 records/s on a CPU thread
-        args.pool_size, args.init, args.per_round, args.eval_per_family = 60, 8, 8, 2
-        args.epochs, args.max_new_tokens = 1.0, 24  # room for "The answer is ..." and a number
     if args.testbed is None and not args.real:
         found = None if args.quick else standard_testbed()
         if found is None:
