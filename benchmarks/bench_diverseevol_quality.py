@@ -235,15 +235,19 @@ def subset_coverage(run_dir: Path, setup: dict, rounds: int) -> list[dict]:
 
 def one_run(args, setup: dict, strategy: str, seed: int) -> dict:
     """One DiverseEvol run (resumed if its directory holds finished rounds)."""
-    from taskexpert.recipes.diverseevol import run_diverseevol
+    from taskexpert.recipes.diverseevol import LEAKAGE_FILE, run_diverseevol
 
     began = time.perf_counter()
     run_dir = Path(args.out_dir) / f"{strategy}-seed{seed}"
     result = run_diverseevol(make_config(args, setup, strategy, seed), run_dir)
     coverage = subset_coverage(run_dir, setup, len(result.rounds))
+    leakage = run_dir / LEAKAGE_FILE  # the pool rows left out as evaluation items
     return {
         "strategy": strategy,
         "seed": seed,
+        "pool_rows_left_out_as_eval_items": (
+            len(json.loads(leakage.read_text())["rows"]) if leakage.is_file() else 0
+        ),
         "seconds": round(time.perf_counter() - began, 1),
         "rounds": [
             {

@@ -423,3 +423,30 @@ def test_a_run_started_before_a_setting_existed_resumes_while_it_keeps_its_defau
         de.check_identity(run, {**old, "outlier_share": 0.05})
     with pytest.raises(InputError, match="--strategy"):
         de.check_identity(run, {**old, "strategy": "random"})
+
+
+def test_pool_records_that_are_eval_items_are_never_picked(world, tmp_path):
+    pool = make_records(60, 0, "p")
+    evaluation = make_records(6, 1, "e")
+    pool[5], pool[17] = {**evaluation[0], "id": "copy0"}, {**evaluation[3], "id": "copy3"}
+    questions = {e["instruction"] for e in evaluation}
+    leaked = {k for k, r in enumerate(pool) if r["instruction"] in questions}
+    assert {5, 17} <= leaked
+    world = {**world, "pool": write_jsonl(tmp_path / "pool.jsonl", pool)}
+    evaluation = write_jsonl(tmp_path / "eval.jsonl", evaluation)
+    usable = len(pool) - len(leaked)
+    for strategy in ("random", "kcenter"):  # round 1 must take every row that is not a leak
+        cfg = config(world, eval=evaluation, strategy=strategy, rounds=1, per_round=usable - 10)
+        de.run_diverseevol(cfg, tmp_path / strategy)
+        assert sorted(rows_of(tmp_path / strategy, 1)) == sorted(set(range(60)) - leaked)
+        written = json.loads((tmp_path / strategy / de.LEAKAGE_FILE).read_text())
+        assert written["rows"] == sorted(leaked) and written["checked"] == 60
+    with pytest.raises(InputError, match=f"once the {len(leaked)} that are evaluation items"):
+        de.run_diverseevol(config(world, eval=evaluation, rounds=1, per_round=usable - 9),
+                           tmp_path / "too-many")  # fmt: skip
+    kept = config(world, eval=evaluation, strategy="random", rounds=1, per_round=50,
+                  drop_leaked=False)  # fmt: skip
+    de.run_diverseevol(kept, tmp_path / "kept")  # the whole pool: the copies are trained on
+    assert sorted(rows_of(tmp_path / "kept", 1)) == list(range(60))
+    assert not (tmp_path / "kept" / de.LEAKAGE_FILE).exists()
+    assert de.default_of("drop_leaked") is False  # runs made before the setting kept them

@@ -20,6 +20,7 @@ Run directory (`taskexpert.rundir`: lock, identity, markers, leftovers):
         eval.json            per-item predictions (with --eval)
         COMPLETE.json        size and sha256 of every file above, written last
     curve.json               all round summaries so far
+    leakage.json             with --eval: the pool rows that are evaluation items, never picked
     scratch/                 this round's pool embeddings and training checkpoints
 
 Resume: rerunning the same command continues after the last finished round. A round counts
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 from pydantic import Field, ValidationError, field_validator
 
 from taskexpert.configs import Cli
@@ -57,6 +59,9 @@ from taskexpert.runtime import is_main_process, pinned_threads, share_from_main,
 from taskexpert.train import TrainConfig, accumulation
 
 log = logging.getLogger(__name__)
+
+LEAKAGE_FILE = "leakage.json"  # the pool rows left out as --eval items (with --drop-leaked)
+LEAK_EXAMPLES = 20  # leakage.json describes this many of them; "rows" lists all
 
 FORMAT_VERSION = 1  # of run.json and the rounds; the layout before the move to rundir.py
 # Runtime knobs that never change which items are chosen: they may differ between reruns.
@@ -129,6 +134,19 @@ class _Common(RaySettings):
         "all-linear", description="'all-linear' or comma-separated module names."
     )
     eval_max_new_tokens: int = Field(64, gt=0, description="Generation length for --eval.")
+    drop_leaked: Annotated[
+        bool,
+        Cli(
+            on="--drop-leaked",
+            flag="--keep-leaked",
+            help="With --eval: never pick a pool record that is an evaluation item.",
+        ),
+    ] = Field(
+        True,
+        description="With --eval, no round picks a pool record whose prompt equals an "
+        "evaluation item's or shares a 13-word n-gram with one (selection.leakage's exact and "
+        "n-gram checks; leakage.json lists them), so no round trains on a test item.",
+    )
     seed: int = Field(0, description="Round-0 draw, LoRA init, batches.")
     dtype: str = Field("float32", description="float32, bfloat16 or float16.")
     # runtime only
@@ -236,7 +254,11 @@ def identity(config: DiverseEvolConfig, pool_sha: str, eval_sha: str | None) -> 
 
 # Settings added after runs were made, with the value those runs used without recording it
 # (not today's default, which may have changed since).
-ADDED_LATER: dict[str, object] = {"outlier_share": 0.0, "loss_outlier_z": 0.0}
+ADDED_LATER: dict[str, object] = {
+    "outlier_share": 0.0,
+    "loss_outlier_z": 0.0,
+    "drop_leaked": False,
+}
 
 
 def default_of(key: str) -> object:
@@ -311,12 +333,18 @@ def check_strategy(strategy: str) -> None:
         )
 
 
-def check_sizes(config: DiverseEvolConfig, pool_size: int, pool_path: Path | None = None) -> None:
-    """The pool must hold round 0 plus every round's additions."""
+def check_sizes(config: DiverseEvolConfig, pool_size: int, pool_path: Path | None = None,
+                leaked: int = 0) -> None:  # fmt: skip
+    """The pool, less its records that are --eval items, must hold round 0 plus every round's
+    additions."""
     check_strategy(config.strategy)
+    pool_size -= leaked
+    held = f"{pool_size} records" + (
+        f" once the {leaked} that are evaluation items are left out" if leaked else ""
+    )
     if pool_size < config.init + config.per_round:
         raise InputError(
-            f"the pool has {pool_size} records, fewer than --init {config.init} plus one round "
+            f"the pool has {held}, fewer than --init {config.init} plus one round "
             f"of --per-round {config.per_round}",
             pool_path,
             field="--init",
@@ -325,7 +353,7 @@ def check_sizes(config: DiverseEvolConfig, pool_size: int, pool_path: Path | Non
     if needed > pool_size:
         raise InputError(
             f"--init {config.init} + --rounds {config.rounds} x --per-round {config.per_round} "
-            f"= {needed} records, more than the pool's {pool_size}",
+            f"= {needed} records, more than the pool's {held}",
             pool_path,
             field="--rounds",
         )
@@ -399,7 +427,9 @@ def _lead(config: DiverseEvolConfig, run_dir: Path, pool: Sequence[Record],
         if len(finished) == config.rounds + 1:
             _write_curve(run_dir, result.rounds)
             return result
-        runner = RoundRunner(config, run_dir, pool, eval_records)
+        leaked = leaked_rows(config, pool, eval_records, run_dir)
+        check_sizes(config, len(pool), config.pool, leaked=len(leaked))
+        runner = RoundRunner(config, run_dir, pool, eval_records, leaked)
         runner.load_base()
         rundir.record_identity(current, config=config.model_dump(mode="json"))
         runner.ensure_base_embeddings()
@@ -410,6 +440,44 @@ def _lead(config: DiverseEvolConfig, run_dir: Path, pool: Sequence[Record],
             result.rounds.append(summary)
             _write_curve(run_dir, result.rounds)
     return result
+
+
+def leaked_rows(config: DiverseEvolConfig, pool: Sequence[Record],
+                eval_records: list[Record] | None, run_dir: Path) -> np.ndarray:  # fmt: skip
+    """The pool rows no round may pick, as --drop-leaked asks: those whose prompt is an --eval
+    item's (selection.leakage's exact and 13-gram checks, streamed over the pool; its
+    embedding check is left out, as it needs the sentence encoder DiverseEvol does not load
+    otherwise). Written to leakage.json, so a run shows what it left out."""
+    from taskexpert.selection.leakage import EvalIndex, find_leaks
+
+    if not (config.drop_leaked and eval_records):
+        return np.empty(0, dtype=np.int64)
+    result = find_leaks(pool, EvalIndex(eval_records, cosine=0.0))
+    rows = np.array(sorted(result.leaked), dtype=np.int64)
+    if len(rows):
+        log.info("leakage: %d of %d pool records match --eval items and are never picked",
+                 len(rows), result.checked)  # fmt: skip
+    examples = [
+        {
+            "row": leak.index,
+            "id": pool[leak.index].id,
+            "source": pool[leak.index].source,
+            "eval_index": leak.eval_index,
+            "reasons": leak.reasons,
+        }
+        for leak in result.leaks[:LEAK_EXAMPLES]
+    ]
+    write_json(
+        run_dir / LEAKAGE_FILE,
+        {
+            "checked": result.checked,
+            "eval": len(eval_records),
+            "counts": result.counts,
+            "rows": rows.tolist(),
+            "examples": examples,
+        },
+    )
+    return rows
 
 
 def _write_curve(run_dir: Path, summaries: list[dict]) -> None:

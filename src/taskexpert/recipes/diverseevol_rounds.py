@@ -109,7 +109,7 @@ def load_round_model(base, round_dir: Path, config: DiverseEvolConfig, trainable
 
 
 def _random(run: RoundRunner, round_index: int, chosen: list[int], previous: Path) -> dict:
-    unchosen = np.setdiff1d(np.arange(len(run.pool)), chosen)
+    unchosen = run.pickable(chosen)
     rng = np.random.default_rng([run.config.seed, round_index])
     return {"added": rng.choice(unchosen, size=run.config.per_round, replace=False).tolist()}
 
@@ -178,9 +178,12 @@ class RoundRunner:
         run_dir: Path,
         pool: Sequence[Record],
         eval_records: list[Record] | None,
+        leaked: np.ndarray | None = None,
     ) -> None:
         self.config, self.run_dir, self.pool = config, Path(run_dir), pool
         self.eval_records = eval_records
+        # pool rows that are evaluation items: no strategy may pick them (--drop-leaked)
+        self.leaked = np.empty(0, dtype=np.int64) if leaked is None else leaked
         self.base = self.tokenizer = None
         self.base_embeddings: np.ndarray | None = None
         self._loss_outliers: np.ndarray | None = None
@@ -294,12 +297,18 @@ class RoundRunner:
         write_json(marker, expected)
         return matrix
 
+    def pickable(self, chosen: list[int]) -> np.ndarray:
+        """The rows a strategy may add: neither chosen nor evaluation items."""
+        return np.setdiff1d(np.arange(len(self.pool)), np.union1d(chosen, self.leaked))
+
     def outliers(self, embeddings: np.ndarray) -> np.ndarray:
         """Rows K-center and k-means may not pick: the --outlier-share farthest from the pool
-        in this embedding, and the base model's high-loss tail (--loss-outlier-z)."""
+        in this embedding, the base model's high-loss tail (--loss-outlier-z) and the
+        evaluation items."""
         from taskexpert.selection.outliers import far_outliers, high_loss_rows
 
         far = far_outliers(embeddings, self.config.outlier_share, seed=self.config.seed)
+        far = np.union1d(far, self.leaked).astype(np.int64)
         if not self.config.loss_outlier_z:
             return far
         if self._loss_outliers is None:
@@ -331,7 +340,7 @@ class RoundRunner:
     def most_uncertain(self, model, k: int, chosen: list[int], measure: str) -> dict:
         from taskexpert.selection.uncertainty import most_uncertain, uncertainty_scores
 
-        unchosen = np.setdiff1d(np.arange(len(self.pool)), chosen)
+        unchosen = self.pickable(chosen)
         scores = uncertainty_scores(
             model,
             self.sequences(unchosen.tolist()),
@@ -350,8 +359,9 @@ class RoundRunner:
     def select(self, round_index: int, chosen: list[int], previous_dir: Path | None) -> dict:
         """Rows to add in round `round_index` (round 0: the seeded random draw)."""
         if round_index == 0:
-            rng = np.random.default_rng(self.config.seed)
-            added = rng.permutation(len(self.pool))[: self.config.init].tolist()
+            order = np.random.default_rng(self.config.seed).permutation(len(self.pool))
+            order = order[~np.isin(order, self.leaked)]  # the same draw when nothing leaks
+            added = order[: self.config.init].tolist()
             return {"strategy": "random init", "added": added}
         began = time.perf_counter()
         strategy = self.config.strategy
