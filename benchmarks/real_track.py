@@ -10,10 +10,15 @@ bootstrap intervals. Prepares what the configs read when it is missing: the targ
 seeded 12-item K-shot, a 30-item test subset, a 1,500-record pool sample, 40 selected
 records, one pass at batch 4 and 160 tokens. Its numbers say nothing about the methods.
 
+--floors scores only each target's model-free floor, the K-shot's commonest answer on the
+test items, as the verdict scores it (`verdict.majority_floor`): seconds, no model; for runs
+made before the verdict showed it.
+
 Prints a table on stderr and one JSON line on stdout.
 
   .venv/bin/python benchmarks/real_track.py                              # all four targets
   .venv/bin/python benchmarks/real_track.py --smoke --target arc_easy --bank runs/real/bank
+  .venv/bin/python benchmarks/real_track.py --floors
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from common import REPO_ROOT, SHARED_DATA
 
 from taskexpert.importers import import_all_pools
 from taskexpert.importers.target_sets import TARGETS, make_targets
+from taskexpert.majority import majority_answer
 from taskexpert.recipes.run import run_method
 from taskexpert.recipes.run_config import RunConfig, load_run_config
 from taskexpert.records import load_records, write_records
@@ -141,6 +147,32 @@ def run_target(name: str, args: argparse.Namespace) -> dict:
     }
 
 
+def floor(name: str, args: argparse.Namespace) -> dict:
+    """The target's K-shot-commonest-answer floor on its test items, with the interval its
+    verdict would give it."""
+    from taskexpert.verdict import bootstrap_interval
+
+    config = load_run_config(EXAMPLES / f"{name}.yaml")
+    targets = args.work / "targets" / name
+    kshot, test = load_records(targets / "kshot.jsonl"), load_records(targets / "test.jsonl")
+    found = majority_answer(kshot, test, config.evaluate.metric)
+    if found is None:
+        return {"target": name, "items": len(test), "floor": None}
+    settings = config.verdict
+    low, high = bootstrap_interval(found.scores, settings.confidence, settings.resamples)
+    mean = sum(found.scores) / len(found.scores)
+    return {
+        "target": name,
+        "items": len(test),
+        "floor": {
+            "detail": found.detail,
+            "mean": round(mean, 4),
+            "low": round(low, 4),
+            "high": round(high, 4),
+        },
+    }
+
+
 def table(results: list[dict]) -> str:
     lines = [f"{'target':<14} {'method':<15} {'mean':>6}  {'interval':<15} {'per seed':<16}"]
     for result in results:
@@ -169,12 +201,21 @@ def main() -> None:
         "--test-size", type=int, default=300,
         help="seeded cap on each test set (0: whole test sets; GSM8K is 200 either way)",
     )  # fmt: skip
+    parser.add_argument("--floors", action="store_true", help="only each target's floor")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     args.work = args.work.resolve()
     began = time.perf_counter()
     prepare(args.work, args.data, args.test_size or None)
     prepared = time.perf_counter() - began
+    if args.floors:
+        floors = [floor(name, args) for name in (args.target or TARGETS)]
+        for row in floors:
+            shown = row["floor"] or {"mean": float("nan"), "low": 0, "high": 0, "detail": "none"}
+            print(f"{row['target']:<14} {shown['mean']:.3f}  {shown['low']:.3f} to "
+                  f"{shown['high']:.3f}  {shown['detail']}", file=sys.stderr)  # fmt: skip
+        print(json.dumps({"benchmark": "real_track_floors", "targets": floors}))
+        return
     results = [run_target(name, args) for name in (args.target or TARGETS)]
     print(table(results), file=sys.stderr)
     print(json.dumps({

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from taskexpert.verdict import LABELS, Verdict, decide, table
+from taskexpert.verdict import LABELS, Verdict, bootstrap_interval, decide, table
 
 TOL = 1e-12  # float comparisons of means computed two ways
 
@@ -168,3 +168,17 @@ def test_an_old_verdict_without_references_still_loads():
     old = decide({"moe": _runs(0.5, 40, 2, 0)}).model_dump(mode="json")
     del old["references"], old["floor"]
     assert Verdict.model_validate(old).references == []
+
+
+def test_a_floor_scored_alone_gets_the_interval_its_verdict_gives_it():
+    rng = np.random.default_rng(3)
+    floor = (rng.random(120) < 0.3).astype(float).tolist()
+    runs = {
+        "moe": [(rng.random(120) < 0.5).astype(float).tolist() for _ in range(2)],
+        "plain_lora": [(rng.random(120) < 0.4).astype(float).tolist() for _ in range(3)],
+    }
+    verdict = decide(runs, references={"majority": (floor, "always A")}, resamples=500, seed=7)
+    (row,) = verdict.references
+    low, high = bootstrap_interval(floor, resamples=500, seed=7)
+    assert (low, high) == pytest.approx((row.low, row.high), abs=1e-12)
+    assert low < row.mean < high

@@ -126,6 +126,15 @@ def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def bootstrap_interval(
+    values: Sequence[float], confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """The interval `decide` gives one seed's per-item scores (same items drawn, same seed):
+    for a floor scored after its run, without scoring the methods again."""
+    boot = _replicates(_arrays({"one": [values]}), resamples, seed)["one"]
+    return _interval(boot, confidence)
+
+
 def _percent(confidence: float) -> str:
     return f"{confidence * 100:g}%"
 
