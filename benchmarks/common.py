@@ -22,7 +22,5 @@ def standard_testbed(explicit: str | Path | None = None) -> Path | None:
     except (OSError, ValueError):
         return None
     # the last phase's marker (a build before run.json wrote `.complete` instead)
-    done = any(
-        (DEFAULT_TESTBED / m).is_file() for m in (".steps/truth/COMPLETE.json", ".complete")
-    )
+    done = any((DEFAULT_TESTBED / m).is_file() for m in (".steps/truth/COMPLETE.json", ".complete"))
     return DEFAULT_TESTBED if done and truth.get("build", {}).get("preset") == "standard" else None

@@ -38,14 +38,62 @@ def base_hash(testbed) -> str:
 def run_pipeline(testbed, out: Path) -> dict:
     kshot, test = testbed.kshot_path(TARGET), testbed.test_path(TARGET)
     base = testbed.base_dir
-    cli("select-experts", "--base", base, "--bank", testbed.bank_dir, "--kshot", kshot,
-        "--n", 2, "--max-new-tokens", 12, "--device", "cpu", "--out", out / "experts.json",
-        "--rule", "paper")  # the micro adapters barely train: the default rule keeps one
-    cli("select-data", "--pool", testbed.pool_path, "--kshot", kshot, "--budget", 24,
-        "--no-cache", "--device", "cpu", "--out", out / "selected.jsonl")
-    cli("train-moe", "--base", base, "--experts", out / "experts.json", "--data",
-        out / "selected.jsonl", "--kshot", kshot, "--max-steps", 4, "--batch-size", 4,
-        "--micro-batch-size", 2, "--lr", "1e-3", "--device", "cpu", "--out", out / "moe")
+    cli(
+        "select-experts",
+        "--base",
+        base,
+        "--bank",
+        testbed.bank_dir,
+        "--kshot",
+        kshot,
+        "--n",
+        2,
+        "--max-new-tokens",
+        12,
+        "--device",
+        "cpu",
+        "--out",
+        out / "experts.json",
+        "--rule",
+        "paper",
+    )  # the micro adapters barely train: the default rule keeps one
+    cli(
+        "select-data",
+        "--pool",
+        testbed.pool_path,
+        "--kshot",
+        kshot,
+        "--budget",
+        24,
+        "--no-cache",
+        "--device",
+        "cpu",
+        "--out",
+        out / "selected.jsonl",
+    )
+    cli(
+        "train-moe",
+        "--base",
+        base,
+        "--experts",
+        out / "experts.json",
+        "--data",
+        out / "selected.jsonl",
+        "--kshot",
+        kshot,
+        "--max-steps",
+        4,
+        "--batch-size",
+        4,
+        "--micro-batch-size",
+        2,
+        "--lr",
+        "1e-3",
+        "--device",
+        "cpu",
+        "--out",
+        out / "moe",
+    )
     cli("evaluate", "--base", base, "--moe", out / "moe", "--test", test, "--device", "cpu",
         "--max-new-tokens", 12, "--out", out / "eval.json")  # fmt: skip
     experts = json.loads((out / "experts.json").read_text())

@@ -241,7 +241,8 @@ def test_forget_takes_nested_in_place_steps_along(tmp_path):
     assert run.finished_in_place("bank", {}) is None
     assert run.finished_in_place("bank/a", {"step": "bank/a"}) is not None
     run.forget("bank")
-    assert run.finished_in_place("bank/a", {}) is None and not (tmp_path / ".steps").joinpath(
-        "bank"
-    ).exists()
+    assert (
+        run.finished_in_place("bank/a", {}) is None
+        and not (tmp_path / ".steps").joinpath("bank").exists()
+    )
     assert (tmp_path / "bank" / "a" / "f").is_file()  # outputs are the caller's business

@@ -56,6 +56,7 @@ def test_the_format_mimic_is_right_for_the_wrong_reasons():
 def sim(names, pairs, centered_pairs=None):
     """A similarity matrix at 0.1 off the diagonal but for `pairs`; with `centered_pairs`, a
     centered matrix at 0 but for those."""
+
     def fill(base, given):
         matrix = np.full((len(names), len(names)), base)
         np.fill_diagonal(matrix, 1.0)
@@ -66,9 +67,7 @@ def sim(names, pairs, centered_pairs=None):
 
     matrix = fill(0.1, pairs)
     centered = None if centered_pairs is None else fill(0.0, centered_pairs)
-    return SimilarityMatrix(
-        list(names), matrix, "delta", np.ones_like(matrix, dtype=int), centered
-    )
+    return SimilarityMatrix(list(names), matrix, "delta", np.ones_like(matrix, dtype=int), centered)
 
 
 def test_one_per_family_keeps_the_better_scored_member():

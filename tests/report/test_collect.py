@@ -119,8 +119,9 @@ def test_similarity_to_the_chosen_group_is_the_mean_over_the_other_chosen(tmp_pa
     write_json(tmp_path / "manifest.json", {"format": 1, "stages": {}})
     experts = {
         "chosen": ["a", "b"],
-        "scores": {name: {"em": 0.5, "rppl": "inf", "ppl": 3.0, "seconds": 0.1}
-                   for name in ("a", "b", "c")},  # fmt: skip
+        "scores": {
+            name: {"em": 0.5, "rppl": "inf", "ppl": 3.0, "seconds": 0.1} for name in ("a", "b", "c")
+        },  # fmt: skip
         "similarity": {
             "method": "delta",
             "names": ["a", "b", "c"],

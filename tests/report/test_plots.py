@@ -35,14 +35,16 @@ def test_verdict_bars_draw_the_reference_floor():
     "draw",
     [
         lambda: plots.heatmap([[1, 0.2], [0.2, 1]], ["a", "b"], ["a", "b"], "t", "s", ["a"]),
-        lambda: plots.heatmap([[0.5] * 3] * 20, [f"l{i}" for i in range(20)], list("xyz"), "t",
-                              "s", vmin=0, vmax=1),  # fmt: skip
+        lambda: plots.heatmap(
+            [[0.5] * 3] * 20, [f"l{i}" for i in range(20)], list("xyz"), "t", "s", vmin=0, vmax=1
+        ),  # fmt: skip
         lambda: plots.counts_bars({"add": 3, "mc": 5}, "t", {"add": 10}),
         lambda: plots.histogram([0.7, 0.8, 0.9, 0.85], "x", "t"),
         lambda: plots.line_curves({"m": ([1, 2], [3.0, 2.5])}, "x", "y", "t", 0.69, "max"),
         lambda: plots.entropy_bars(["l0", "l1"], [0.5, 0.6], 0.69, "t"),
-        lambda: plots.rounds_curve([{"round": 0, "vendi": 2.0}, {"round": 1, "vendi": 3.0,
-                                    "exact_match": 0.4}], "t"),  # fmt: skip
+        lambda: plots.rounds_curve(
+            [{"round": 0, "vendi": 2.0}, {"round": 1, "vendi": 3.0, "exact_match": 0.4}], "t"
+        ),  # fmt: skip
     ],
 )
 def test_every_plot_is_a_png(draw):

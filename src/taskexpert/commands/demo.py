@@ -13,9 +13,7 @@ def main(
     testbed: Annotated[
         Path, typer.Option("--testbed", help="Testbed directory (built there if missing).")
     ] = Path("runs/testbed-demo"),
-    preset: Annotated[
-        str | None, typer.Option("--preset", help="Testbed preset [demo].")
-    ] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Testbed preset [demo].")] = None,
     target: Annotated[
         str | None, typer.Option("--target", help="Testbed target task [count_chat].")
     ] = None,

@@ -226,7 +226,7 @@ def _apply_filters(names: Sequence[str], filters: list, inputs: dict) -> dict[st
 
 
 def _dropped_by_filters(decisions: Mapping[str, str], base_em, base_perplexity) -> str:
-    """"Every adapter was dropped by the base-model filters (...)", counted per filter."""
+    """ "Every adapter was dropped by the base-model filters (...)", counted per filter."""
 
     def dropped_by(prefix: str) -> int:
         return sum(why.startswith(f"dropped: {prefix} ") for why in decisions.values())

@@ -93,8 +93,12 @@ def leakage_summary(results: dict[str, LeakageResult], eval_size: int, dropped: 
         for key, value in result.counts.items():
             counts[key] += value
     examples = [
-        {"source": source, "index": leak.index, "eval_index": leak.eval_index,
-         "reasons": leak.reasons}  # fmt: skip
+        {
+            "source": source,
+            "index": leak.index,
+            "eval_index": leak.eval_index,
+            "reasons": leak.reasons,
+        }  # fmt: skip
         for source in ("kshot", "selected")
         for leak in results[source].leaks
     ]

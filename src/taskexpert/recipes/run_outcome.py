@@ -59,5 +59,3 @@ def write_final(final: Path, base: str, winner: str, seed: int | None, models: d
             info["load"] = "the base model itself: nothing to load"
         write_json(tmp / WINNER_FILE, info)
     return final
-
-

@@ -112,5 +112,3 @@ def check_inputs(config: RunConfig) -> Split:
                 field="budget",
             )
     return split
-
-

@@ -22,7 +22,6 @@ class TrainMoeConfig(MoeTrainConfig, LoadSettings):
     Its data (--base, --experts, --data, --out, --kshot, --bank, --resume) are plain options.
     """
 
-
     def training(self) -> MoeTrainConfig:
         """The training's own settings: what the work directory records and --resume checks."""
         return own_settings(MoeTrainConfig, self)

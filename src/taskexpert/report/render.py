@@ -92,10 +92,10 @@ def to_html(sections: Sequence[Section], title: str, subtitle: str) -> str:
     )
     body = "\n".join(_html_section(s) for s in sections)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n"
-        f"<h1>{html.escape(title)}</h1>\n<div class=\"path\">{html.escape(subtitle)}</div>\n"
+        f'<h1>{html.escape(title)}</h1>\n<div class="path">{html.escape(subtitle)}</div>\n'
         f"<nav>{nav}</nav>\n{body}\n</main>\n</body>\n</html>\n"
     )
 

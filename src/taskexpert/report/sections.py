@@ -81,8 +81,11 @@ def verdict_section(data: ReportData) -> Section:
         Image(
             "Bar chart of each method's mean score with its bootstrap interval",
             plots.verdict_bars(
-                [m.method for m in methods], [m.mean for m in methods],
-                [m.low for m in methods], [m.high for m in methods], verdict.winner,
+                [m.method for m in methods],
+                [m.mean for m in methods],
+                [m.low for m in methods],
+                [m.high for m in methods],
+                verdict.winner,
                 verdict.confidence,
                 (f"reference: {floor.detail}", floor.mean) if floor else None,
             ),  # fmt: skip
@@ -121,9 +124,13 @@ def experts_section(data: ReportData) -> Section:
             Image(
                 "Heat map of the bank's pairwise adapter similarity",
                 plots.heatmap(
-                    experts.matrix, experts.names, experts.names,
-                    f"adapter similarity ({method}); chosen experts in bold", "similarity",
-                    marked=experts.chosen, vmin=0.0,
+                    experts.matrix,
+                    experts.names,
+                    experts.names,
+                    f"adapter similarity ({method}); chosen experts in bold",
+                    "similarity",
+                    marked=experts.chosen,
+                    vmin=0.0,
                 ),  # fmt: skip
             )
         )
@@ -165,16 +172,20 @@ def data_section(data: ReportData) -> Section:
         section.images.append(
             Image(
                 "Bar chart of the selected items per source",
-                plots.counts_bars(selected.per_source, "source mix of the selected data",
-                                  selected.pool_per_source),  # fmt: skip
+                plots.counts_bars(
+                    selected.per_source, "source mix of the selected data", selected.pool_per_source
+                ),  # fmt: skip
             )
         )
     if selected.scores:
         section.images.append(
             Image(
                 "Histogram of the selected items' similarity to the K-shot",
-                plots.histogram(selected.scores, "cosine similarity to the K-shot",
-                                "similarity of each selected item to the K-shot"),  # fmt: skip
+                plots.histogram(
+                    selected.scores,
+                    "cosine similarity to the K-shot",
+                    "similarity of each selected item to the K-shot",
+                ),  # fmt: skip
             )
         )
     return section
@@ -193,8 +204,12 @@ def training_section(data: ReportData) -> Section:
     section.images.append(
         Image(
             "Training loss by step of the mixture and the LoRA baselines",
-            plots.line_curves({c.name: (c.steps, c.loss) for c in data.curves}, "optimizer step",
-                              "training loss", "training loss (mixture and baselines)"),
+            plots.line_curves(
+                {c.name: (c.steps, c.loss) for c in data.curves},
+                "optimizer step",
+                "training loss",
+                "training loss (mixture and baselines)",
+            ),
         )  # fmt: skip
     )
     routed = [c for c in data.curves if c.router_entropy]
@@ -203,10 +218,11 @@ def training_section(data: ReportData) -> Section:
             Image(
                 "Router entropy by training step of each mixture",
                 plots.line_curves(
-                    {c.name: (c.steps[-len(c.router_entropy):], c.router_entropy)
-                     for c in routed},
-                    "optimizer step", "router entropy (nats)", "mixture router entropy while "
-                    "training", reference=routed[0].router_max_entropy,
+                    {c.name: (c.steps[-len(c.router_entropy) :], c.router_entropy) for c in routed},
+                    "optimizer step",
+                    "router entropy (nats)",
+                    "mixture router entropy while training",
+                    reference=routed[0].router_max_entropy,
                     reference_label="uniform (maximum)",
                 ),  # fmt: skip
             )
@@ -231,16 +247,26 @@ def routing_section(data: ReportData) -> Section:
         section.images.append(
             Image(
                 f"Heat map of router usage per layer and expert, {routing.name}",
-                plots.heatmap(routing.usage, routing.layers, routing.experts,
-                              f"{routing.name}: share of tokens per layer and expert",
-                              "share of tokens", vmin=0.0, vmax=1.0),  # fmt: skip
+                plots.heatmap(
+                    routing.usage,
+                    routing.layers,
+                    routing.experts,
+                    f"{routing.name}: share of tokens per layer and expert",
+                    "share of tokens",
+                    vmin=0.0,
+                    vmax=1.0,
+                ),  # fmt: skip
             )
         )
         section.images.append(
             Image(
                 f"Bar chart of router entropy per layer, {routing.name}",
-                plots.entropy_bars(routing.layers, routing.entropy, routing.max_entropy,
-                                   f"{routing.name}: router entropy per layer"),  # fmt: skip
+                plots.entropy_bars(
+                    routing.layers,
+                    routing.entropy,
+                    routing.max_entropy,
+                    f"{routing.name}: router entropy per layer",
+                ),  # fmt: skip
             )
         )
     return section
@@ -264,9 +290,15 @@ def leakage_section(data: ReportData) -> Section:
         section.tables.append(
             Table(
                 ["source", "index", "eval index", "reasons"],
-                [[str(e.get("source", "-")), str(e.get("index", "-")),
-                  str(e.get("eval_index", "-")), "; ".join(map(str, e.get("reasons", [])))]
-                 for e in leakage.examples],
+                [
+                    [
+                        str(e.get("source", "-")),
+                        str(e.get("index", "-")),
+                        str(e.get("eval_index", "-")),
+                        "; ".join(map(str, e.get("reasons", []))),
+                    ]
+                    for e in leakage.examples
+                ],
             )  # fmt: skip
         )
     return section
@@ -284,8 +316,10 @@ def diverseevol_section(data: ReportData) -> Section:
     section.tables.append(Table(shown, rows))
     if rounds:
         section.images.append(
-            Image("DiverseEvol's Vendi score and exact match by round",
-                  plots.rounds_curve(rounds, "DiverseEvol by round"))  # fmt: skip
+            Image(
+                "DiverseEvol's Vendi score and exact match by round",
+                plots.rounds_curve(rounds, "DiverseEvol by round"),
+            )  # fmt: skip
         )
     return section
 
@@ -316,8 +350,11 @@ def provenance_section(data: ReportData) -> Section:
     section.tables.append(
         Table(
             ["stage", "seconds", "peak RSS (MB)", "peak CUDA (MB)"],
-            [[s.name, fmt(s.seconds, 2), fmt(s.peak_rss_mb, 0), fmt(s.cuda_peak_mb, 0)]
-             for s in prov.stages] + [["total", fmt(total, 2), "", ""]],
+            [
+                [s.name, fmt(s.seconds, 2), fmt(s.peak_rss_mb, 0), fmt(s.cuda_peak_mb, 0)]
+                for s in prov.stages
+            ]
+            + [["total", fmt(total, 2), "", ""]],
             bold={len(prov.stages)},
         )  # fmt: skip
     )

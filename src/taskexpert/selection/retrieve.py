@@ -170,9 +170,7 @@ def _score_pool(
     result = _PoolPass(np.zeros(0, np.float32), _TopCandidates(capacity), 0, Counter(), [])
     parts: list[np.ndarray] = []
     total = len(pool) if isinstance(pool, Sized) else None
-    bar = progress_bar(
-        total=total, desc=f"pool ({embedder.name})", unit="rec", enabled=progress
-    )
+    bar = progress_bar(total=total, desc=f"pool ({embedder.name})", unit="rec", enabled=progress)
     n_pool = 0
     for chunk in _batched(iterator, chunk_size):
         texts = [r.text for r in chunk]
