@@ -21,6 +21,9 @@ from taskexpert.cli import app
 GOLDEN = Path(__file__).parent / "fixtures" / "golden" / "micro.json"
 TARGET = "mc_add_quiz"
 REL, ABS = 1e-4, 1e-6  # floats: a summation-order change moves digits past the fourth
+# ...except after optimizer steps, which carry it further: with the same base weights and
+# picks, the loss after train-moe's 4 steps differed by 4.4e-4 (relative) on another machine
+REL_BY_PATH = {".train.final_loss": 1e-3}
 
 
 def cli(*args) -> None:
@@ -38,62 +41,20 @@ def base_hash(testbed) -> str:
 def run_pipeline(testbed, out: Path) -> dict:
     kshot, test = testbed.kshot_path(TARGET), testbed.test_path(TARGET)
     base = testbed.base_dir
-    cli(
-        "select-experts",
-        "--base",
-        base,
-        "--bank",
-        testbed.bank_dir,
-        "--kshot",
-        kshot,
-        "--n",
-        2,
-        "--max-new-tokens",
-        12,
-        "--device",
-        "cpu",
-        "--out",
-        out / "experts.json",
-        "--rule",
-        "paper",
-    )  # the micro adapters barely train: the default rule keeps one
-    cli(
-        "select-data",
-        "--pool",
-        testbed.pool_path,
-        "--kshot",
-        kshot,
-        "--budget",
-        24,
-        "--no-cache",
-        "--device",
-        "cpu",
-        "--out",
-        out / "selected.jsonl",
-    )
-    cli(
-        "train-moe",
-        "--base",
-        base,
-        "--experts",
-        out / "experts.json",
-        "--data",
-        out / "selected.jsonl",
-        "--kshot",
-        kshot,
-        "--max-steps",
-        4,
-        "--batch-size",
-        4,
-        "--micro-batch-size",
-        2,
-        "--lr",
-        "1e-3",
-        "--device",
-        "cpu",
-        "--out",
-        out / "moe",
-    )
+    cli("select-experts", "--base", base, "--bank", testbed.bank_dir, "--kshot", kshot,
+        "--n", 2, "--max-new-tokens", 12, "--device", "cpu", "--out", out / "experts.json",
+        "--rule", "paper")  # fmt: skip
+    # (--rule paper: the micro adapters barely train, and the default rule keeps one)
+    # the torch encoder, as recorded: the CPU default (int8 ONNX, exported and quantised on
+    # the machine) ranked the 4th and 5th picks the other way round (cosines 0.898 and 0.896
+    # against the K-shot) on another machine with the same base weights
+    cli("select-data", "--pool", testbed.pool_path, "--kshot", kshot, "--budget", 24,
+        "--encoder", "default", "--no-cache", "--device", "cpu",
+        "--out", out / "selected.jsonl")  # fmt: skip
+    cli("train-moe", "--base", base, "--experts", out / "experts.json", "--data",
+        out / "selected.jsonl", "--kshot", kshot, "--max-steps", 4, "--batch-size", 4,
+        "--micro-batch-size", 2, "--lr", "1e-3", "--device", "cpu",
+        "--out", out / "moe")  # fmt: skip
     cli("evaluate", "--base", base, "--moe", out / "moe", "--test", test, "--device", "cpu",
         "--max-new-tokens", 12, "--out", out / "eval.json")  # fmt: skip
     experts = json.loads((out / "experts.json").read_text())
@@ -125,7 +86,8 @@ def assert_matches(got, expected, where: str = "") -> None:
         for i, (a, b) in enumerate(zip(got, expected)):
             assert_matches(a, b, f"{where}[{i}]")
     elif isinstance(expected, float):
-        assert got == pytest.approx(expected, rel=REL, abs=ABS), where
+        rel = REL_BY_PATH.get(where, REL)
+        assert got == pytest.approx(expected, rel=rel, abs=ABS), where
     else:
         assert got == expected, where
 
