@@ -211,9 +211,10 @@ def main() -> None:
     if args.floors:
         floors = [floor(name, args) for name in (args.target or TARGETS)]
         for row in floors:
-            shown = row["floor"] or {"mean": float("nan"), "low": 0, "high": 0, "detail": "none"}
-            print(f"{row['target']:<14} {shown['mean']:.3f}  {shown['low']:.3f} to "
-                  f"{shown['high']:.3f}  {shown['detail']}", file=sys.stderr)  # fmt: skip
+            got = row["floor"]
+            shown = (f"{got['mean']:.3f}  {got['low']:.3f} to {got['high']:.3f}  {got['detail']}"
+                     if got else "no answer recurs in the K-shot")  # fmt: skip
+            print(f"{row['target']:<14} {shown}", file=sys.stderr)
         print(json.dumps({"benchmark": "real_track_floors", "targets": floors}))
         return
     results = [run_target(name, args) for name in (args.target or TARGETS)]

@@ -425,6 +425,23 @@ def test_a_run_started_before_a_setting_existed_resumes_while_it_keeps_its_defau
         de.check_identity(run, {**old, "strategy": "random"})
 
 
+def test_a_run_from_before_drop_leaked_resumes_without_eval_and_is_asked_with_it(world, tmp_path):
+    cfg = config(world, rounds=1)
+    run = de.run_directory(tmp_path)
+    old = de.identity(cfg, "pool-sha", None)
+    del old["drop_leaked"]  # recorded before the setting existed
+    run.identity_path.write_text(json.dumps({"version": de.FORMAT_VERSION, "identity": old}))
+    de.check_identity(run, de.identity(cfg, "pool-sha", None))  # today's default, no --eval
+    old_with_eval = {**old, "eval_sha256": "eval-sha"}
+    run.identity_path.write_text(
+        json.dumps({"version": de.FORMAT_VERSION, "identity": old_with_eval})
+    )
+    with pytest.raises(InputError, match="--drop-leaked"):  # its subsets may hold test items
+        de.check_identity(run, de.identity(cfg, "pool-sha", "eval-sha"))
+    de.check_identity(run, de.identity(cfg.model_copy(update={"drop_leaked": False}),
+                                       "pool-sha", "eval-sha"))  # fmt: skip
+
+
 def test_pool_records_that_are_eval_items_are_never_picked(world, tmp_path):
     pool = make_records(60, 0, "p")
     evaluation = make_records(6, 1, "e")

@@ -249,6 +249,8 @@ def identity(config: DiverseEvolConfig, pool_sha: str, eval_sha: str | None) -> 
     path = Path(config.base)
     data["base"] = str(path.resolve()) if path.is_dir() else config.base
     data["pool_sha256"], data["eval_sha256"] = pool_sha, eval_sha
+    if eval_sha is None:  # without --eval it picks nothing out: runs from before it resume
+        data["drop_leaked"] = ADDED_LATER["drop_leaked"]
     return data
 
 

@@ -138,7 +138,7 @@ def _kmeans(run: RoundRunner, round_index: int, chosen: list[int], previous: Pat
     model = load_round_model(run.base, previous, run.config, trainable=False)
     embeddings = run.round_embeddings(model, round_index, previous)
     info = {"seconds_embed": round(time.perf_counter() - began, 3)}
-    exclude = np.union1d(chosen, run.outliers(embeddings)).astype(np.int64)
+    exclude = np.union1d(chosen, run.excluded(embeddings)).astype(np.int64)
     seed = round_seed(run.config, round_index)
     info["added"] = kmeans_representatives(embeddings, run.config.per_round, exclude, seed)
     info["embeddings"] = f"round {round_index - 1} model, hidden state {run.layer}"
@@ -301,26 +301,27 @@ class RoundRunner:
         """The rows a strategy may add: neither chosen nor evaluation items."""
         return np.setdiff1d(np.arange(len(self.pool)), np.union1d(chosen, self.leaked))
 
-    def outliers(self, embeddings: np.ndarray) -> np.ndarray:
+    def excluded(self, embeddings: np.ndarray) -> np.ndarray:
         """Rows K-center and k-means may not pick: the --outlier-share farthest from the pool
         in this embedding, the base model's high-loss tail (--loss-outlier-z) and the
         evaluation items."""
         from taskexpert.selection.outliers import far_outliers, high_loss_rows
 
         far = far_outliers(embeddings, self.config.outlier_share, seed=self.config.seed)
-        far = np.union1d(far, self.leaked).astype(np.int64)
-        if not self.config.loss_outlier_z:
-            return far
-        if self._loss_outliers is None:
-            self._loss_outliers = high_loss_rows(self.base_losses(), self.config.loss_outlier_z)
-            log.info("%d pool records above the loss cut (z > %g) left out",
-                     len(self._loss_outliers), self.config.loss_outlier_z)  # fmt: skip
-        return np.union1d(far, self._loss_outliers).astype(np.int64)
+        excluded = np.union1d(far, self.leaked)
+        if self.config.loss_outlier_z:
+            if self._loss_outliers is None:
+                z = self.config.loss_outlier_z
+                self._loss_outliers = high_loss_rows(self.base_losses(), z)
+                log.info("%d pool records above the loss cut (z > %g) left out",
+                         len(self._loss_outliers), z)  # fmt: skip
+            excluded = np.union1d(excluded, self._loss_outliers)
+        return excluded.astype(np.int64)
 
     def kcenter(self, embeddings: np.ndarray, k: int, chosen: list[int]) -> list[int]:
         from taskexpert.selection.kcenter import kcenter_greedy
 
-        exclude = self.outliers(embeddings)
+        exclude = self.excluded(embeddings)
         if self.config.ray:
             from taskexpert.scaleout.select import ray_kcenter
 
