@@ -21,9 +21,8 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
-	# one worker per core; a module stays on one worker, so its fixtures (a Ray cluster) start once;
-	# modules start in collection order, where tests/conftest.py puts the heavy ones first
-	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
+	# one worker per core; a module stays on one worker, so its fixtures (a Ray cluster) start once
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

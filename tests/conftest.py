@@ -14,24 +14,21 @@ from transformers import PreTrainedTokenizerFast
 
 
 def pytest_configure(config):
-    """Under xdist, each worker's torch, BLAS and the processes its tests start get the cores
-    divided by the workers: two workers of two threads each on 2 cores spun against each other
-    (the suite took 8 min 44 s on a 2-core VM, against 6 min 50 s with one thread each)."""
+    """Under xdist, each worker's torch and BLAS, and the processes its tests start, get the
+    cores divided by the workers: two workers of two threads each on 2 cores spun against each
+    other (the suite took 8 min 44 s on a 2-core VM, against 6 min 50 s with one thread each)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 1:
-        import torch
+        from threadpoolctl import threadpool_limits
 
-        share = str(max(1, (os.cpu_count() or 1) // workers))
+        from taskexpert.runtime import cpu_count, pin_process_threads
+
+        share = str(max(1, cpu_count() // workers))
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            os.environ.setdefault(name, share)
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-
-
-def pytest_collection_modifyitems(config, items):
-    """Modules marked heavy first (a stable sort keeps each module's tests together): xdist
-    hands out whole modules (`--dist loadfile`), and a heavy one started last ends the run
-    alone on one core. `make test` keeps this order with `--no-loadscope-reorder`."""
-    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+            os.environ.setdefault(name, share)  # for the processes tests start
+        threads = int(os.environ["OMP_NUM_THREADS"])
+        pin_process_threads(threads)
+        threadpool_limits(limits=threads)  # this process's BLAS, loaded before the variables
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from taskexpert.cli import app
 from taskexpert.errors import InputError
 
 pytest.importorskip("lm_eval", reason="needs the eval extra: pip install 'taskexpert[eval]'")
-pytestmark = [pytest.mark.heavy, pytest.mark.usefixtures("one_torch_thread", "offline_hub")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "offline_hub")
 
 runner = CliRunner()
 TARGETS = ("count_chat", "mc_add_quiz")  # a generation target and a multiple-choice one

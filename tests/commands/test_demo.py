@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from taskexpert.cli import app
 
-pytestmark = [pytest.mark.heavy, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 runner = CliRunner()
 
 

@@ -12,12 +12,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from moe_world import build_world, jsonl, records
 from safetensors.torch import load_file
-
-pytestmark = pytest.mark.heavy
 
 # Timing fields differ run to run by nature; everything else must not.
 TIMING_KEYS = ("seconds", "seconds_per_pick", "timings_s", "tokens_per_second")

@@ -14,8 +14,6 @@ from typer.testing import CliRunner
 from taskexpert.cli import app
 from taskexpert.data import SAMPLE_KSHOT, SAMPLE_POOL
 
-pytestmark = pytest.mark.heavy
-
 runner = CliRunner()
 MATH_SOURCES = ("gsm8k", "aqua")
 BUDGET = 20

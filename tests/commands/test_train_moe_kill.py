@@ -25,7 +25,7 @@ ARGS = [
 RTOL, ATOL = 1e-5, 1e-6
 
 
-pytestmark = [pytest.mark.heavy, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

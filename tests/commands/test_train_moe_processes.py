@@ -11,8 +11,6 @@ from moe_world import build_world
 from processes import ONE, TWO, WEIGHT_TOLERANCE, max_difference, taskexpert
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.heavy
-
 FLAGS = ["--max-steps", "4", "--batch-size", "4", "--micro-batch-size", "2", "--lr", "1e-3",
          "--seed", "0", "--quiet"]  # fmt: skip
 

@@ -21,7 +21,7 @@ from taskexpert.experts.scoring import BASE_ROW, ScoringConfig, prepare_kshot
 from taskexpert.recipes.select_experts import run_select_experts
 from taskexpert.records import load_records
 
-pytestmark = [pytest.mark.heavy, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TARGET = "mc_add_quiz"
 

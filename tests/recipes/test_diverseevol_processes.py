@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from processes import ONE, TWO, WEIGHT_TOLERANCE, max_difference, taskexpert
 from safetensors.torch import load_file
 from test_diverseevol import make_records, write_jsonl
 from tiny_models import save_tiny_base
-
-pytestmark = pytest.mark.heavy
 
 
 def test_two_gloo_processes_run_the_same_rounds_as_one(tmp_path):

@@ -24,7 +24,7 @@ from taskexpert.recipes.run_config import (
 from taskexpert.recipes.run_example import example_for_testbed
 from taskexpert.records import load_records
 
-pytestmark = [pytest.mark.heavy, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TARGET = "mc_add_quiz"
 SMALL = {

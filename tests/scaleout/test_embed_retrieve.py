@@ -18,8 +18,6 @@ from taskexpert.scaleout.select import select_from_shards
 from taskexpert.scaleout.shards import matrix_shards, shard_name
 from taskexpert.selection.retrieve import select_data
 
-pytestmark = pytest.mark.heavy
-
 SAMPLE = Path(__file__).parents[2] / "src" / "taskexpert" / "data" / "sample"
 
 

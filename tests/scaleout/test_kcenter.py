@@ -17,8 +17,6 @@ from taskexpert.scaleout.select import ray_kcenter
 from taskexpert.scaleout.shards import matrix_shards
 from taskexpert.selection.kcenter import kcenter_greedy
 
-pytestmark = pytest.mark.heavy
-
 CHUNK = 128  # small chunks, so 2-4 shards start on the one-process chunk grid
 
 

@@ -10,8 +10,6 @@ from taskexpert.records import load_records
 from taskexpert.testbed import Testbed, build_testbed, is_complete
 from taskexpert.testbed.build import PHASES
 
-pytestmark = pytest.mark.heavy
-
 KINDS = {"expert", "guesser", "duplicate", "mixture", "scaled", "foreign"}
 
 
