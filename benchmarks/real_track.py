@@ -139,6 +139,7 @@ def run_target(name: str, args: argparse.Namespace) -> dict:
             for r in verdict.references
         },  # fmt: skip
         "warnings": verdict.warnings,
+        "cautions": verdict.cautions,
         "seconds": round(seconds, 1),
         "stage_seconds": stages,
         "ran": len(result.ran),
@@ -187,6 +188,7 @@ def table(results: list[dict]) -> str:
                          f"{ref['low']:.3f} to {ref['high']:.3f}  {ref['detail']}")  # fmt: skip
         lines.append(f"{'':<14} {result['items']} items, {result['seconds']:.0f}s: "
                      f"{result['sentence']}")  # fmt: skip
+        lines += [f"{'':<14} caution: {c}" for c in result.get("cautions", [])]
     return "\n".join(lines)
 
 

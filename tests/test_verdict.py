@@ -166,8 +166,59 @@ def test_a_reference_must_cover_the_same_items_and_not_shadow_a_method():
 
 def test_an_old_verdict_without_references_still_loads():
     old = decide({"moe": _runs(0.5, 40, 2, 0)}).model_dump(mode="json")
-    del old["references"], old["floor"]
-    assert Verdict.model_validate(old).references == []
+    del old["references"], old["floor"], old["versus_base"], old["cautions"]
+    loaded = Verdict.model_validate(old)
+    assert loaded.references == [] and loaded.versus_base is None and loaded.cautions == []
+
+
+def test_a_winner_within_noise_of_the_base_model_is_cautioned():
+    """The ARC-Easy case: the winner tops the table by a point the items cannot resolve, so
+    the run says the untrained model does as well as far as this test set can tell."""
+    base = _runs(0.33, 150, 1, 5)
+    merge = [list(base[0])]
+    merge[0][:2] = [1.0 - v for v in merge[0][:2]]  # two items apart: noise on 150
+    verdict = decide({"base": base, "uniform_merge": merge, "moe": _runs(0.2, 150, 2, 6)})
+    against = verdict.versus_base
+    assert verdict.winner != "base" and against is not None
+    assert (against.method, against.baseline) == (verdict.winner, "base")
+    assert against.within_noise and abs(against.diff) <= 2 / 150 + TOL
+    assert verdict.cautions == [
+        f"the winner is not shown to improve on the base model: {against.sentence}"
+    ]
+    assert f"caution: {verdict.cautions[0]}" in table(verdict).splitlines()
+
+
+def test_a_winner_clear_of_the_base_and_the_floor_has_no_caution():
+    verdict = decide(
+        {"base": _runs(0.3, 100, 1, 1), "moe": _runs(0.9, 100, 3, 2)},
+        references={"majority": ([1.0] * 30 + [0.0] * 70, "always A")},
+    )
+    assert verdict.versus_base is not None and verdict.versus_base.low > 0.0
+    assert verdict.cautions == [] and "caution:" not in table(verdict)
+
+
+def test_no_base_comparison_when_the_base_wins_or_is_not_scored():
+    won = decide({"base": _runs(0.9, 100, 1, 1), "moe": _runs(0.3, 100, 2, 2)})
+    assert won.winner == "base" and won.versus_base is None and won.cautions == []
+    absent = decide({"moe": _runs(0.6, 100, 2, 1), "plain_lora": _runs(0.5, 100, 2, 2)})
+    assert absent.versus_base is None
+
+
+def test_a_winner_under_the_floor_is_cautioned_with_the_paired_difference():
+    always_yes = [1.0] * 62 + [0.0] * 38
+    verdict = decide(
+        {"base": _runs(0.5, 100, 1, 3), "moe": _runs(0.9, 100, 2, 4)},
+        references={"majority": (always_yes, "always yes")},
+    )
+    assert verdict.floor is not None and verdict.floor.low > 0.0 and verdict.cautions == []
+    under = decide(
+        {"base": _runs(0.3, 100, 1, 3), "moe": _runs(0.6, 100, 2, 4)},
+        references={"majority": (always_yes, "always yes")},
+    )
+    assert under.floor is not None and under.floor.low <= 0.0
+    assert under.cautions[-1] == (
+        f"the winner does not clear the model-free floor beyond noise: {under.floor.sentence}"
+    )
 
 
 def test_a_floor_scored_alone_gets_the_interval_its_verdict_gives_it():

@@ -15,6 +15,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel
 
+# Part of a run's verdict stage key: bump when verdict.json gains or changes a field, so a
+# resumed run recomputes its verdict (cheap: no model runs) instead of keeping an older one.
+VERDICT_FORMAT = 2  # 2: versus_base and cautions
+
 # Methods that need no seed: one run is all there is, so one seed says nothing is missing.
 DETERMINISTIC = frozenset({"base", "best_adapter", "uniform_merge"})
 
@@ -74,6 +78,13 @@ class Verdict(BaseModel):
     # `floor` compares the winner with the best of them.
     references: list[MethodScore] = []
     floor: Comparison | None = None
+    # The winner against the untrained base model: a winner within noise of it is a run that
+    # bought nothing measurable, whatever it beat otherwise (None when the base won or was
+    # not scored).
+    versus_base: Comparison | None = None
+    # Why the winner may not be worth deploying, in words (`_cautions`); shown under the
+    # table, in winner.json and in the report.
+    cautions: list[str] = []
 
 
 def _arrays(scores: Mapping[str, Sequence[Sequence[float]]]) -> dict[str, np.ndarray]:
@@ -176,6 +187,20 @@ def _compare(
     )
 
 
+def _cautions(versus_base: Comparison | None, floor: Comparison | None) -> list[str]:
+    """The winner within noise of the base model, or not clear of the model-free floor."""
+    notes = []
+    if versus_base is not None and versus_base.within_noise:
+        notes.append(
+            f"the winner is not shown to improve on the base model: {versus_base.sentence}"
+        )
+    if floor is not None and floor.low <= 0.0:
+        notes.append(
+            f"the winner does not clear the model-free floor beyond noise: {floor.sentence}"
+        )
+    return notes
+
+
 def decide(
     scores: Mapping[str, Sequence[Sequence[float]]],
     *,
@@ -255,6 +280,9 @@ def decide(
                 f"; no method clears {label(floor.baseline)} ({floors[0].detail}, "
                 f"{floors[0].mean:.3f}) beyond noise"
             )
+    versus_base = None
+    if "base" in scores and winner.method != "base":
+        versus_base = paired(winner.method, "base")
 
     warnings = []
     if n_items < min_items:
@@ -280,6 +308,8 @@ def decide(
         warnings=warnings,
         references=floors,
         floor=floor,
+        versus_base=versus_base,
+        cautions=_cautions(versus_base, floor),
     )
 
 
@@ -308,4 +338,5 @@ def table(verdict: Verdict) -> str:
     lines.append("")
     lines.append(verdict.sentence)
     lines += [f"warning: {w}" for w in verdict.warnings]
+    lines += [f"caution: {c}" for c in verdict.cautions]
     return "\n".join(lines)

@@ -69,6 +69,25 @@ def test_export_without_merge_copies_the_winner(micro_run, tmp_path):
         run_export(tmp_path, None, ExportConfig())
 
 
+def test_the_export_command_prints_the_winners_cautions(micro_run, tmp_path):
+    from taskexpert.cli import app
+
+    run = _copy(micro_run, tmp_path)
+    path = run / "final/winner.json"
+    winner = json.loads(path.read_text())
+    caution = "the winner is not shown to improve on the base model: (planted)"
+    winner["verdict"]["cautions"] = [caution]
+    path.write_text(json.dumps(winner))
+    result = CliRunner().invoke(app, ["export", str(run)])
+    assert result.exit_code == 0, result.output
+    assert f"caution: {caution}" in result.output.splitlines()
+    del winner["verdict"]  # a winner.json written before the verdict was kept beside it
+    path.write_text(json.dumps(winner))
+    result = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "old")])
+    assert result.exit_code == 0, result.output
+    assert "caution" not in result.output
+
+
 def _zero_routers(run):
     """Every router weight 0: ties, so top-1 sends every token to the same expert."""
     from safetensors.torch import load_file, save_file

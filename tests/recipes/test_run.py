@@ -72,6 +72,16 @@ def test_every_method_is_scored_and_the_winner_is_written(first_run):
     assert json.loads((out / "verdict.json").read_text())["winner"] == verdict.winner
     winner = json.loads((out / "final" / "winner.json").read_text())
     assert winner["method"] == verdict.winner
+    # the verdict travels with the winner: its score and why it may not be worth deploying
+    row = next(m for m in verdict.methods if m.method == verdict.winner)
+    kept = winner["verdict"]
+    assert kept["mean"] == row.mean and kept["interval"] == [row.low, row.high]
+    assert kept["cautions"] == verdict.cautions
+    assert kept["clears_floor"] == (verdict.floor.low > 0.0)
+    if verdict.winner == "base":
+        assert kept["versus_base"] is None
+    else:
+        assert kept["versus_base"]["sentence"] == verdict.versus_base.sentence
     loadable = {"peft-lora": "adapter", "taskexpert-moe": "moe", "base-model": None}
     folder = loadable[winner["kind"]]
     if folder:

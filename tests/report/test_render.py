@@ -119,3 +119,17 @@ def test_the_reference_floor_is_a_table_row_after_the_methods(run_copy):
     row = lines[head + 2 + len(data.verdict.methods)]
     assert row.startswith('| reference: always "yes" (31 of 50 K-shot answers) | 0.617 | ')
     assert f"**{data.verdict.winner}**" not in row  # a reference is never drawn as the winner
+
+
+def test_the_verdicts_cautions_follow_its_sentence(run_copy):
+    path = run_copy / "verdict.json"
+    verdict = json.loads(path.read_text())
+    verdict["cautions"] = ["the winner is not shown to improve on the base model: (planted)"]
+    path.write_text(json.dumps(verdict))
+    data = collect(run_copy)
+    assert data.verdict.cautions == verdict["cautions"]
+    text = to_markdown(build_sections(data), "r", "p")
+    assert text.index("Winner: ") < text.index(f"Caution: {verdict['cautions'][0]}")
+    verdict.pop("cautions")  # a verdict.json written before cautions existed
+    path.write_text(json.dumps(verdict))
+    assert collect(run_copy).verdict.cautions == []

@@ -45,5 +45,8 @@ def main(
         )
     else:
         typer.echo(f"exported the run's winner: {summary['method']} ({summary['kind']})")
+        # winner.json of runs made before the verdict was kept beside the winner has none
+        for caution in (summary.get("verdict") or {}).get("cautions", []):
+            typer.echo(f"caution: {caution}")
     typer.echo(f"load: {summary['load']}")
     typer.echo(f"wrote {summary['out']}")

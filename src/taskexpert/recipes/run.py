@@ -433,7 +433,7 @@ def run_method(
 ) -> RunResult:
     """Run every stage of `config` in `out` (reusing finished ones), write the verdict and
     the winner; refuses a directory made with another config unless `resume`."""
-    from taskexpert.verdict import decide
+    from taskexpert.verdict import VERDICT_FORMAT, decide
 
     out = Path(out)
     directory = RunDirectory(out, settings_dict(config), resume=resume, default_of=default_of)
@@ -514,6 +514,7 @@ def run_method(
 
         parts = {
             "order": list(by_simplicity),  # decides ties
+            "format": VERDICT_FORMAT,
             "settings": settings.model_dump(),
             "split": run.digest("split"),  # the floor reads the K-shot and test items
             "evals": {run_name(m, s): run.digest(f"eval/{run_name(m, s)}") for m, s in models},
@@ -525,7 +526,7 @@ def run_method(
         verdict = Verdict.model_validate_json((verdict_dir / VERDICT_FILE).read_text())
         write_json(out / VERDICT_FILE, verdict.model_dump(mode="json"))
         winner_seed = representative_seed(per_seed[verdict.winner])
-        final = write_final(out / FINAL_DIR, config.base, verdict.winner, winner_seed, models)
+        final = write_final(out / FINAL_DIR, config.base, verdict, winner_seed, models)
         directory.drop_stale(run.kept)
     write_run_report(out)  # after the verdict: a failed report is logged, the run stands
     return RunResult(

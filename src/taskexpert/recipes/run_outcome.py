@@ -13,6 +13,7 @@ from typing import Any
 
 from taskexpert.errors import InputError
 from taskexpert.io import atomic_dir, write_json
+from taskexpert.verdict import Verdict
 
 WINNER_FILE = "winner.json"
 
@@ -41,8 +42,26 @@ def representative_seed(scores: dict[int | None, float]) -> int | None:
     return next(seed for seed, score in scores.items() if score == middle)
 
 
-def write_final(final: Path, base: str, winner: str, seed: int | None, models: dict) -> Path:
-    """The winner in a form PEFT or taskexpert loads back, with winner.json saying how."""
+def winner_evidence(verdict: Verdict) -> dict[str, Any]:
+    """What the verdict says of the winner, kept beside it: whoever copies final/ elsewhere
+    also copies its score and why it may not be worth deploying (`cautions`)."""
+    row = next(m for m in verdict.methods if m.method == verdict.winner)
+    against = verdict.versus_base
+    return {
+        "mean": row.mean,
+        "interval": [row.low, row.high],
+        "confidence": verdict.confidence,
+        "n_items": verdict.n_items,
+        "versus_base": against.model_dump() if against is not None else None,
+        "clears_floor": None if verdict.floor is None else verdict.floor.low > 0.0,
+        "cautions": verdict.cautions,
+    }
+
+
+def write_final(final: Path, base: str, verdict: Verdict, seed: int | None, models: dict) -> Path:
+    """The winner in a form PEFT or taskexpert loads back, with winner.json saying how and
+    what the verdict says of it."""
+    winner = verdict.winner
     model = models[(winner, seed)]
     with atomic_dir(final) as tmp:
         info: dict[str, Any] = {"method": winner, "seed": seed, "base": base}
@@ -57,5 +76,6 @@ def write_final(final: Path, base: str, winner: str, seed: int | None, models: d
         else:
             info["kind"] = "base-model"
             info["load"] = "the base model itself: nothing to load"
+        info["verdict"] = winner_evidence(verdict)
         write_json(tmp / WINNER_FILE, info)
     return final

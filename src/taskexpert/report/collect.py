@@ -55,6 +55,7 @@ class VerdictData:
     confidence: float
     warnings: list[str]
     references: list[MethodRow] = field(default_factory=list)  # model-free floors
+    cautions: list[str] = field(default_factory=list)  # why the winner may not be worth it
 
 
 @dataclass
@@ -259,6 +260,7 @@ def read_verdict(run_dir: Path) -> VerdictData | None:
         confidence=float(data.get("confidence", 0.95)),
         warnings=[str(w) for w in data.get("warnings", [])],
         references=rows["references"],
+        cautions=[str(c) for c in data.get("cautions") or []],
     )
 
 

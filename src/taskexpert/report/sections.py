@@ -63,6 +63,7 @@ def verdict_section(data: ReportData) -> Section:
     sentence = verdict.sentence[:1].upper() + verdict.sentence[1:]
     section.paragraphs.append(f"Winner: {verdict.winner}. {sentence}.")
     section.paragraphs += [f"Warning: {w}" for w in verdict.warnings]
+    section.paragraphs += [f"Caution: {c}" for c in verdict.cautions]
     level = f"{verdict.confidence:.0%}"
     table = Table(["method", "mean", f"{level} low", f"{level} high", "per seed", "items"], [])
     for k, row in enumerate(verdict.methods):
