@@ -233,3 +233,70 @@ def test_a_floor_scored_alone_gets_the_interval_its_verdict_gives_it():
     low, high = bootstrap_interval(floor, resamples=500, seed=7)
     assert (low, high) == pytest.approx((row.low, row.high), abs=1e-12)
     assert low < row.mean < high
+
+
+def _near_tie() -> dict[str, list[list[float]]]:
+    """Base, a merge two items of 150 above it (three gained, one lost: noise), and a mixture
+    far below; simplest first."""
+    base = _runs(0.33, 150, 1, 5)
+    merge = [list(base[0])]
+    wrong = [i for i, v in enumerate(base[0]) if v == 0.0]
+    right = [i for i, v in enumerate(base[0]) if v == 1.0]
+    for i in wrong[:3]:
+        merge[0][i] = 1.0
+    merge[0][right[0]] = 0.0
+    return {"base": base, "uniform_merge": merge, "moe": _runs(0.2, 150, 2, 6)}
+
+
+def test_the_simplest_rule_keeps_the_base_model_when_the_top_is_within_noise_of_it():
+    best = decide(_near_tie())
+    simplest = decide(_near_tie(), winner_rule="simplest")
+    assert best.winner == "uniform_merge" and best.winner_rule == "best"
+    assert simplest.winner == "base" and simplest.winner_rule == "simplest"
+    assert [m.method for m in simplest.methods] == [m.method for m in best.methods]  # same table
+    assert simplest.versus_base is None and simplest.cautions == []
+    back = best.versus_base  # the merge against the base: the same paired replicates
+    assert back is not None and back.within_noise
+    assert simplest.sentence == (
+        f"{best.sentence}; the winner is the base model, the simplest method within noise of "
+        f"the best (the base model is within noise of the uniform merge (difference "
+        f"{-back.diff:+.3f}, 95% interval {-back.high:.3f} to {-back.low:.3f}))"
+    )
+
+
+def test_the_simplest_rule_keeps_a_top_method_that_beats_the_simpler_ones():
+    scores = {"base": _runs(0.3, 100, 1, 1), "plain_lora": _runs(0.5, 100, 2, 2),
+              "moe": _runs(0.9, 100, 2, 3)}  # fmt: skip
+    verdict = decide(scores, winner_rule="simplest")
+    assert verdict.winner == "moe" and verdict.sentence == decide(scores).sentence
+
+
+def _items(n: int, *ranges: range) -> list[float]:
+    hits = {i for r in ranges for i in r}
+    return [1.0 if i in hits else 0.0 for i in range(n)]
+
+
+def test_under_the_simplest_rule_the_floor_sentence_is_the_tops_and_the_caution_the_winners():
+    """The top (0.38) clears the floor (0.30) beyond noise, the base (0.33) does not, and the
+    top is within noise of the base: the base wins under `simplest`, the sentence does not
+    claim that no method clears the floor, and the caution says the winner does not."""
+    floor = _items(200, range(0, 60))
+    base = _items(200, range(0, 50), range(60, 76))
+    top = _items(200, range(0, 50), range(100, 126))
+    scores = {"base": [base], "moe": [top, top]}
+    references = {"majority": (floor, "always A")}
+    best = decide(scores, references=references)
+    simplest = decide(scores, references=references, winner_rule="simplest")
+    assert best.winner == "moe" and best.floor is not None and best.floor.low > 0.0
+    assert best.versus_base is not None and best.versus_base.within_noise
+    assert simplest.winner == "base"
+    assert simplest.floor is not None and simplest.floor.low <= 0.0
+    assert "no method clears" not in simplest.sentence
+    assert simplest.cautions == [
+        f"the winner does not clear the model-free floor beyond noise: {simplest.floor.sentence}"
+    ]
+
+
+def test_an_unknown_winner_rule_is_refused():
+    with pytest.raises(ValueError, match="winner_rule"):
+        decide(_near_tie(), winner_rule="luckiest")

@@ -11,13 +11,14 @@ same way, replicate by replicate, which is far tighter than comparing two separa
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel
 
 # Part of a run's verdict stage key: bump when verdict.json gains or changes a field, so a
 # resumed run recomputes its verdict (cheap: no model runs) instead of keeping an older one.
-VERDICT_FORMAT = 2  # 2: versus_base and cautions
+VERDICT_FORMAT = 2  # 2: versus_base, cautions, winner_rule
 
 # Methods that need no seed: one run is all there is, so one seed says nothing is missing.
 DETERMINISTIC = frozenset({"base", "best_adapter", "uniform_merge"})
@@ -63,6 +64,9 @@ class Comparison(BaseModel):
     sentence: str
 
 
+WinnerRule = Literal["best", "simplest"]
+
+
 class Verdict(BaseModel):
     """The whole answer: every method best first, the winner, the comparison that matters."""
 
@@ -85,6 +89,9 @@ class Verdict(BaseModel):
     # Why the winner may not be worth deploying, in words (`_cautions`); shown under the
     # table, in winner.json and in the report.
     cautions: list[str] = []
+    # "best": the highest mean wins; "simplest": the first method in the caller's order (the
+    # simplest) whose paired difference from the highest mean is within noise.
+    winner_rule: WinnerRule = "best"
 
 
 def _arrays(scores: Mapping[str, Sequence[Sequence[float]]]) -> dict[str, np.ndarray]:
@@ -211,14 +218,18 @@ def decide(
     seed: int = 0,
     min_items: int = 30,
     references: Mapping[str, tuple[Sequence[float], str]] | None = None,
+    winner_rule: WinnerRule = "best",
 ) -> Verdict:
     """Score every method and say whether `method` beat `baseline` beyond noise.
 
     `scores[name]`: one list per seed of per-item scores, all over the same items in the same
-    order (ValueError otherwise). The winner is the highest mean; the sentence says when it is
-    within noise of what it is compared with. `references[name]`: (per-item scores, detail)
-    of a floor that is no method (the K-shot's commonest answer); the sentence adds when the
-    winner does not clear it beyond noise. Deterministic for a given `seed`.
+    order (ValueError otherwise), simplest method first. The winner is the highest mean
+    (`winner_rule` "best"; ties to the earlier method) or the earliest method within noise of
+    the highest mean ("simplest": no more machinery than the test set can justify); the
+    sentence says when it is within noise of what it is compared with. `references[name]`:
+    (per-item scores, detail) of a floor that is no method (the K-shot's commonest answer);
+    the sentence adds when the winner does not clear it beyond noise. Deterministic for a
+    given `seed`.
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be between 0 and 1, not {confidence}")
@@ -246,36 +257,50 @@ def decide(
             detail=detail,
         )
 
+    if winner_rule not in ("best", "simplest"):
+        raise ValueError(f"winner_rule must be 'best' or 'simplest', not {winner_rule!r}")
     rows = [score(name) for name in scores]
     rows.sort(key=lambda row: -row.mean)  # stable: ties keep the caller's order
     floors = sorted((score(name) for name in references), key=lambda row: -row.mean)
-    winner = rows[0]
 
     def paired(a: str, b: str) -> Comparison:
         diff = float(arrays[a].mean() - arrays[b].mean())
         low, high = _interval(boot[a] - boot[b], confidence)
         return _compare(a, b, diff, low, high, confidence)
 
+    top = rows[0]
+    winner = top
+    if winner_rule == "simplest":
+        # the first method whose paired difference from the top reaches 0: its shortfall is noise
+        name = next(n for n in scores if n == top.method or paired(n, top.method).high >= 0.0)
+        winner = next(row for row in rows if row.method == name)
+
     comparison = None
     if method in arrays and baseline in arrays and method != baseline:
         comparison = paired(method, baseline)
         sentence = comparison.sentence
-        if winner.method not in (method, baseline):
-            sentence += f"; the best score is {label(winner.method)}'s ({winner.mean:.3f})"
+        if top.method not in (method, baseline):
+            sentence += f"; the best score is {label(top.method)}'s ({top.mean:.3f})"
     elif len(rows) > 1:
         runner_up = rows[1]
-        versus = paired(winner.method, runner_up.method)
-        sentence = f"{label(winner.method)} scores best ({winner.mean:.3f})"
+        versus = paired(top.method, runner_up.method)
+        sentence = f"{label(top.method)} scores best ({top.mean:.3f})"
         if versus.within_noise:
             sentence += f", but {versus.sentence}"
         else:
             sentence += f": {versus.sentence}"
     else:
-        sentence = f"{label(winner.method)} is the only method ({winner.mean:.3f})"
+        sentence = f"{label(top.method)} is the only method ({top.mean:.3f})"
+    if winner is not top:
+        sentence += (
+            f"; the winner is {label(winner.method)}, the simplest method within noise of "
+            f"the best ({paired(winner.method, top.method).sentence})"
+        )
     floor = None
     if floors:
         floor = paired(winner.method, floors[0].method)
-        if floor.low <= 0.0:  # not above the floor beyond noise
+        # "no method" is said of the top score; `floor` (and its caution) is the winner's
+        if paired(top.method, floors[0].method).low <= 0.0:  # not above it beyond noise
             sentence += (
                 f"; no method clears {label(floor.baseline)} ({floors[0].detail}, "
                 f"{floors[0].mean:.3f}) beyond noise"
@@ -310,6 +335,7 @@ def decide(
         floor=floor,
         versus_base=versus_base,
         cautions=_cautions(versus_base, floor),
+        winner_rule=winner_rule,
     )
 
 

@@ -174,6 +174,29 @@ def test_a_mixture_setting_reruns_the_mixture_and_not_the_lora_baselines(first_r
     assert set(result.ran) == expected | {"verdict"}
 
 
+def test_the_simplest_winner_rule_reruns_only_the_verdict_and_final_follows(first_run, tmp_path):
+    import shutil
+
+    _, out, _ = first_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns(".lock"))
+    config = RunConfig.model_validate(json.loads((copy / "manifest.json").read_text())["config"])
+    changed = config.model_copy(
+        update={"verdict": config.verdict.model_copy(update={"winner": "simplest"})}
+    )
+    result = run_method(changed, copy, resume=True, progress=False)
+    assert result.ran == ["verdict"]
+    verdict = result.verdict
+    assert verdict.winner_rule == "simplest"
+    order = [m for m in SIMPLER_FIRST if m in changed.methods]
+    top = verdict.methods[0].method
+    assert order.index(verdict.winner) <= order.index(top)  # never more machinery than the top
+    said = "the simplest method within noise of the best" in verdict.sentence
+    assert said == (verdict.winner != top)
+    winner = json.loads((copy / "final" / "winner.json").read_text())
+    assert winner["method"] == verdict.winner
+
+
 def test_a_run_made_before_a_setting_existed_is_reused_while_it_keeps_its_default(
     first_run, tmp_path
 ):

@@ -506,6 +506,7 @@ def run_method(
                 resamples=settings.resamples,
                 min_items=settings.min_items,
                 references={"majority": (floor.scores, floor.detail)} if floor else None,
+                winner_rule=settings.winner,
             )
             # what selection had to give up (a lifted filter, a capped K-shot) bears on the
             # verdict: the user reads it there, not only in experts.json

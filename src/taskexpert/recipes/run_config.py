@@ -24,6 +24,7 @@ from taskexpert.recipes.evaluate import EvaluateConfig
 from taskexpert.recipes.select_data import SelectDataConfig
 from taskexpert.rundir import value_before
 from taskexpert.selection.leakage import LeakageConfig
+from taskexpert.verdict import WinnerRule
 
 # What a run can compare; `moe` is the method, the rest are the baselines a user would try.
 METHODS = ("moe", "base", "best_adapter", "uniform_merge", "plain_lora", "kshot_lora")
@@ -84,6 +85,13 @@ class VerdictSettings(BaseModel):
         True,
         description="Show the K-shot's commonest answer given to every test item as a "
         "reference row, and say when the winner does not clear it.",
+    )
+    winner: WinnerRule = Field(
+        "best",
+        description="Which method final/ holds. best: the highest mean. simplest: the "
+        "simplest method (base, best adapter, merge, K-shot LoRA, plain LoRA, mixture) "
+        "within noise of the highest mean, so nothing more is deployed than the test set "
+        "can justify.",
     )
 
 
@@ -300,7 +308,8 @@ ADDED_LATER: dict[str, dict[str, object]] = {
         "family_weight_similarity": None,
     },
     "train": TRAIN_ADDED_LATER,
-    "verdict": {"majority_floor": False},  # verdicts before it showed no floor
+    # verdicts before them showed no floor and took the highest mean
+    "verdict": {"majority_floor": False, "winner": "best"},
 }
 
 
