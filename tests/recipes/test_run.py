@@ -195,6 +195,10 @@ def test_the_simplest_winner_rule_reruns_only_the_verdict_and_final_follows(firs
     assert said == (verdict.winner != top)
     winner = json.loads((copy / "final" / "winner.json").read_text())
     assert winner["method"] == verdict.winner
+    from taskexpert.commands.run import report
+
+    printed = f"winner ({verdict.winner}, the simplest within noise of the best): {copy / 'final'}"
+    assert printed in report(result).splitlines()
 
 
 def test_a_run_made_before_a_setting_existed_is_reused_while_it_keeps_its_default(

@@ -35,6 +35,10 @@ def main(
     typer.echo(report(result))
 
 
+# how the winner was chosen, after its name (verdict.winner_rule)
+RULE_NOTE = {"best": "", "simplest": ", the simplest within noise of the best"}
+
+
 def report(result) -> str:
     """The verdict table, where the winner went, and what was rerun."""
     from taskexpert.verdict import table
@@ -48,7 +52,8 @@ def report(result) -> str:
         table(result.verdict),
         "",
         f"run directory: {result.run_dir} (manifest.json, verdict.json, stages/)",
-        f"winner ({result.verdict.winner}): {result.final_dir}",
+        f"winner ({result.verdict.winner}{RULE_NOTE[result.verdict.winner_rule]}): "
+        f"{result.final_dir}",
         f"stages run: {len(result.ran)}, reused: {len(result.reused)}",
     ]
     if (result.run_dir / "report.html").is_file():
