@@ -188,7 +188,7 @@ def table(results: list[dict]) -> str:
                          f"{ref['low']:.3f} to {ref['high']:.3f}  {ref['detail']}")  # fmt: skip
         lines.append(f"{'':<14} {result['items']} items, {result['seconds']:.0f}s: "
                      f"{result['sentence']}")  # fmt: skip
-        lines += [f"{'':<14} caution: {c}" for c in result.get("cautions", [])]
+        lines += [f"{'':<14} caution: {c}" for c in result["cautions"]]
     return "\n".join(lines)
 
 

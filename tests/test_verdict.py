@@ -171,17 +171,28 @@ def test_an_old_verdict_without_references_still_loads():
     assert loaded.references == [] and loaded.versus_base is None and loaded.cautions == []
 
 
+def _near_tie() -> dict[str, list[list[float]]]:
+    """Base, a merge two items of 150 above it (three gained, one lost: noise), and a mixture
+    far below; simplest first."""
+    base = _runs(0.33, 150, 1, 5)
+    merge = [list(base[0])]
+    wrong = [i for i, v in enumerate(base[0]) if v == 0.0]
+    right = [i for i, v in enumerate(base[0]) if v == 1.0]
+    for i in wrong[:3]:
+        merge[0][i] = 1.0
+    merge[0][right[0]] = 0.0
+    return {"base": base, "uniform_merge": merge, "moe": _runs(0.2, 150, 2, 6)}
+
+
 def test_a_winner_within_noise_of_the_base_model_is_cautioned():
     """The ARC-Easy case: the winner tops the table by a point the items cannot resolve, so
     the run says the untrained model does as well as far as this test set can tell."""
-    base = _runs(0.33, 150, 1, 5)
-    merge = [list(base[0])]
-    merge[0][:2] = [1.0 - v for v in merge[0][:2]]  # two items apart: noise on 150
-    verdict = decide({"base": base, "uniform_merge": merge, "moe": _runs(0.2, 150, 2, 6)})
+    verdict = decide(_near_tie())
     against = verdict.versus_base
-    assert verdict.winner != "base" and against is not None
-    assert (against.method, against.baseline) == (verdict.winner, "base")
-    assert against.within_noise and abs(against.diff) <= 2 / 150 + TOL
+    assert verdict.winner == "uniform_merge" and against is not None
+    assert (against.method, against.baseline) == ("uniform_merge", "base")
+    assert against.within_noise and not against.beats
+    assert abs(against.diff - 2 / 150) < TOL
     assert verdict.cautions == [
         f"the winner is not shown to improve on the base model: {against.sentence}"
     ]
@@ -233,19 +244,6 @@ def test_a_floor_scored_alone_gets_the_interval_its_verdict_gives_it():
     low, high = bootstrap_interval(floor, resamples=500, seed=7)
     assert (low, high) == pytest.approx((row.low, row.high), abs=1e-12)
     assert low < row.mean < high
-
-
-def _near_tie() -> dict[str, list[list[float]]]:
-    """Base, a merge two items of 150 above it (three gained, one lost: noise), and a mixture
-    far below; simplest first."""
-    base = _runs(0.33, 150, 1, 5)
-    merge = [list(base[0])]
-    wrong = [i for i, v in enumerate(base[0]) if v == 0.0]
-    right = [i for i, v in enumerate(base[0]) if v == 1.0]
-    for i in wrong[:3]:
-        merge[0][i] = 1.0
-    merge[0][right[0]] = 0.0
-    return {"base": base, "uniform_merge": merge, "moe": _runs(0.2, 150, 2, 6)}
 
 
 def test_the_simplest_rule_keeps_the_base_model_when_the_top_is_within_noise_of_it():

@@ -11,7 +11,7 @@ same way, replicate by replicate, which is far tighter than comparing two separa
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel
@@ -62,6 +62,11 @@ class Comparison(BaseModel):
     high: float
     within_noise: bool
     sentence: str
+
+    @property
+    def beats(self) -> bool:
+        """`method` is above `baseline` beyond noise: the interval lies above 0."""
+        return self.low > 0.0
 
 
 WinnerRule = Literal["best", "simplest"]
@@ -201,7 +206,7 @@ def _cautions(versus_base: Comparison | None, floor: Comparison | None) -> list[
         notes.append(
             f"the winner is not shown to improve on the base model: {versus_base.sentence}"
         )
-    if floor is not None and floor.low <= 0.0:
+    if floor is not None and not floor.beats:
         notes.append(
             f"the winner does not clear the model-free floor beyond noise: {floor.sentence}"
         )
@@ -257,8 +262,8 @@ def decide(
             detail=detail,
         )
 
-    if winner_rule not in ("best", "simplest"):
-        raise ValueError(f"winner_rule must be 'best' or 'simplest', not {winner_rule!r}")
+    if winner_rule not in get_args(WinnerRule):
+        raise ValueError(f"winner_rule must be one of {get_args(WinnerRule)}, not {winner_rule!r}")
     rows = [score(name) for name in scores]
     rows.sort(key=lambda row: -row.mean)  # stable: ties keep the caller's order
     floors = sorted((score(name) for name in references), key=lambda row: -row.mean)
@@ -271,8 +276,8 @@ def decide(
     top = rows[0]
     winner = top
     if winner_rule == "simplest":
-        # the first method whose paired difference from the top reaches 0: its shortfall is noise
-        name = next(n for n in scores if n == top.method or paired(n, top.method).high >= 0.0)
+        # the first method the top does not beat beyond noise: its shortfall is noise
+        name = next(n for n in scores if n == top.method or not paired(top.method, n).beats)
         winner = next(row for row in rows if row.method == name)
 
     comparison = None
@@ -300,7 +305,7 @@ def decide(
     if floors:
         floor = paired(winner.method, floors[0].method)
         # "no method" is said of the top score; `floor` (and its caution) is the winner's
-        if paired(top.method, floors[0].method).low <= 0.0:  # not above it beyond noise
+        if not paired(top.method, floors[0].method).beats:
             sentence += (
                 f"; no method clears {label(floor.baseline)} ({floors[0].detail}, "
                 f"{floors[0].mean:.3f}) beyond noise"

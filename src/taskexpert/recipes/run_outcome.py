@@ -53,7 +53,7 @@ def winner_evidence(verdict: Verdict) -> dict[str, Any]:
         "confidence": verdict.confidence,
         "n_items": verdict.n_items,
         "versus_base": against.model_dump() if against is not None else None,
-        "clears_floor": None if verdict.floor is None else verdict.floor.low > 0.0,
+        "clears_floor": None if verdict.floor is None else verdict.floor.beats,
         "cautions": verdict.cautions,
     }
 
