@@ -28,7 +28,10 @@ def test_demo_runs_the_method_and_prints_the_verdict(micro_testbed, tmp_path):
     assert "the mixture" in result.output and verdict["sentence"] in result.output
     assert f"winner ({verdict['winner']})" in result.output
     config = tmp_path / "demo.yaml"
-    assert config.is_file()
+    from taskexpert.recipes.demo import DEMO_EPOCHS
+    from taskexpert.recipes.run_config import load_run_config
+
+    assert load_run_config(config).train.epochs == DEMO_EPOCHS  # the demo's own, not 5
     again = invoke("run", config, "--out", out)  # the written config reruns as it is
     assert again.exit_code == 0, again.output
     assert "stages run: 0," in again.output

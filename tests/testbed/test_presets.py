@@ -33,20 +33,34 @@ def test_family_steps_apply_to_that_familys_experts_and_duplicates_only():
     assert adapter_config(standard, "expert", ("shift",)).max_steps == default
     assert adapter_config(standard, "mixture", ("reverse", "count")).max_steps == default
     assert adapter_config(standard, "guesser", ("reverse",)).max_steps == default
-    demo = get_preset("demo")  # no family steps: every adapter on the preset's recipe
-    assert adapter_config(demo, "expert", ("reverse",)).max_steps == demo.adapter.max_steps
+    micro = get_preset("micro")  # no family steps: every adapter on the preset's recipe
+    assert adapter_config(micro, "expert", ("reverse",)).max_steps == micro.adapter.max_steps
+
+
+def test_the_demo_trains_the_experts_of_its_target_longer():
+    """The demo's two-skill target needs both its experts working on the demo's small base;
+    the other adapters keep the preset's short recipe (the build time)."""
+    from taskexpert.recipes.demo import DEMO_PRESET, DEMO_TARGET
+
+    demo, target = get_preset(DEMO_PRESET), TARGETS[DEMO_TARGET]
+    assert target.kind == "two_skill"
+    assert set(demo.adapter_family_steps) == set(target.skills)
+    for skill in target.skills:
+        steps = adapter_config(demo, "expert", (skill,)).max_steps
+        assert steps == demo.adapter_family_steps[skill] > demo.adapter.max_steps
+    assert adapter_config(demo, "expert", ("count",)).max_steps == demo.adapter.max_steps
 
 
 def test_presets_without_family_steps_keep_the_recipe_id_of_builds_made_before_them():
     """adapter_family_steps came after builds of every preset; where it is empty it is left
     out of the hash, so those builds are not refused as built by an older recipe."""
-    demo = get_preset("demo")
-    older = demo.model_dump(mode="json")
+    micro = get_preset("micro")
+    older = micro.model_dump(mode="json")
     del older["adapter_family_steps"]
     text = json.dumps({"recipe": RECIPE_VERSION, "preset": older})
-    assert recipe_id(demo) == hashlib.sha256(text.encode()).hexdigest()[:16]
-    stepped = demo.model_copy(update={"adapter_family_steps": {"reverse": 100}})
-    assert recipe_id(stepped) != recipe_id(demo)
+    assert recipe_id(micro) == hashlib.sha256(text.encode()).hexdigest()[:16]
+    stepped = micro.model_copy(update={"adapter_family_steps": {"reverse": 100}})
+    assert recipe_id(stepped) != recipe_id(micro)
 
 
 def test_demo_is_a_scaled_down_standard_that_still_measures_two_skill_targets():

@@ -15,7 +15,7 @@ def main(
     ] = Path("runs/testbed-demo"),
     preset: Annotated[str | None, typer.Option("--preset", help="Testbed preset [demo].")] = None,
     target: Annotated[
-        str | None, typer.Option("--target", help="Testbed target task [count_chat].")
+        str | None, typer.Option("--target", help="Testbed target task [initials_and_max].")
     ] = None,
     seeds: Annotated[
         list[int] | None, typer.Option("--seed", help="A seed (repeat for several) [0 1 2].")
