@@ -20,7 +20,6 @@ DEMO_PRESET = "demo"
 # a two-skill target: no single expert answers both parts, so it is where routing between
 # experts can show (its two experts are the ones the demo preset trains longer)
 DEMO_TARGET = "initials_and_max"
-DEMO_SEEDS = [0, 1, 2]
 # The demo base is small: on initials_and_max the mixture over 3 seeds scored 0.011 after 5
 # epochs (the testbed default), 0.039 after 10 and 0.117 after 15, the plain LoRA 0.000,
 # 0.000 and 0.006 (testbed README, "The demo preset").
