@@ -9,6 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from taskexpert.cli import app
+from taskexpert.recipes.demo import DEMO_EPOCHS
+from taskexpert.recipes.run_config import load_run_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 runner = CliRunner()
@@ -28,9 +30,6 @@ def test_demo_runs_the_method_and_prints_the_verdict(micro_testbed, tmp_path):
     assert "the mixture" in result.output and verdict["sentence"] in result.output
     assert f"winner ({verdict['winner']})" in result.output
     config = tmp_path / "demo.yaml"
-    from taskexpert.recipes.demo import DEMO_EPOCHS
-    from taskexpert.recipes.run_config import load_run_config
-
     assert load_run_config(config).train.epochs == DEMO_EPOCHS  # the demo's own, not 5
     again = invoke("run", config, "--out", out)  # the written config reruns as it is
     assert again.exit_code == 0, again.output
@@ -38,8 +37,6 @@ def test_demo_runs_the_method_and_prints_the_verdict(micro_testbed, tmp_path):
 
 
 def test_config_example_prints_a_loadable_config(micro_testbed, tmp_path):
-    from taskexpert.recipes.run_config import load_run_config
-
     generic = invoke("config", "example")
     assert generic.exit_code == 0 and "budget: 1000" in generic.output
     result = invoke("config", "example", "--testbed", micro_testbed.root, "--target", "count_chat")
@@ -79,7 +76,7 @@ def test_demo_rebuilds_a_testbed_of_an_older_recipe(micro_testbed, tmp_path, mon
     assert not built_by_older_recipe(old, "micro", 1)  # another seed: not this build
     with pytest.raises(InputError, match="older testbed recipe"):
         build_testbed(old, "micro", 0, progress=False)
-    monkeypatch.setattr("taskexpert.recipes.demo.run_method", lambda *a, **k: "ran")
+    monkeypatch.setattr("taskexpert.recipes.run.run_method", lambda *a, **k: "ran")
     result, _ = run_demo(tmp_path / "demo", old, preset="micro", target="mc_add_quiz")
     assert result == "ran"
     assert is_complete(old, "micro", 0) and not built_by_older_recipe(old, "micro", 0)

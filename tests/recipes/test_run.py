@@ -21,7 +21,7 @@ from taskexpert.recipes.run_config import (
     keyed_settings,
     load_run_config,
 )
-from taskexpert.recipes.run_example import example_for_testbed
+from taskexpert.recipes.run_example import TESTBED_TRAIN, example_for_testbed
 from taskexpert.records import load_records
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -321,6 +321,17 @@ def test_example_config_round_trips(micro_testbed, tmp_path):
     path = tmp_path / "example.yaml"
     path.write_text(dump_run_config(config))
     assert load_run_config(path) == config
+
+
+def test_example_overrides_are_validated_with_the_rest(micro_testbed):
+    """The demo's epochs and a user's seeds go through the config's own validation: a
+    repeated seed is one error naming the key, not a run that trains one seed twice."""
+    config = example_for_testbed(micro_testbed.root, TARGET, seeds=[3, 4], epochs=7.0)
+    assert config.seeds == [3, 4] and config.train.epochs == 7.0
+    assert config.train.lr == TESTBED_TRAIN["lr"]  # the rest of the testbed recipe stays
+    assert example_for_testbed(micro_testbed.root, TARGET).train.epochs == TESTBED_TRAIN["epochs"]
+    with pytest.raises(InputError, match="field 'seeds'"):
+        example_for_testbed(micro_testbed.root, TARGET, seeds=[1, 1])
 
 
 def test_relative_paths_read_from_the_config_folder(tmp_path):

@@ -7,15 +7,19 @@ from typing import Annotated
 
 import typer
 
+from taskexpert.recipes.demo import DEMO_PRESET, DEMO_TARGET
+
 
 def main(
     out: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/demo"),
     testbed: Annotated[
         Path, typer.Option("--testbed", help="Testbed directory (built there if missing).")
     ] = Path("runs/testbed-demo"),
-    preset: Annotated[str | None, typer.Option("--preset", help="Testbed preset [demo].")] = None,
+    preset: Annotated[
+        str | None, typer.Option("--preset", help=f"Testbed preset [{DEMO_PRESET}].")
+    ] = None,
     target: Annotated[
-        str | None, typer.Option("--target", help="Testbed target task [initials_and_max].")
+        str | None, typer.Option("--target", help=f"Testbed target task [{DEMO_TARGET}].")
     ] = None,
     seeds: Annotated[
         list[int] | None, typer.Option("--seed", help="A seed (repeat for several) [0 1 2].")

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from taskexpert.io import atomic_open
-from taskexpert.recipes.run import RunResult, run_method
-from taskexpert.recipes.run_config import dump_run_config
-from taskexpert.recipes.run_example import example_for_testbed
+
+if TYPE_CHECKING:
+    from taskexpert.recipes.run import RunResult
 
 DEMO_PRESET = "demo"
 # a two-skill target: no single expert answers both parts, so it is where routing between
 # experts can show (its two experts are the ones the demo preset trains longer)
 DEMO_TARGET = "initials_and_max"
-# The demo base is small: on initials_and_max the mixture over 3 seeds scored 0.011 after 5
-# epochs (the testbed default), 0.039 after 10 and 0.117 after 15, the plain LoRA 0.000,
-# 0.000 and 0.006 (testbed README, "The demo preset").
+# The demo base is small: on the first demo build for initials_and_max (initials expert at 400
+# steps) the mixture over 3 seeds scored 0.011 after 5 epochs (the testbed default), 0.039
+# after 10 and 0.117 after 15, the plain LoRA 0.000, 0.000 and 0.006 (testbed README).
 DEMO_EPOCHS = 15.0
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ def run_demo(
     """Build or reuse the testbed, write the run config beside `out`, run it (resuming).
 
     Returns the run's result and the config file written."""
+    # imported here: the CLI imports this module for its defaults, and these pull in torch
+    from taskexpert.recipes.run import run_method
+    from taskexpert.recipes.run_config import dump_run_config
+    from taskexpert.recipes.run_example import example_for_testbed
     from taskexpert.testbed import build_testbed
     from taskexpert.testbed.build_state import built_by_older_recipe
 
@@ -50,11 +55,7 @@ def run_demo(
     if stale:
         log.warning("%s was built by an older testbed recipe: rebuilding it", testbed)
     bed = build_testbed(testbed, preset, 0, force=stale, progress=progress)
-    config = example_for_testbed(bed.root, target, budget)
-    update: dict = {"train": config.train.model_copy(update={"epochs": DEMO_EPOCHS})}
-    if seeds is not None:
-        update["seeds"] = list(seeds)
-    config = config.model_copy(update=update)
+    config = example_for_testbed(bed.root, target, budget, seeds=seeds, epochs=DEMO_EPOCHS)
     out = Path(out)
     config_path = out.with_name(f"{out.name}.yaml")
     config_path.parent.mkdir(parents=True, exist_ok=True)

@@ -236,16 +236,22 @@ def load_run_config(path: str | Path) -> RunConfig:
         _check_keys(data, RunConfig, path)
     except InputError as exc:
         raise InputError(exc.reason, path, _line_of(text, exc.field or ""), exc.field) from None
+    return validate_run_config(data, path, text).resolved(path.parent.resolve())
+
+
+def validate_run_config(data: dict, path: Path | None = None, text: str = "") -> RunConfig:
+    """`data` as a RunConfig; a bad value is one InputError with its key path, and with the
+    file and line when `data` came from the file `path` whose text is `text`."""
     try:
-        config = RunConfig.model_validate(data)
+        return RunConfig.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
         message = error["msg"]
         if "input" in error and not isinstance(error["input"], dict | list):
             message += f", got {error['input']!r}"
-        raise InputError(message, path, _line_of(text, where), where or None) from None
-    return config.resolved(path.parent.resolve())
+        line = _line_of(text, where) if text else None
+        raise InputError(message, path, line, where or None) from None
 
 
 # ---- writing -------------------------------------------------------------------------------

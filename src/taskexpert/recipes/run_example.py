@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from taskexpert.recipes.run_config import RunConfig
+from taskexpert.recipes.run_config import RunConfig, validate_run_config
 
 # The testbed's model is tiny and its tasks short: a higher learning rate, shorter sequences.
 # Measured on the demo preset (docs in the testbed README); the same for every method.
@@ -36,22 +36,31 @@ def generic_example() -> RunConfig:
     )
 
 
-def example_for_testbed(testbed: str | Path, target: str, budget: int | None = None) -> RunConfig:
-    """A config that runs on `target` of the built testbed at `testbed` (absolute paths)."""
+def example_for_testbed(
+    testbed: str | Path,
+    target: str,
+    budget: int | None = None,
+    *,
+    seeds: list[int] | None = None,
+    epochs: float | None = None,
+) -> RunConfig:
+    """A config that runs on `target` of the built testbed at `testbed` (absolute paths);
+    `seeds` and `epochs` replace the defaults and are validated with the rest."""
     from taskexpert.testbed.layout import Testbed
 
     bed = Testbed.load(Path(testbed).resolve())
     kshot, test = bed.kshot_path(target), bed.test_path(target)  # an unknown target fails here
     pool_size = sum(1 for line in bed.pool_path.open(encoding="utf-8") if line.strip())
-    return RunConfig.model_validate(
-        {
-            "base": str(bed.base_dir),
-            "bank": bed.bank_dir,
-            "kshot": kshot,
-            "pools": [bed.pool_path],
-            "test": test,
-            "budget": min(budget or TESTBED_BUDGET, pool_size),
-            "train": TESTBED_TRAIN,
-            "evaluate": {"batch_size": 64},
-        }
-    )
+    data = {
+        "base": str(bed.base_dir),
+        "bank": bed.bank_dir,
+        "kshot": kshot,
+        "pools": [bed.pool_path],
+        "test": test,
+        "budget": min(budget or TESTBED_BUDGET, pool_size),
+        "train": TESTBED_TRAIN if epochs is None else {**TESTBED_TRAIN, "epochs": epochs},
+        "evaluate": {"batch_size": 64},
+    }
+    if seeds is not None:
+        data["seeds"] = list(seeds)
+    return validate_run_config(data)
